@@ -1,0 +1,82 @@
+"""The coordinator <-> worker protocol: plain, transport-neutral messages.
+
+Every runtime speaks exactly this protocol; only the transport that carries it differs
+(in-process queues for the single-thread runtime, gRPC for processes and machines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BuildComplete",
+    "Drained",
+    "Finish",
+    "SnapshotCommitted",
+    "SnapshotComplete",
+    "StartBuild",
+    "StartExecution",
+    "TakeSnapshot",
+    "WorkerFailed",
+]
+
+
+# ----- coordinator -> worker -----------------------------------------------------------------
+@dataclass(frozen=True)
+class StartBuild:
+    """Build the graph for ``worker_set``, restoring state from ``restore_version`` if set."""
+
+    worker_set: tuple[int, ...]
+    restore_version: int | None
+
+
+@dataclass(frozen=True)
+class StartExecution:
+    """Every worker is built: start running."""
+
+
+@dataclass(frozen=True)
+class TakeSnapshot:
+    """Inject a barrier for snapshot ``version`` and report when it has passed every operator."""
+
+    version: int
+
+
+@dataclass(frozen=True)
+class SnapshotCommitted:
+    """``version`` is committed: two-phase sinks may publish what it covers."""
+
+    version: int
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The job is complete (its final snapshot is committed): stop."""
+
+
+# ----- worker -> coordinator -----------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildComplete:
+    worker: int
+
+
+@dataclass(frozen=True)
+class SnapshotComplete:
+    """The barrier of ``version`` passed every operator; the worker's blob (if any) is stored."""
+
+    worker: int
+    version: int
+    blob: tuple[str, int, int] | None  # (name, size, crc32)
+
+
+@dataclass(frozen=True)
+class Drained:
+    """Every operator of the worker has seen the end of stream (``Epoch(MAX)``)."""
+
+    worker: int
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    worker: int
+    error: str

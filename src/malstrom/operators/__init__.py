@@ -1,0 +1,1 @@
+"""Operator implementations (internal). Users reach them through :class:`malstrom.Stream`."""

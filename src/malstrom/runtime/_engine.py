@@ -1,0 +1,313 @@
+"""The engine's vocabulary: in-band messages, the operator base class, the build context.
+
+Records travel as columnar :class:`Batch` es (three parallel sequences) so that operators run
+C-speed loops (``map``, ``itertools.compress``) instead of building an object per record.
+Control travels in-band on the same FIFO channels: :class:`Epoch` (watermark) and
+:class:`Barrier` (ABS snapshot marker). Copies of a control message are tracked with an
+explicit :class:`Token` counter (DESIGN invariant 4), never with reference counts.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import repeat
+from typing import Any
+
+from malstrom._errors import OperatorError, short_repr
+from malstrom.types import MAX, Record
+
+__all__ = [
+    "Barrier",
+    "Batch",
+    "BuildContext",
+    "Channel",
+    "Control",
+    "Epoch",
+    "Operator",
+    "Token",
+    "make_record",
+]
+
+Channel = deque
+"""An edge between two operators on one worker: an unbounded FIFO of messages."""
+
+make_record: Callable[[tuple[Any, Any, Any]], Record] = partial(tuple.__new__, Record)
+"""Build a Record from a ``(key, value, timestamp)`` tuple at C speed."""
+
+
+class Batch:
+    """A run of records in columns. Batches are never mutated once emitted (they may be shared)."""
+
+    __slots__ = ("keys", "timestamps", "values")
+
+    def __init__(self, keys: Sequence[Any], values: Sequence[Any], timestamps: Sequence[Any]):
+        self.keys = keys
+        self.values = values
+        self.timestamps = timestamps
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def records(self) -> list[Record]:
+        return list(map(make_record, zip(self.keys, self.values, self.timestamps)))
+
+    def record(self, i: int) -> Record:
+        return Record(self.keys[i], self.values[i], self.timestamps[i])
+
+    @staticmethod
+    def same_key(key: Any, values: Sequence[Any], timestamps: Sequence[Any]) -> Batch:
+        return Batch(list(repeat(key, len(values))), values, timestamps)
+
+
+class Epoch:
+    """Promise: no later record on this channel has a timestamp ``<= ts``."""
+
+    __slots__ = ("ts",)
+
+    def __init__(self, ts: Any) -> None:
+        self.ts = ts
+
+    def __repr__(self) -> str:
+        return f"Epoch({self.ts!r})"
+
+
+class Token:
+    """Counts the live copies of a broadcast control message; zero means it has completed."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, pending: int = 0) -> None:
+        self.pending = pending
+
+
+class Control:
+    """A control message whose completion is tracked by a :class:`Token`."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: Token) -> None:
+        self.token = token
+
+
+class Barrier(Control):
+    """ABS snapshot barrier: operators persist their state into ``writer`` as it passes."""
+
+    __slots__ = ("version", "writer")
+
+    def __init__(self, token: Token, version: int, writer: Any) -> None:
+        super().__init__(token)
+        self.version = version
+        self.writer = writer
+
+
+@dataclass
+class BuildContext:
+    """What an operator may know about its worker when it is built."""
+
+    worker_id: int
+    worker_set: tuple[int, ...]
+    restore: Any = None  # a snapshot reader, or None on a fresh start
+    services: dict[str, Any] = field(default_factory=dict)
+
+    def restore_keyed(
+        self, operator: str, owner: Callable[[Any, Sequence[int]], int] | None
+    ) -> Iterator[tuple[Any, Any]]:
+        """The ``(key, state)`` pairs of ``operator`` that this worker owns now."""
+        if self.restore is None:
+            return iter(())
+        return self.restore.keyed(operator, owner, self.worker_id, self.worker_set)
+
+    def restore_worker(self, operator: str) -> dict[int, Any]:
+        """Per-worker (unkeyed) state of ``operator``, by the worker id that stored it."""
+        if self.restore is None:
+            return {}
+        return self.restore.worker_scoped(operator)
+
+
+class Operator:
+    """One operator instance on one worker.
+
+    The worker calls :meth:`drain` every loop turn; it feeds queued messages to the ``on_*``
+    hooks in FIFO order per channel, merges epochs across input channels by minimum and aligns
+    barriers (a channel whose head is a barrier waits until every channel has one).
+    """
+
+    is_source = False
+    """Roots of the graph: the worker injects barriers into them and calls :meth:`poll`."""
+    wants_schedule = False
+    """Call :meth:`schedule` every loop turn (``on_schedule`` hooks)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.inputs: list[Channel] = []
+        self.outs: list[list[Channel]] = [[]]
+        self.in_frontier: Any = None
+        self.done = False
+        self._chan_epochs: list[Any] = []
+        self._blocked: list[bool] = []
+
+    # ----- wiring ------------------------------------------------------------------------
+    def add_input(self) -> Channel:
+        ch: Channel = deque()
+        self.inputs.append(ch)
+        self._chan_epochs.append(None)
+        self._blocked.append(False)
+        return ch
+
+    def set_ports(self, n: int) -> None:
+        self.outs = [[] for _ in range(n)]
+
+    # ----- hooks for subclasses -------------------------------------------------------------
+    def on_batch(self, batch: Batch, port: int) -> None:
+        self.emit(batch)
+
+    def on_epoch(self, ts: Any) -> None:
+        self.emit_epoch(ts)
+
+    def on_barrier(self, barrier: Barrier) -> None:
+        self.snapshot(barrier.writer)
+        self.forward(barrier)
+
+    def on_control(self, msg: Control) -> None:
+        self.forward(msg)
+
+    def snapshot(self, writer: Any) -> None:
+        """Persist this operator's state (stateful operators override)."""
+
+    def poll(self) -> bool:
+        """Sources only: produce records. Returns True if anything was produced."""
+        return False
+
+    def schedule(self) -> None:
+        """Runs every loop turn when :attr:`wants_schedule` is set."""
+
+    def on_committed(self, version: int) -> None:
+        """A snapshot version this operator took part in is committed (two-phase sinks)."""
+
+    # ----- emitting ----------------------------------------------------------------------
+    def emit(self, batch: Batch) -> None:
+        if batch.values:
+            for ch in self.outs[0]:
+                ch.append(batch)
+
+    def emit_to(self, port: int, batch: Batch) -> None:
+        if batch.values:
+            for ch in self.outs[port]:
+                ch.append(batch)
+
+    def emit_epoch(self, ts: Any) -> None:
+        e = Epoch(ts)
+        for port in self.outs:
+            for ch in port:
+                ch.append(e)
+        if ts is MAX:
+            self.done = True
+
+    def forward(self, msg: Control) -> None:
+        """Broadcast a control message to every output channel, keeping its token exact."""
+        n = 0
+        for port in self.outs:
+            for ch in port:
+                ch.append(msg)
+                n += 1
+        msg.token.pending += n - 1
+
+    # ----- driving -----------------------------------------------------------------------
+    def _epoch_in(self, idx: int, ts: Any) -> None:
+        epochs = self._chan_epochs
+        epochs[idx] = ts
+        if len(epochs) == 1:
+            merged = ts
+        else:
+            if any(e is None for e in epochs):
+                return
+            try:
+                merged = min(epochs)
+            except TypeError as e:
+                raise OperatorError(
+                    self.name,
+                    f"cannot merge epochs of incomparable timestamps {short_repr(epochs)}",
+                ) from e
+        cur = self.in_frontier
+        try:
+            rising = cur is None or merged > cur
+        except TypeError as e:
+            raise OperatorError(
+                self.name,
+                f"incomparable timestamps: epoch {short_repr(merged)} after {short_repr(cur)}",
+            ) from e
+        if rising:
+            self.in_frontier = merged
+            self.on_epoch(merged)
+
+    def drain(self) -> bool:
+        """Process every message that can be processed now; True if any was."""
+        inputs = self.inputs
+        if len(inputs) == 1:
+            ch = inputs[0]
+            if not ch:
+                return False
+            popleft = ch.popleft
+            on_batch = self.on_batch
+            while ch:
+                msg = popleft()
+                t = type(msg)
+                if t is Batch:
+                    on_batch(msg, 0)
+                elif t is Epoch:
+                    self._epoch_in(0, msg.ts)
+                elif t is Barrier:
+                    self.on_barrier(msg)
+                else:
+                    self.on_control(msg)
+            return True
+        return self._drain_aligned()
+
+    def _drain_aligned(self) -> bool:
+        worked = False
+        blocked = self._blocked
+        progress = True
+        while progress:
+            progress = False
+            for idx, ch in enumerate(self.inputs):
+                if blocked[idx]:
+                    continue
+                while ch:
+                    msg = ch[0]
+                    t = type(msg)
+                    if t is Batch:
+                        ch.popleft()
+                        self.on_batch(msg, idx)
+                    elif t is Epoch:
+                        ch.popleft()
+                        self._epoch_in(idx, msg.ts)
+                    elif isinstance(msg, Control) and self._aligns(msg):
+                        blocked[idx] = True
+                        break
+                    else:
+                        ch.popleft()
+                        self.on_control(msg)
+                    worked = progress = True
+            if all(blocked):
+                first = None
+                for ch in self.inputs:
+                    msg = ch.popleft()
+                    if first is None:
+                        first = msg
+                assert first is not None
+                first.token.pending -= len(self.inputs) - 1
+                for i in range(len(blocked)):
+                    blocked[i] = False
+                if type(first) is Barrier:
+                    self.on_barrier(first)
+                else:
+                    self.on_control(first)
+                worked = progress = True
+        return worked
+
+    def _aligns(self, msg: Control) -> bool:
+        """Control messages that must be aligned across input channels (barriers)."""
+        return type(msg) is Barrier

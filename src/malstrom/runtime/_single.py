@@ -1,0 +1,71 @@
+"""SingleThreadRuntime: the whole job (coordinator and one worker) on the calling thread."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from malstrom.coordinator._coordinator import Coordinator, JobPhase
+from malstrom.runtime._worker import Worker, WorkerPhase
+from malstrom.snapshot._backend import Persistence
+from malstrom.snapshot._memory import NoPersistence
+from malstrom.stream import StreamProvider
+from malstrom.transport._local import local_pair
+
+__all__ = ["SingleThreadRuntime"]
+
+
+def build_graph(build: Callable[[StreamProvider], None]) -> object:
+    """Run the user's ``build`` function and return the graph it described."""
+    if not callable(build):
+        raise TypeError(f"build must be a function build(provider) -> None, got {build!r}")
+    provider = StreamProvider()
+    build(provider)
+    return provider._graph
+
+
+class SingleThreadRuntime:
+    """Runs a job on one worker in the calling thread.
+
+    ``persistence`` stores snapshots (default: none); ``snapshot_interval`` takes one every so
+    many seconds. An error ends :meth:`execute` with an exception naming the operator; running
+    the job again with the same persistence resumes from the last committed snapshot. A job
+    that completes commits a final snapshot, so running it again completes at once.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[StreamProvider], None],
+        *,
+        persistence: Persistence | None = None,
+        snapshot_interval: float | None = None,
+    ) -> None:
+        self.build = build
+        self.persistence = persistence if persistence is not None else NoPersistence()
+        self.snapshot_interval = snapshot_interval
+        self.restored_from: int | None = None
+        """The snapshot version the last :meth:`execute` resumed from (None: fresh start)."""
+
+    def execute(self) -> None:
+        """Run the job to completion (sources exhausted and final snapshot committed)."""
+        graph = build_graph(self.build)
+        c_end, w_end = local_pair()
+        worker = Worker(graph, 0, w_end, self.persistence)
+        coord = Coordinator(self.persistence, {0: c_end}, self.snapshot_interval)
+        coord.start()
+        self.restored_from = coord.restored_from
+        idle = 0
+        while True:
+            coord.poll()
+            if coord.phase is JobPhase.FINISHED:
+                worker.turn()  # deliver the commit notice and Finish to the worker
+                break
+            if coord.phase is JobPhase.FAILED:
+                raise RuntimeError(coord.error)
+            if worker.turn():
+                idle = 0
+            else:
+                # Nothing to do (sources have no data right now): back off gently.
+                idle = min(idle + 1, 20)
+                time.sleep(0.0002 * idle)
+        assert worker.phase is WorkerPhase.FINISHED

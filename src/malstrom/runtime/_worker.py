@@ -1,0 +1,140 @@
+"""The worker: builds the graph into operators and runs them, one loop turn at a time.
+
+A turn handles pending coordinator commands, polls the sources, runs ``on_schedule`` hooks
+and drains every operator's inputs in topological order, so a batch usually crosses the
+whole graph within the turn that produced it. The worker never blocks.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from malstrom._errors import BuildError, OperatorError
+from malstrom.coordinator._messages import (
+    BuildComplete,
+    Drained,
+    Finish,
+    SnapshotCommitted,
+    SnapshotComplete,
+    StartBuild,
+    StartExecution,
+    TakeSnapshot,
+)
+from malstrom.runtime._engine import Barrier, BuildContext, Operator, Token
+from malstrom.snapshot._backend import Persistence
+from malstrom.snapshot._layout import SnapshotReader, SnapshotWriter, worker_blob
+from malstrom.transport._local import Endpoint
+
+__all__ = ["Worker", "WorkerPhase"]
+
+
+class WorkerPhase(enum.Enum):
+    WAITING = "waiting"  # for StartBuild
+    BUILT = "built"  # waiting for StartExecution
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Worker:
+    """Runs the whole graph for one worker id."""
+
+    def __init__(self, graph: Any, worker_id: int, endpoint: Endpoint,
+                 persistence: Persistence, services: dict[str, Any] | None = None) -> None:
+        self.graph = graph
+        self.worker_id = worker_id
+        self.endpoint = endpoint
+        self.persistence = persistence
+        self.services = services or {}
+        self.phase = WorkerPhase.WAITING
+        self.ops: list[Operator] = []
+        self._roots: list[Operator] = []
+        self._scheduled: list[Operator] = []
+        self._snapshot: tuple[int, Token, SnapshotWriter] | None = None
+        self._drained_sent = False
+
+    # ----- build -------------------------------------------------------------------------
+    def _build(self, msg: StartBuild) -> None:
+        reader = None
+        if msg.restore_version is not None:
+            reader = SnapshotReader(self.persistence, self.persistence.manifest(msg.restore_version))
+        ctx = BuildContext(self.worker_id, msg.worker_set, reader, self.services)
+        built: dict[int, Operator] = {}
+        for node in self.graph.nodes:
+            try:
+                op = node.factory(ctx)
+            except (BuildError, OperatorError):
+                raise
+            except Exception as e:
+                raise OperatorError(node.name, f"building failed: {type(e).__name__}: {e}") from e
+            if len(op.outs) != node.ports:
+                op.set_ports(node.ports)
+            for src, port in node.inputs:
+                built[id(src)].outs[port].append(op.add_input())
+            built[id(node)] = op
+            self.ops.append(op)
+        self._roots = [op for op in self.ops if op.is_source]
+        self._scheduled = [op for op in self.ops if op.wants_schedule]
+        self.phase = WorkerPhase.BUILT
+        self.endpoint.send(BuildComplete(self.worker_id))
+
+    # ----- running -------------------------------------------------------------------------
+    def turn(self) -> bool:
+        """One loop turn; True if anything happened (the caller may back off when idle)."""
+        worked = self._handle_commands()
+        if self.phase is not WorkerPhase.RUNNING:
+            return worked
+        for op in self._roots:
+            if op.poll():
+                worked = True
+        for op in self._scheduled:
+            op.schedule()
+        for op in self.ops:
+            if op.inputs and op.drain():
+                worked = True
+        snap = self._snapshot
+        if snap is not None and snap[1].pending == 0:
+            self._finish_snapshot(*snap)
+            worked = True
+        if not self._drained_sent and all(op.done for op in self.ops):
+            self._drained_sent = True
+            self.endpoint.send(Drained(self.worker_id))
+        return worked
+
+    def _handle_commands(self) -> bool:
+        worked = False
+        while (msg := self.endpoint.recv()) is not None:
+            worked = True
+            if isinstance(msg, TakeSnapshot):
+                self._begin_snapshot(msg.version)
+            elif isinstance(msg, SnapshotCommitted):
+                for op in self.ops:
+                    op.on_committed(msg.version)
+            elif isinstance(msg, StartBuild):
+                self._build(msg)
+            elif isinstance(msg, StartExecution):
+                self.phase = WorkerPhase.RUNNING
+            elif isinstance(msg, Finish):
+                self.phase = WorkerPhase.FINISHED
+            else:
+                raise TypeError(f"worker {self.worker_id} got an unexpected command {msg!r}")
+        return worked
+
+    def _begin_snapshot(self, version: int) -> None:
+        if self._snapshot is not None:
+            raise RuntimeError(f"snapshot {version} requested while {self._snapshot[0]} runs")
+        writer = SnapshotWriter(self.worker_id)
+        token = Token(len(self._roots))
+        self._snapshot = (version, token, writer)
+        barrier = Barrier(token, version, writer)
+        for op in self._roots:
+            op.on_barrier(barrier)
+
+    def _finish_snapshot(self, version: int, token: Token, writer: SnapshotWriter) -> None:
+        self._snapshot = None
+        blob = None
+        if self.persistence.stores:
+            name = worker_blob(self.worker_id)
+            info = self.persistence.write_blob(version, name, writer.to_bytes())
+            blob = (name, info.size, info.crc32)
+        self.endpoint.send(SnapshotComplete(self.worker_id, version, blob))

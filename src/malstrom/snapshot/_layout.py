@@ -1,0 +1,165 @@
+"""The bytes of one worker's part of a snapshot version, addressable by (operator, key group).
+
+Layout of a worker blob::
+
+    b"MALSTROM" | u32 format | u64 index length | index (msgpack) | segments (pickle)
+
+The index maps each operator to either ``{"k": [[group, offset, length], ...]}`` (keyed state,
+one pickled ``[(key, state), ...]`` list per key group) or ``{"w": [offset, length]}``
+(per-worker state). A worker restoring at another parallelism reads the index of every old
+worker's blob and then only the segments of the key groups it now owns.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import msgpack
+
+from malstrom._errors import OperatorError
+from malstrom.keyed.partitioners import group_owner, key_group, rendezvous_select
+from malstrom.snapshot._backend import FORMAT_VERSION, Manifest, Persistence, SnapshotFormatError
+
+__all__ = ["SnapshotReader", "SnapshotWriter", "worker_blob"]
+
+_MAGIC = b"MALSTROM"
+_HEADER = struct.Struct(">8sIQ")
+_UNGROUPED = -1  # keys with no stable hash: every restoring worker reads and filters them
+
+
+def worker_blob(worker_id: int) -> str:
+    """The blob name holding one worker's state."""
+    return f"w{worker_id}"
+
+
+def _dumps(op: str, obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=5)
+    except Exception as e:
+        raise OperatorError(
+            op, f"state cannot be serialized for a snapshot: {type(e).__name__}: {e}"
+        ) from e
+
+
+class SnapshotWriter:
+    """Collects the state of every operator of one worker as a barrier passes them."""
+
+    def __init__(self, worker_id: int) -> None:
+        self.worker_id = worker_id
+        self._segments: list[bytes] = []
+        self._pos = 0
+        self._index: dict[str, Any] = {}
+
+    def _add(self, data: bytes) -> list[int]:
+        off = self._pos
+        self._segments.append(data)
+        self._pos += len(data)
+        return [off, len(data)]
+
+    def put_keyed(self, operator: str, states: Mapping[Any, Any]) -> None:
+        """Store a keyed state map, grouped by key group."""
+        groups: dict[int, list[tuple[Any, Any]]] = {}
+        for k, s in states.items():
+            try:
+                g = key_group(k)
+            except TypeError:
+                g = _UNGROUPED
+            bucket = groups.get(g)
+            if bucket is None:
+                groups[g] = [(k, s)]
+            else:
+                bucket.append((k, s))
+        self._index[operator] = {
+            "k": [[g, *self._add(_dumps(operator, items))] for g, items in sorted(groups.items())]
+        }
+
+    def put_worker(self, operator: str, value: Any) -> None:
+        """Store state that belongs to this worker rather than to a key."""
+        self._index[operator] = {"w": self._add(_dumps(operator, value))}
+
+    def to_bytes(self) -> bytes:
+        index = msgpack.packb(self._index, use_bin_type=True)
+        return b"".join(
+            [_HEADER.pack(_MAGIC, FORMAT_VERSION, len(index)), index, *self._segments]
+        )
+
+
+class SnapshotReader:
+    """Reads what one worker owns out of a committed version, lazily and by key group."""
+
+    def __init__(self, persistence: Persistence, manifest: Manifest) -> None:
+        self._p = persistence
+        self.manifest = manifest
+        self.version = manifest.version
+        self._blobs = sorted(
+            (int(n[1:]), n) for n in manifest.blobs if n.startswith("w") and n[1:].isdigit()
+        )
+        self._indexes: dict[str, tuple[int, dict[str, Any]]] = {}
+
+    def _index(self, blob: str) -> tuple[int, dict[str, Any]]:
+        cached = self._indexes.get(blob)
+        if cached is None:
+            head = self._p.read_blob(self.version, blob, 0, _HEADER.size)
+            magic, fmt, n = _HEADER.unpack(head)
+            if magic != _MAGIC:
+                raise SnapshotFormatError(f"blob {blob!r} of version {self.version} is not a "
+                                          "malstrom snapshot")
+            if fmt != FORMAT_VERSION:
+                raise SnapshotFormatError(
+                    f"blob {blob!r} has snapshot format {fmt}; this malstrom reads "
+                    f"{FORMAT_VERSION}"
+                )
+            index = msgpack.unpackb(
+                self._p.read_blob(self.version, blob, _HEADER.size, n),
+                raw=False, strict_map_key=False,
+            )
+            cached = (_HEADER.size + n, index)
+            self._indexes[blob] = cached
+        return cached
+
+    def _load(self, blob: str, base: int, off: int, length: int) -> Any:
+        return pickle.loads(self._p.read_blob(self.version, blob, base + off, length))
+
+    def keyed(
+        self,
+        operator: str,
+        owner: Callable[[Any, Sequence[int]], int] | None,
+        me: int,
+        workers: Sequence[int],
+    ) -> Iterator[tuple[Any, Any]]:
+        """The ``(key, state)`` pairs of ``operator`` that worker ``me`` owns under ``owner``.
+
+        ``owner=None`` means the state is not partitioned by key (it stays where it was made):
+        only this worker's own blob is read.
+        """
+        for wid, blob in self._blobs:
+            if owner is None and wid != me:
+                continue
+            base, index = self._index(blob)
+            entry = index.get(operator)
+            if entry is None or "k" not in entry:
+                continue
+            for g, off, length in entry["k"]:
+                if owner is rendezvous_select and g != _UNGROUPED:
+                    if group_owner(g, workers) != me:
+                        continue
+                    yield from self._load(blob, base, off, length)
+                elif owner is None:
+                    yield from self._load(blob, base, off, length)
+                else:
+                    for k, s in self._load(blob, base, off, length):
+                        if owner(k, workers) == me:
+                            yield k, s
+
+    def worker_scoped(self, operator: str) -> dict[int, Any]:
+        """Per-worker state of ``operator``, by the id of the worker that wrote it."""
+        out: dict[int, Any] = {}
+        for wid, blob in self._blobs:
+            base, index = self._index(blob)
+            entry = index.get(operator)
+            if entry is not None and "w" in entry:
+                out[wid] = self._load(blob, base, *entry["w"])
+        return out

@@ -1,0 +1,83 @@
+"""IterSource: a finite or infinite Python iterable as a one-part stateful source."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+from malstrom.sources._protocols import StatefulSource
+from malstrom.types import NoKey
+
+__all__ = ["IterSource"]
+
+
+class _IterPartition:
+    __slots__ = ("_count", "_done", "_it")
+
+    def __init__(self, it: Iterator[Any], skip: int) -> None:
+        self._it = it
+        self._count = 0
+        self._done = False
+        if skip:
+            # Resume: iterate again and skip what was consumed before the snapshot.
+            n = sum(1 for _ in islice(it, skip))
+            self._count = n
+            if n < skip:
+                self._done = True
+
+    def poll(self) -> tuple[Any, Any] | None:
+        if self._done:
+            return None
+        try:
+            v = next(self._it)
+        except StopIteration:
+            self._done = True
+            return None
+        t = self._count
+        self._count += 1
+        return v, t
+
+    def _poll_columns(self, n: int) -> tuple[list[Any], range]:
+        if self._done:
+            return [], range(0)
+        values = list(islice(self._it, n))
+        if len(values) < n:
+            self._done = True
+        start = self._count
+        self._count = start + len(values)
+        return values, range(start, self._count)
+
+    def is_finished(self) -> bool:
+        return self._done
+
+    def snapshot(self) -> object:
+        return self._count
+
+    def collect(self) -> object:
+        return self._count
+
+
+class IterSource(StatefulSource):
+    """Emits the items of an iterable, keyed ``NoKey``, with timestamps ``0, 1, 2, ...``.
+
+    Pass the iterable itself, or a zero-argument factory (needed for one-shot iterators that
+    must be re-created on restore). It is stateful: after a restore it iterates again and skips
+    what was already consumed, so the iterable must yield the same items in the same order.
+    It emits no epoch before ``Epoch(MAX)`` at its end.
+    """
+
+    def __init__(self, iterable: Iterable[Any] | Callable[[], Iterable[Any]]) -> None:
+        super().__init__(self)
+        self._iterable = iterable
+
+    def list_parts(self) -> list[Hashable]:
+        return [NoKey]
+
+    def build_part(self, part: Any, state: object | None) -> _IterPartition:
+        src = self._iterable
+        it = iter(src() if callable(src) and not isinstance(src, Iterable) else src)
+        return _IterPartition(it, int(state) if state is not None else 0)  # type: ignore[call-overload]
+
+    def __repr__(self) -> str:
+        return "IterSource(...)"

@@ -1,0 +1,89 @@
+"""What a source is: partitioned, polled, optionally stateful (DESIGN 3.5)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "StatefulSource",
+    "StatefulSourceImpl",
+    "StatefulSourcePartition",
+    "StatelessSource",
+    "StatelessSourceImpl",
+    "StatelessSourcePartition",
+]
+
+
+@runtime_checkable
+class StatelessSourcePartition(Protocol):
+    """One part of a source, built on exactly one worker."""
+
+    def poll(self) -> tuple[Any, Any] | None:
+        """The next ``(value, timestamp)``, or None if nothing is ready now. Never blocks."""
+        ...
+
+    def is_finished(self) -> bool:
+        """True once this part will never produce again."""
+        ...
+
+
+@runtime_checkable
+class StatefulSourcePartition(StatelessSourcePartition, Protocol):
+    """A part whose position is snapshotted and restored (exactly-once replay)."""
+
+    def snapshot(self) -> object:
+        """State to persist at a barrier (e.g. an offset)."""
+        ...
+
+    def collect(self) -> object:
+        """Final state when the part moves to another worker."""
+        ...
+
+
+class StatelessSourceImpl(Protocol):
+    """A source without state: a moved or restarted part starts again from scratch."""
+
+    def list_parts(self) -> list[Hashable]:
+        """Every part of the source; must be the same on every worker."""
+        ...
+
+    def build_part(self, part: Any) -> StatelessSourcePartition:
+        """Create the reader of one part."""
+        ...
+
+
+class StatefulSourceImpl(Protocol):
+    """A source whose parts resume from their snapshotted state."""
+
+    def list_parts(self) -> list[Hashable]:
+        """Every part of the source; must be the same on every worker."""
+        ...
+
+    def build_part(self, part: Any, state: object | None) -> StatefulSourcePartition:
+        """Create the reader of one part, resuming from ``state`` (None on a fresh start)."""
+        ...
+
+
+class StatelessSource:
+    """Wraps a :class:`StatelessSourceImpl` for ``stream.source(name, StatelessSource(impl))``."""
+
+    stateful = False
+
+    def __init__(self, impl: StatelessSourceImpl) -> None:
+        self.impl = impl
+
+    def __repr__(self) -> str:
+        return f"StatelessSource({self.impl!r})"
+
+
+class StatefulSource:
+    """Wraps a :class:`StatefulSourceImpl` for ``stream.source(name, StatefulSource(impl))``."""
+
+    stateful = True
+
+    def __init__(self, impl: StatefulSourceImpl) -> None:
+        self.impl = impl
+
+    def __repr__(self) -> str:
+        return f"StatefulSource({self.impl!r})"

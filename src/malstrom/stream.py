@@ -1,0 +1,324 @@
+"""The fluent dataflow API: :class:`StreamProvider` and :class:`Stream`.
+
+``build(provider)`` wires streams through named operators; nothing runs until a runtime
+executes the job. The graph built here is a description: every worker builds its own
+operator instances from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from malstrom._errors import BuildError
+from malstrom.keyed.distributor import DistributorOp
+from malstrom.keyed.partitioners import rendezvous_select
+from malstrom.operators.basic import (
+    FilterMapOp,
+    FilterOp,
+    FlatMapOp,
+    InspectFrontierOp,
+    InspectOp,
+    KeyLocalOp,
+    MapOp,
+    OperatorContext,
+    SplitOp,
+    StatelessLogic,
+    StatelessOpOp,
+)
+from malstrom.operators.io import EmptyRootOp, SourceOp, StatefulSinkOp, StatelessSinkOp
+from malstrom.operators.stateful import (
+    ExpireMap,
+    StatefulLogic,
+    StatefulMapOp,
+    StatefulOpOp,
+    TtlMapOp,
+)
+from malstrom.operators.time import AssignTimestampsOp, GenerateEpochsOp
+from malstrom.runtime._engine import BuildContext, Operator
+from malstrom.sinks._protocols import StatefulSink, StatelessSink
+from malstrom.sources._protocols import StatefulSource, StatelessSource
+from malstrom.types import Record
+
+__all__ = ["Stream", "StreamProvider"]
+
+Partitioner = Callable[[Any, Sequence[int]], int]
+_Factory = Callable[[BuildContext], Operator]
+
+
+@dataclass(eq=False)
+class _Node:
+    name: str
+    factory: _Factory
+    inputs: list[tuple[_Node, int]]
+    ports: int = 1
+    is_root: bool = False
+
+
+@dataclass(eq=False)
+class _Graph:
+    nodes: list[_Node] = field(default_factory=list)
+    names: set[str] = field(default_factory=set)
+    roots: int = 0
+
+    def add(self, name: str, factory: _Factory, inputs: list[tuple[_Node, int]],
+            ports: int = 1, internal: bool = False, is_root: bool = False) -> _Node:
+        if not internal:
+            _check_name(name)
+        if name in self.names:
+            raise BuildError(f"operator name {name!r} is used twice; names must be unique")
+        self.names.add(name)
+        node = _Node(name, factory, inputs, ports, is_root)
+        self.nodes.append(node)
+        return node
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not name:
+        raise BuildError(f"operator names must be non-empty strings, got {name!r}")
+    if "::" in name:
+        raise BuildError(f"operator name {name!r} contains '::', which is reserved for malstrom")
+
+
+def _check_fn(op: str, what: str, fn: object) -> None:
+    if not callable(fn):
+        raise BuildError(f"operator {op!r}: {what} must be callable, got {fn!r}")
+
+
+_UNSOURCED: Any = object()
+
+
+class StreamProvider:
+    """Handed to ``build(provider)``; creates the job's streams."""
+
+    def __init__(self) -> None:
+        self._graph = _Graph()
+
+    def new_stream(self) -> Stream:
+        """A fresh stream: give it a source with :meth:`Stream.source`."""
+        return Stream(self._graph, None, 0, _UNSOURCED)
+
+
+class Stream:
+    """A stream of records, extended by one named operator per call.
+
+    Methods return the stream of the new operator's output (or several, for ``split``,
+    ``cloned``, ``generate_epochs``). A stream may feed several operators; each gets every
+    record. User functions that compute from data receive the value; hooks that observe or
+    route receive the :class:`~malstrom.Record`.
+    """
+
+    def __init__(self, graph: _Graph, node: _Node | None, port: int, region: Any) -> None:
+        self._graph = graph
+        self._node = node
+        self._port = port
+        # Partitioner that decides which worker owns a key here (None: keyed locally).
+        self._region = region
+
+    # ----- plumbing -------------------------------------------------------------------
+    def _tail(self) -> tuple[_Node, int]:
+        if self._node is None:
+            # An operator on a stream without a source: the stream is empty and ends at once.
+            g = self._graph
+            g.roots += 1
+            node = g.add(f"::empty{g.roots}", EmptyRootOp, [], internal=True, is_root=True)
+            self._node, self._region = node, None
+        return self._node, self._port
+
+    def _then(self, name: str, factory: _Factory, ports: int = 1) -> _Node:
+        _check_name(name)
+        return self._graph.add(name, factory, [self._tail()], ports)
+
+    def _out(self, node: _Node, port: int = 0, region: Any = _UNSOURCED) -> Stream:
+        return Stream(self._graph, node, port, self._region if region is _UNSOURCED else region)
+
+    # ----- sources and sinks ----------------------------------------------------------------
+    def source(self, name: str, source: StatefulSource | StatelessSource) -> Stream:
+        """Attach a source; only on a stream fresh from ``provider.new_stream()``."""
+        _check_name(name)
+        if not isinstance(source, StatefulSource | StatelessSource):
+            raise BuildError(
+                f"operator {name!r}: {source!r} is not a source; wrap your implementation in "
+                "StatefulSource(impl) or StatelessSource(impl)"
+            )
+        if self._node is not None:
+            raise BuildError(
+                f"operator {name!r}: this stream already has a source or operators "
+                f"({self._node.name!r}); use provider.new_stream() for every source and "
+                "union the streams"
+            )
+        node = self._graph.add(
+            name, lambda ctx: SourceOp(name, source, ctx), [], is_root=True
+        )
+        self._node = node  # a second .source() on this stream object is refused
+        return Stream(self._graph, node, 0, rendezvous_select)
+
+    def sink(self, name: str, sink: StatelessSink | StatefulSink) -> None:
+        """Send every record to ``sink``; the stream ends here."""
+        _check_name(name)
+        if isinstance(sink, StatefulSink):
+            impl = sink.impl
+            tail = self._tail()
+            dist = self._graph.add(
+                f"{name}::distribute",
+                lambda ctx: DistributorOp(
+                    f"{name}::distribute", None, rendezvous_select, ctx, impl.assign_part
+                ),
+                [tail],
+                internal=True,
+            )
+            self._graph.add(name, lambda ctx: StatefulSinkOp(name, impl, ctx), [(dist, 0)])
+        elif isinstance(sink, StatelessSink):
+            self._then(name, lambda ctx: StatelessSinkOp(name, sink.impl))
+        else:
+            raise BuildError(
+                f"operator {name!r}: {sink!r} is not a sink; wrap your implementation in "
+                "StatelessSink(impl) or StatefulSink(impl)"
+            )
+
+    # ----- stateless -------------------------------------------------------------------
+    def map(self, name: str, fn: Callable[[Any], Any]) -> Stream:
+        """Replace each value by ``fn(value)``."""
+        _check_fn(name, "fn", fn)
+        return self._out(self._then(name, lambda ctx: MapOp(name, fn)))
+
+    def filter(self, name: str, fn: Callable[[Any], bool]) -> Stream:
+        """Keep the records whose ``fn(value)`` is true."""
+        _check_fn(name, "fn", fn)
+        return self._out(self._then(name, lambda ctx: FilterOp(name, fn)))
+
+    def filter_map(self, name: str, fn: Callable[[Any], Any]) -> Stream:
+        """Replace each value by ``fn(value)``; a None result drops the record."""
+        _check_fn(name, "fn", fn)
+        return self._out(self._then(name, lambda ctx: FilterMapOp(name, fn)))
+
+    def flat_map(self, name: str, fn: Callable[[Any], Iterable[Any]]) -> Stream:
+        """One record per element of ``fn(value)``, with the input's key and timestamp."""
+        _check_fn(name, "fn", fn)
+        return self._out(self._then(name, lambda ctx: FlatMapOp(name, fn)))
+
+    def flatten(self, name: str) -> Stream:
+        """One record per element of each (iterable) value."""
+        return self._out(self._then(name, lambda ctx: FlatMapOp(name, None)))
+
+    def inspect(self, name: str, fn: Callable[[Record, OperatorContext], None]) -> Stream:
+        """Call ``fn(record, ctx)`` for every record and pass it on unchanged."""
+        _check_fn(name, "fn", fn)
+        return self._out(self._then(name, lambda ctx: InspectOp(name, fn, ctx)))
+
+    def inspect_frontier(self, name: str, fn: Callable[[Any, OperatorContext], None]) -> Stream:
+        """Call ``fn(timestamp, ctx)`` for every epoch (``MAX`` at the end)."""
+        _check_fn(name, "fn", fn)
+        return self._out(self._then(name, lambda ctx: InspectFrontierOp(name, fn, ctx)))
+
+    def stateless_op(self, name: str, logic: StatelessLogic) -> Stream:
+        """A custom operator without state (see :class:`~malstrom.StatelessLogic`)."""
+        if not callable(getattr(logic, "on_data", None)):
+            raise BuildError(f"operator {name!r}: logic needs an on_data(record, output) method")
+        return self._out(self._then(name, lambda ctx: StatelessOpOp(name, logic)))
+
+    # ----- keys ------------------------------------------------------------------------------
+    def key_local(self, name: str, key_fn: Callable[[Any], Any]) -> Stream:
+        """Re-key records by ``key_fn(value)`` without moving them between workers.
+
+        State keyed after this stays on the worker where it was made (it is not moved on
+        rescale); use :meth:`key_distribute` for state that must follow its key.
+        """
+        _check_fn(name, "key_fn", key_fn)
+        return self._out(self._then(name, lambda ctx: KeyLocalOp(name, key_fn)), region=None)
+
+    def key_distribute(self, name: str, key_fn: Callable[[Any], Any],
+                       partitioner: Partitioner = rendezvous_select) -> Stream:
+        """Re-key by ``key_fn(value)`` and move each record to the worker owning its key."""
+        _check_fn(name, "key_fn", key_fn)
+        _check_fn(name, "partitioner", partitioner)
+        node = self._then(name, lambda ctx: DistributorOp(name, key_fn, partitioner, ctx))
+        return self._out(node, region=partitioner)
+
+    # ----- keyed state -------------------------------------------------------------------
+    def stateful_map(self, name: str, fn: Callable[[Any, Any, Any], tuple[Any, Any]],
+                     initial: Callable[[], Any] | None = None) -> Stream:
+        """``fn(key, value, state) -> (out_value, new_state)`` per record.
+
+        Missing state is ``initial()`` if given, else None. Returning ``new_state=None``
+        deletes the key's state.
+        """
+        _check_fn(name, "fn", fn)
+        if initial is not None:
+            _check_fn(name, "initial", initial)
+        region = self._region
+        return self._out(
+            self._then(name, lambda ctx: StatefulMapOp(name, fn, initial, ctx, region))
+        )
+
+    def stateful_op(self, name: str, logic: StatefulLogic[Any, Any, Any, Any]) -> Stream:
+        """A custom keyed operator (see :class:`~malstrom.StatefulLogic`)."""
+        if not callable(getattr(logic, "on_data", None)):
+            raise BuildError(
+                f"operator {name!r}: logic needs an on_data(record, state, output) method"
+            )
+        region = self._region
+        return self._out(self._then(name, lambda ctx: StatefulOpOp(name, logic, ctx, region)))
+
+    def ttl_map(self, name: str,
+                fn: Callable[[Any, Any, Any, ExpireMap[Any, Any]],
+                             tuple[Any, ExpireMap[Any, Any] | None]]) -> Stream:
+        """``fn(key, value, timestamp, expire_map) -> (out_value, expire_map or None)``.
+
+        Entries inserted with ``expire_map.insert(k, v, expiry)`` disappear once an epoch
+        ``>= expiry`` arrives.
+        """
+        _check_fn(name, "fn", fn)
+        region = self._region
+        return self._out(self._then(name, lambda ctx: TtlMapOp(name, fn, ctx, region)))
+
+    # ----- event time -------------------------------------------------------------------------
+    def assign_timestamps(self, name: str, fn: Callable[[Any], Any]) -> Stream:
+        """Set each record's timestamp to ``fn(value)``; drops upstream epochs except MAX."""
+        _check_fn(name, "fn", fn)
+        return self._out(self._then(name, lambda ctx: AssignTimestampsOp(name, fn)))
+
+    def generate_epochs(self, name: str, gen: Callable[[Record, Any], Any]
+                        ) -> tuple[Stream, Stream]:
+        """Emit epochs from ``gen(record, prev_epoch) -> timestamp or None``.
+
+        Returns ``(on_time, late)``: a record is on time iff no epoch was emitted yet or its
+        timestamp is greater than the last emitted epoch.
+        """
+        _check_fn(name, "gen", gen)
+        node = self._then(name, lambda ctx: GenerateEpochsOp(name, gen, None, ctx), ports=2)
+        return self._out(node, 0), self._out(node, 1)
+
+    def limit_out_of_orderness(self, name: str, bound: Any) -> tuple[Stream, Stream]:
+        """Epochs trail the largest timestamp seen by ``bound``; returns ``(on_time, late)``."""
+        node = self._then(name, lambda ctx: GenerateEpochsOp(name, None, bound, ctx), ports=2)
+        return self._out(node, 0), self._out(node, 1)
+
+    # ----- shape ------------------------------------------------------------------------------
+    def union(self, name: str, *others: Stream) -> Stream:
+        """Merge this stream with ``others``; epochs merge by minimum, barriers align."""
+        _check_name(name)
+        inputs = [self._tail()]
+        for o in others:
+            if not isinstance(o, Stream) or o._graph is not self._graph:
+                raise BuildError(f"operator {name!r}: can only union streams of the same job")
+            inputs.append(o._tail())
+        node = self._graph.add(name, lambda ctx: Operator(name), inputs)
+        regions = {id(s._region) for s in (self, *others)}
+        return self._out(node, region=self._region if len(regions) == 1 else None)
+
+    def cloned(self, name: str, n: int) -> list[Stream]:
+        """``n`` streams, each receiving every record."""
+        if not isinstance(n, int) or n < 1:
+            raise BuildError(f"operator {name!r}: cloned needs n >= 1, got {n!r}")
+        node = self._then(name, lambda ctx: SplitOp(name, n, None), ports=n)
+        return [self._out(node, i) for i in range(n)]
+
+    def split(self, name: str, n: int, fn: Callable[[Record, list[bool]], None]) -> list[Stream]:
+        """``n`` streams; ``fn(record, outputs)`` sets ``outputs[i] = True`` to route there."""
+        if not isinstance(n, int) or n < 1:
+            raise BuildError(f"operator {name!r}: split needs n >= 1, got {n!r}")
+        _check_fn(name, "fn", fn)
+        node = self._then(name, lambda ctx: SplitOp(name, n, fn), ports=n)
+        return [self._out(node, i) for i in range(n)]
