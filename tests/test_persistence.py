@@ -440,7 +440,7 @@ def test_no_persistence_keeps_nothing() -> None:
     assert p.latest_restorable() is None
     with pytest.raises(KeyError):
         p.read_blob(1, "w0")
-    with pytest.raises(KeyError):
+    with pytest.raises(SnapshotCorruptError):
         p.manifest(1)
     p.prune()
     p._delete_version(1)
