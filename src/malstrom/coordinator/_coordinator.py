@@ -76,6 +76,13 @@ class Coordinator:
             log.info("restoring from snapshot version %d", manifest.version)
         committed = self.persistence.committed_versions() if self.persistence.stores else []
         self._next_version = (committed[-1] + 1) if committed else 0
+        if manifest is not None and manifest.meta.get("final"):
+            # Every operator had seen the end of stream when this was taken: the job is done.
+            # Running it again must not replay end-of-stream hooks (no duplicate output).
+            log.info("job already completed at snapshot version %d", manifest.version)
+            self.last_committed = manifest.version
+            self.phase = JobPhase.FINISHED
+            return
         worker_set = tuple(sorted(self.workers))
         for ep in self.workers.values():
             ep.send(StartBuild(worker_set, self.restored_from))

@@ -23,7 +23,7 @@ __all__ = ["DistributorOp"]
 
 
 class DistributorOp(Operator):
-    """Routes records by key. ``key_fn`` None routes by ``route_fn(record key)`` without re-keying."""
+    """Routes records by key; with ``key_fn`` None, by ``route_fn(key)`` without re-keying."""
 
     def __init__(
         self,

@@ -54,6 +54,8 @@ class SingleThreadRuntime:
         coord = Coordinator(self.persistence, {0: c_end}, self.snapshot_interval)
         coord.start()
         self.restored_from = coord.restored_from
+        if coord.finished:
+            return
         idle = 0
         while True:
             coord.poll()

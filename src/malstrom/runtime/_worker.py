@@ -57,7 +57,8 @@ class Worker:
     def _build(self, msg: StartBuild) -> None:
         reader = None
         if msg.restore_version is not None:
-            reader = SnapshotReader(self.persistence, self.persistence.manifest(msg.restore_version))
+            manifest = self.persistence.manifest(msg.restore_version)
+            reader = SnapshotReader(self.persistence, manifest)
         ctx = BuildContext(self.worker_id, msg.worker_set, reader, self.services)
         built: dict[int, Operator] = {}
         for node in self.graph.nodes:

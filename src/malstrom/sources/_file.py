@@ -88,7 +88,7 @@ class FileSource(StatefulSource):
         return list(self._paths)
 
     def build_part(self, part: Any, state: object | None) -> _FilePartition:
-        offset, line = state if state is not None else (0, 0)  # type: ignore[misc]
+        offset, line = (0, 0) if state is None else tuple(state)  # type: ignore[arg-type]
         return _FilePartition(part, offset, line, self._encoding)
 
     def __repr__(self) -> str:
