@@ -20,7 +20,7 @@ from malstrom.snapshot import (
     NoPersistence,
     SnapshotFormatError,
 )
-from malstrom.sources import FileSource
+from malstrom.sources import FileSource, IterSource
 
 N = 60_000
 KEYS = 97
@@ -270,3 +270,61 @@ def test_file_source_and_file_sink_exactly_once_across_crash(tmp_path: Path) -> 
     # Every output line exactly once: the crashed run's uncommitted tail was rolled back.
     assert Counter(got) == Counter(want)
     assert len(partial) > 0
+
+
+def test_iter_source_refuses_to_resume_a_one_shot_iterator() -> None:
+    p = InMemoryPersistence()
+    gen = iter(range(10_000))
+    state: dict[str, int] = {}
+
+    def count(k: Any, v: int, s: int) -> tuple[int, int]:
+        if v == 9_000 and not state:
+            state["crashed"] = 1
+            raise Boom("once")
+        return s + 1, s + 1
+
+    def build(provider: Any) -> None:
+        (
+            provider.new_stream()
+            .source("gen", IterSource(gen))
+            .stateful_map("count", count, initial=int)
+        )
+
+    rt = SingleThreadRuntime(build, persistence=p, snapshot_interval=0.0001)
+    with pytest.raises(OperatorError):
+        rt.execute()
+    if p.last_committed() is None:
+        pytest.skip("no snapshot committed before the failure on this machine")
+    with pytest.raises(OperatorError, match="cannot resume"):
+        rt.execute()
+
+
+def test_iter_source_resumes_a_factory() -> None:
+    p = InMemoryPersistence()
+    sink = ListSink()
+    crashed: list[int] = []
+
+    def check(v: int) -> int:
+        if v == 7_000 and not crashed:
+            crashed.append(v)
+            raise Boom("once")
+        return v
+
+    def build(provider: Any) -> None:
+        (
+            provider.new_stream()
+            .source("gen", IterSource(lambda: (i for i in range(10_000))))
+            .map("check", check)
+            .key_distribute("k", lambda v: v % 3)
+            .stateful_op("sum", DumpAtEnd())
+            .sink("out", sink)
+        )
+
+    rt = SingleThreadRuntime(build, persistence=p, snapshot_interval=0.0001)
+    with pytest.raises(OperatorError):
+        rt.execute()
+    rt.execute()
+    want: Counter[int] = Counter()
+    for v in range(10_000):
+        want[v % 3] += v
+    assert dict(r.value for r in sink.records) == dict(want)

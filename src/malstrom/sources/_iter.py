@@ -22,9 +22,14 @@ class _IterPartition:
         if skip:
             # Resume: iterate again and skip what was consumed before the snapshot.
             n = sum(1 for _ in islice(it, skip))
-            self._count = n
             if n < skip:
-                self._done = True
+                # Replaying fewer items than were consumed would silently lose records.
+                raise ValueError(
+                    f"IterSource cannot resume: {skip} items were consumed before the snapshot "
+                    f"but the iterable yields only {n} now; pass a re-iterable (list, range...) "
+                    "or a factory returning a fresh iterator"
+                )
+            self._count = n
 
     def poll(self) -> tuple[Any, Any] | None:
         if self._done:
