@@ -32,6 +32,8 @@ _xxh = xxhash.xxh3_64_intdigest
 def _default(obj: Any) -> Any:
     if obj is NoKey:
         return msgpack.ExtType(1, b"")
+    if isinstance(obj, int):  # beyond msgpack's 64-bit range (e.g. inside a tuple)
+        return msgpack.ExtType(4, str(obj).encode())
     if isinstance(obj, datetime.datetime | datetime.date | datetime.time):
         return msgpack.ExtType(2, obj.isoformat().encode())
     if isinstance(obj, frozenset | set):
@@ -53,8 +55,9 @@ def stable_hash(key: Hashable) -> int:
     t = type(key)
     if t is str:
         return _xxh(b"s" + key.encode("utf-8", "surrogatepass"))  # type: ignore[attr-defined]
-    if t is int:
-        return _xxh(b"i" + str(key).encode())
+    if t is int or t is bool:
+        # True == 1 and False == 0 in a dict, so they must land on the same worker.
+        return _xxh(b"i" + str(int(key)).encode())  # type: ignore[call-overload]
     if t is float and key.is_integer():  # type: ignore[attr-defined]
         # 1.0 == 1 in a dict, so both must land on the same worker.
         return _xxh(b"i" + str(int(key)).encode())  # type: ignore[call-overload]
