@@ -24,10 +24,29 @@ from malstrom.sinks import FileSink, ListSink
 from malstrom.snapshot import LocalDiskPersistence
 from malstrom.sources import FileSource
 
-VOCABULARY = (
-    "stream state snapshot barrier epoch window key worker record operator source sink "
-    "event time exactly once rescale partition coordinator python batch"
-).split()
+VOCABULARY = [
+    "stream",
+    "state",
+    "snapshot",
+    "barrier",
+    "epoch",
+    "window",
+    "key",
+    "worker",
+    "record",
+    "operator",
+    "source",
+    "sink",
+    "event",
+    "time",
+    "exactly",
+    "once",
+    "rescale",
+    "partition",
+    "coordinator",
+    "python",
+    "batch",
+]
 
 
 def make_corpus(directory: Path, files: int = 4, lines: int = 25_000) -> None:
@@ -66,9 +85,9 @@ def make_build(inputs: Path, updates: Path, totals: ListSink) -> Any:
         )
         updates_stream, totals_stream = words.cloned("fan-out", 2)
         (
-            updates_stream.stateful_map("running-count", lambda k, v, s: (f"{k} {s + 1}", s + 1),
-                                        initial=int)
-            .sink("updates-file", FileSink(updates))
+            updates_stream.stateful_map(
+                "running-count", lambda k, v, s: (f"{k} {s + 1}", s + 1), initial=int
+            ).sink("updates-file", FileSink(updates))
         )
         totals_stream.stateful_op("totals", FinalCounts()).sink("collect-totals", totals)
 

@@ -114,9 +114,9 @@ def oracle() -> dict[int, int]:
     return dict(out)
 
 
-def run(persistence: Any, crash_at: int | None = None, interval: float | None = 0.002) -> tuple[
-    SingleThreadRuntime, ListSink, list[int], list[int]
-]:
+def run(
+    persistence: Any, crash_at: int | None = None, interval: float | None = 0.002
+) -> tuple[SingleThreadRuntime, ListSink, list[int], list[int]]:
     sink = ListSink()
     log: list[int] = []
     seen: list[int] = []

@@ -62,8 +62,15 @@ class _Graph:
     names: set[str] = field(default_factory=set)
     roots: int = 0
 
-    def add(self, name: str, factory: _Factory, inputs: list[tuple[_Node, int]],
-            ports: int = 1, internal: bool = False, is_root: bool = False) -> _Node:
+    def add(
+        self,
+        name: str,
+        factory: _Factory,
+        inputs: list[tuple[_Node, int]],
+        ports: int = 1,
+        internal: bool = False,
+        is_root: bool = False,
+    ) -> _Node:
         if not internal:
             _check_name(name)
         if name in self.names:
@@ -148,9 +155,7 @@ class Stream:
                 f"({self._node.name!r}); use provider.new_stream() for every source and "
                 "union the streams"
             )
-        node = self._graph.add(
-            name, lambda ctx: SourceOp(name, source, ctx), [], is_root=True
-        )
+        node = self._graph.add(name, lambda ctx: SourceOp(name, source, ctx), [], is_root=True)
         self._node = node  # a second .source() on this stream object is refused
         return Stream(self._graph, node, 0, rendezvous_select)
 
@@ -228,8 +233,9 @@ class Stream:
         _check_fn(name, "key_fn", key_fn)
         return self._out(self._then(name, lambda ctx: KeyLocalOp(name, key_fn)), region=None)
 
-    def key_distribute(self, name: str, key_fn: Callable[[Any], Any],
-                       partitioner: Partitioner = rendezvous_select) -> Stream:
+    def key_distribute(
+        self, name: str, key_fn: Callable[[Any], Any], partitioner: Partitioner = rendezvous_select
+    ) -> Stream:
         """Re-key by ``key_fn(value)`` and move each record to the worker owning its key."""
         _check_fn(name, "key_fn", key_fn)
         _check_fn(name, "partitioner", partitioner)
@@ -237,8 +243,12 @@ class Stream:
         return self._out(node, region=partitioner)
 
     # ----- keyed state -------------------------------------------------------------------
-    def stateful_map(self, name: str, fn: Callable[[Any, Any, Any], tuple[Any, Any]],
-                     initial: Callable[[], Any] | None = None) -> Stream:
+    def stateful_map(
+        self,
+        name: str,
+        fn: Callable[[Any, Any, Any], tuple[Any, Any]],
+        initial: Callable[[], Any] | None = None,
+    ) -> Stream:
         """``fn(key, value, state) -> (out_value, new_state)`` per record.
 
         Missing state is ``initial()`` if given, else None. Returning ``new_state=None``
@@ -261,9 +271,11 @@ class Stream:
         region = self._region
         return self._out(self._then(name, lambda ctx: StatefulOpOp(name, logic, ctx, region)))
 
-    def ttl_map(self, name: str,
-                fn: Callable[[Any, Any, Any, ExpireMap[Any, Any]],
-                             tuple[Any, ExpireMap[Any, Any] | None]]) -> Stream:
+    def ttl_map(
+        self,
+        name: str,
+        fn: Callable[[Any, Any, Any, ExpireMap[Any, Any]], tuple[Any, ExpireMap[Any, Any] | None]],
+    ) -> Stream:
         """``fn(key, value, timestamp, expire_map) -> (out_value, expire_map or None)``.
 
         Entries inserted with ``expire_map.insert(k, v, expiry)`` disappear once an epoch
@@ -279,8 +291,9 @@ class Stream:
         _check_fn(name, "fn", fn)
         return self._out(self._then(name, lambda ctx: AssignTimestampsOp(name, fn)))
 
-    def generate_epochs(self, name: str, gen: Callable[[Record, Any], Any]
-                        ) -> tuple[Stream, Stream]:
+    def generate_epochs(
+        self, name: str, gen: Callable[[Record, Any], Any]
+    ) -> tuple[Stream, Stream]:
         """Emit epochs from ``gen(record, prev_epoch) -> timestamp or None``.
 
         Returns ``(on_time, late)``: a record is on time iff no epoch was emitted yet or its

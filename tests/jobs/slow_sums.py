@@ -73,8 +73,9 @@ def make_build(work: Path) -> Any:
         )
         a, b = keyed.cloned("fan", 2)
         (
-            a.stateful_map("running", lambda k, v, s: (f"{k} {v} {s + v}", s + v), initial=int)
-            .sink("updates", FileSink(work / "updates.txt"))
+            a.stateful_map(
+                "running", lambda k, v, s: (f"{k} {v} {s + v}", s + v), initial=int
+            ).sink("updates", FileSink(work / "updates.txt"))
         )
         b.stateful_op("totals", Totals()).sink("totals-file", FileSink(work / "totals.txt"))
 

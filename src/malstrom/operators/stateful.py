@@ -108,8 +108,9 @@ def _overrides(logic: object, name: str) -> bool:
 
 
 class StatefulOpOp(_KeyedStateOp):
-    def __init__(self, name: str, logic: StatefulLogic[Any, Any, Any, Any], ctx: BuildContext,
-                 owner: Owner) -> None:
+    def __init__(
+        self, name: str, logic: StatefulLogic[Any, Any, Any, Any], ctx: BuildContext, owner: Owner
+    ) -> None:
         super().__init__(name, ctx, owner)
         self.logic = logic
         self.output: Output[Any] = Output(name)

@@ -120,4 +120,3 @@ def _select(batch: Batch, mask: list[bool]) -> Batch:
         list(compress(batch.values, mask)),
         list(compress(batch.timestamps, mask)),
     )
-

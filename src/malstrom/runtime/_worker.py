@@ -39,8 +39,14 @@ class WorkerPhase(enum.Enum):
 class Worker:
     """Runs the whole graph for one worker id."""
 
-    def __init__(self, graph: Any, worker_id: int, endpoint: Endpoint,
-                 persistence: Persistence, services: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        graph: Any,
+        worker_id: int,
+        endpoint: Endpoint,
+        persistence: Persistence,
+        services: dict[str, Any] | None = None,
+    ) -> None:
         self.graph = graph
         self.worker_id = worker_id
         self.endpoint = endpoint

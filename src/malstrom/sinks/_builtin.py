@@ -64,6 +64,10 @@ class _FilePart:
             # Restore: drop what was written after the snapshot we resume from, so every record
             # appears exactly once in the file however often the job restarts.
             f.truncate(int(state))  # type: ignore[call-overload]
+        else:
+            # No snapshot holds this part: nothing in the file is committed output of this job
+            # (e.g. a run that crashed before its first snapshot), so start it empty.
+            f.truncate(0)
         f.seek(0, os.SEEK_END)
         self._f = f
 
@@ -87,7 +91,8 @@ class FileSink(StatefulSink):
     With ``per_key=True`` each key gets its own file ``<path>/<key>.txt``; otherwise all
     records go to the single file ``path``. The file's length is snapshotted; on restore the
     file is cut back to that length before writing resumes, so after any crash and restart the
-    file holds every record exactly once.
+    file holds every record exactly once. A part not covered by a snapshot (a fresh start)
+    starts with an empty file.
     """
 
     def __init__(self, path: str | os.PathLike[str], fmt: Any = None, per_key: bool = False):

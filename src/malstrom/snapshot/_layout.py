@@ -82,9 +82,7 @@ class SnapshotWriter:
 
     def to_bytes(self) -> bytes:
         index = msgpack.packb(self._index, use_bin_type=True)
-        return b"".join(
-            [_HEADER.pack(_MAGIC, FORMAT_VERSION, len(index)), index, *self._segments]
-        )
+        return b"".join([_HEADER.pack(_MAGIC, FORMAT_VERSION, len(index)), index, *self._segments])
 
 
 class SnapshotReader:
@@ -105,16 +103,17 @@ class SnapshotReader:
             head = self._p.read_blob(self.version, blob, 0, _HEADER.size)
             magic, fmt, n = _HEADER.unpack(head)
             if magic != _MAGIC:
-                raise SnapshotFormatError(f"blob {blob!r} of version {self.version} is not a "
-                                          "malstrom snapshot")
+                raise SnapshotFormatError(
+                    f"blob {blob!r} of version {self.version} is not a malstrom snapshot"
+                )
             if fmt != FORMAT_VERSION:
                 raise SnapshotFormatError(
-                    f"blob {blob!r} has snapshot format {fmt}; this malstrom reads "
-                    f"{FORMAT_VERSION}"
+                    f"blob {blob!r} has snapshot format {fmt}; this malstrom reads {FORMAT_VERSION}"
                 )
             index = msgpack.unpackb(
                 self._p.read_blob(self.version, blob, _HEADER.size, n),
-                raw=False, strict_map_key=False,
+                raw=False,
+                strict_map_key=False,
             )
             cached = (_HEADER.size + n, index)
             self._indexes[blob] = cached

@@ -70,8 +70,11 @@ class FileSource(StatefulSource):
     so after a restore each file resumes exactly where the last committed snapshot left it.
     """
 
-    def __init__(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-                 encoding: str = "utf-8") -> None:
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        encoding: str = "utf-8",
+    ) -> None:
         super().__init__(self)
         items = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
         found: list[str] = []
