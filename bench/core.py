@@ -169,11 +169,13 @@ def fw_a(data: list[int]) -> tuple[float, Any]:
     sink = CountSink()
 
     def build(p: StreamProvider) -> None:
-        (p.new_stream()
+        (
+            p.new_stream()
             .source("ints", IterSource(data))
             .map("double", double)
             .filter("keep", keep)
-            .sink("count", StatelessSink(sink)))
+            .sink("count", StatelessSink(sink))
+        )
 
     return _execute(build), sink.n
 
@@ -191,11 +193,13 @@ def fw_b(words: list[str]) -> tuple[float, Any]:
     sink = CountSink()
 
     def build(p: StreamProvider) -> None:
-        (p.new_stream()
+        (
+            p.new_stream()
             .source("words", IterSource(words))
             .key_distribute("by_word", word_key)
             .stateful_map("count", running_count, initial=int)
-            .sink("out", StatelessSink(sink)))
+            .sink("out", StatelessSink(sink))
+        )
 
     return _execute(build), sink.n
 
@@ -219,14 +223,17 @@ def fw_c(events: list[tuple[str, int]]) -> tuple[float, Any]:
     late_sink = CountSink()
 
     def build(p: StreamProvider) -> None:
-        on_time, late = (p.new_stream()
+        on_time, late = (
+            p.new_stream()
             .source("events", IterSource(events))
             .assign_timestamps("ts", event_ts)
-            .limit_out_of_orderness("ooo", BOUND))
-        (on_time
-            .key_distribute("by_key", event_key)
+            .limit_out_of_orderness("ooo", BOUND)
+        )
+        (
+            on_time.key_distribute("by_key", event_key)
             .stateful_op("count", CountLogic())
-            .sink("out", StatelessSink(on_sink)))
+            .sink("out", StatelessSink(on_sink))
+        )
         late.sink("late", StatelessSink(late_sink))
 
     return _execute(build), (on_sink.n, late_sink.n)
@@ -294,20 +301,28 @@ def fmt_rate(r: float) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], rounds: int) -> None:
-    print(f"\nThroughput, SingleThreadRuntime (1 worker), median of {rounds} rounds; "
-          "rec/s = input records / wall s")
-    hdr = (f"{'pipeline':<32} {'records':>9} {'framework rec/s':>16} {'loop rec/s':>12} "
-           f"{'ratio':>6} {'target':>7}  verdict")
+    print(
+        f"\nThroughput, SingleThreadRuntime (1 worker), median of {rounds} rounds; "
+        "rec/s = input records / wall s"
+    )
+    hdr = (
+        f"{'pipeline':<32} {'records':>9} {'framework rec/s':>16} {'loop rec/s':>12} "
+        f"{'ratio':>6} {'target':>7}  verdict"
+    )
     print(hdr)
     print("-" * len(hdr))
     for key, r in rows:
         tgt = TARGETS.get(key)
         tgt_s = f">={tgt:.2f}" if tgt is not None else "-"
         verdict = "-" if tgt is None else ("PASS" if r["ratio"] >= tgt else "FAIL")
-        print(f"{r['label']:<32} {r['n']:>9,} {fmt_rate(r['fw']):>16} {fmt_rate(r['loop']):>12} "
-              f"{r['ratio']:>6.3f} {tgt_s:>7}  {verdict}")
-    print("per-round ratios: " + "; ".join(
-        f"({k}) " + " ".join(f"{x:.3f}" for x in r["ratios"]) for k, r in rows))
+        print(
+            f"{r['label']:<32} {r['n']:>9,} {fmt_rate(r['fw']):>16} {fmt_rate(r['loop']):>12} "
+            f"{r['ratio']:>6.3f} {tgt_s:>7}  {verdict}"
+        )
+    print(
+        "per-round ratios: "
+        + "; ".join(f"({k}) " + " ".join(f"{x:.3f}" for x in r["ratios"]) for k, r in rows)
+    )
     for k, r in rows:
         print(f"checked ({k}): framework and loop agree on {r['result']!r}")
 
@@ -326,8 +341,7 @@ def mem_child(mode: str, n: int) -> None:
     elif mode != "baseline":
         raise SystemExit(f"unknown mem mode {mode!r}")
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"mode": mode, "maxrss_kb": rss_kb, "hwm_kb": _vm_hwm_kb(),
-                      "result": result}))
+    print(json.dumps({"mode": mode, "maxrss_kb": rss_kb, "hwm_kb": _vm_hwm_kb(), "result": result}))
 
 
 def _vm_hwm_kb() -> int | None:
@@ -371,18 +385,24 @@ def bench_memory(n: int, runs: int) -> None:
     net_fw, net_lp = fw - base, lp - base
     net_ratio = net_fw / net_lp if net_lp > 0 else float("inf")
     verdict = "PASS" if net_ratio <= MEM_TARGET else "FAIL"
-    print(f"\nMemory, pipeline (b) with {n:,} distinct keys, peak RSS (ru_maxrss) of a fresh "
-          f"process, median of {runs} run(s)")
+    print(
+        f"\nMemory, pipeline (b) with {n:,} distinct keys, peak RSS (ru_maxrss) of a fresh "
+        f"process, median of {runs} run(s)"
+    )
     hdr = f"{'process':<34} {'peak RSS MiB':>12} {'minus baseline':>15}"
     print(hdr)
     print("-" * len(hdr))
     print(f"{'baseline (interpreter + input)':<34} {base:>12.1f} {'-':>15}")
     print(f"{'framework (SingleThreadRuntime)':<34} {fw:>12.1f} {net_fw:>15.1f}")
     print(f"{'loop (plain dict state)':<34} {lp:>12.1f} {net_lp:>15.1f}")
-    print(f"ratio framework/loop: raw {raw_ratio:.2f}x, baseline-subtracted {net_ratio:.2f}x "
-          f"(target <= {MEM_TARGET:.1f}x on the baseline-subtracted figure): {verdict}")
-    print(f"cross-check: ru_maxrss and /proc VmHWM differ by at most {worst_gap:.1f} MiB "
-          f"(parent RSS at spawn {_self_rss_mib():.1f} MiB)")
+    print(
+        f"ratio framework/loop: raw {raw_ratio:.2f}x, baseline-subtracted {net_ratio:.2f}x "
+        f"(target <= {MEM_TARGET:.1f}x on the baseline-subtracted figure): {verdict}"
+    )
+    print(
+        f"cross-check: ru_maxrss and /proc VmHWM differ by at most {worst_gap:.1f} MiB "
+        f"(parent RSS at spawn {_self_rss_mib():.1f} MiB)"
+    )
 
 
 def _self_rss_mib() -> float:
@@ -423,10 +443,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 rounds, inputs 1/5 the size")
     ap.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
-    ap.add_argument("--only", action="append", choices=["a", "b", "c", "mem"],
-                    help="run only these parts (repeatable)")
-    ap.add_argument("--profile", action="append", choices=["a", "b", "c"],
-                    help="profile one framework run of these pipelines instead of benchmarking")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=["a", "b", "c", "mem"],
+        help="run only these parts (repeatable)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="append",
+        choices=["a", "b", "c"],
+        help="profile one framework run of these pipelines instead of benchmarking",
+    )
     ap.add_argument("--profiler", choices=["cprofile", "pyinstrument"], default="cprofile")
     ap.add_argument("--mem-child", help=argparse.SUPPRESS)
     ap.add_argument("--mem-keys", type=int, default=None, help=argparse.SUPPRESS)
@@ -446,8 +474,10 @@ def main() -> None:
         return
 
     parts = args.only or ["a", "b", "c", "mem"]
-    print(f"malstrom core benchmark: python {sys.version.split()[0]}, "
-          f"{'quick' if args.quick else 'full'} mode, {rounds} rounds, pid {os.getpid()}")
+    print(
+        f"malstrom core benchmark: python {sys.version.split()[0]}, "
+        f"{'quick' if args.quick else 'full'} mode, {rounds} rounds, pid {os.getpid()}"
+    )
     if "mem" in parts:  # first: see bench_memory
         bench_memory(mem_keys, 1 if args.quick else 3)
     gens = {"a": gen_ints, "b": gen_words, "c": gen_events}

@@ -129,7 +129,7 @@ class InspectOp(Operator):
         fn, ctx = self.fn, self.ctx
         rec = None
         try:
-            for rec in batch.records():
+            for rec in batch.iter_records():
                 fn(rec, ctx)
         except Exception as e:
             raise user_error(self.name, e, rec) from e
@@ -182,7 +182,7 @@ class SplitOp(Operator):
         masks: list[list[bool]] = [[] for _ in range(n)]
         rec = None
         try:
-            for rec in batch.records():
+            for rec in batch.iter_records():
                 flags = [False] * n
                 fn(rec, flags)
                 for p in range(n):
@@ -229,7 +229,7 @@ class StatelessOpOp(Operator):
         on_data = self.logic.on_data
         rec = None
         try:
-            for rec in batch.records():
+            for rec in batch.iter_records():
                 out._key = rec[0]
                 out._ts = rec[2]
                 on_data(rec, out)

@@ -9,7 +9,7 @@ from malstrom._errors import OperatorError
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators._util import user_error
 from malstrom.runtime._engine import Barrier, Batch, BuildContext, Operator, make_record
-from malstrom.sinks._protocols import StatelessSinkImpl
+from malstrom.sinks._protocols import RecordBatch, StatelessSinkImpl
 from malstrom.sources._protocols import StatefulSource, StatelessSource
 from malstrom.types import MAX
 
@@ -145,14 +145,13 @@ class StatelessSinkOp(Operator):
         self.batch_fn = getattr(impl, "sink_batch", None)
 
     def on_batch(self, batch: Batch, port: int) -> None:
-        records = batch.records()
         rec = None
         try:
             if self.batch_fn is not None:
-                self.batch_fn(records)
+                self.batch_fn(RecordBatch(batch.keys, batch.values, batch.timestamps))
             else:
                 sink = self.impl.sink
-                for rec in records:
+                for rec in batch.iter_records():
                     sink(rec)
         except Exception as e:
             raise user_error(self.name, e, rec) from e

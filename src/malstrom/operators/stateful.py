@@ -127,7 +127,7 @@ class StatefulOpOp(_KeyedStateOp):
         missing = _MISSING
         rec = None
         try:
-            for rec in batch.records():
+            for rec in batch.iter_records():
                 k = rec[0]
                 out._key = k
                 out._ts = rec[2]

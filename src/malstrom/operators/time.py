@@ -82,7 +82,7 @@ class GenerateEpochsOp(Operator):
                     i += 1
             else:
                 gen = self.gen
-                for rec in batch.records():
+                for rec in batch.iter_records():
                     append(prev is None or rec[2] > prev)
                     c = gen(rec, prev)
                     if c is not None and (prev is None or c > prev):

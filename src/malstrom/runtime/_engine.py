@@ -54,6 +54,10 @@ class Batch:
     def records(self) -> list[Record]:
         return list(map(make_record, zip(self.keys, self.values, self.timestamps)))
 
+    def iter_records(self) -> Iterator[Record]:
+        """Records one at a time: each is freed before the next is made (no GC pressure)."""
+        return map(make_record, zip(self.keys, self.values, self.timestamps))
+
     def record(self, i: int) -> Record:
         return Record(self.keys[i], self.values[i], self.timestamps[i])
 

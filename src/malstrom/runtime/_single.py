@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 
@@ -56,6 +57,17 @@ class SingleThreadRuntime:
         self.restored_from = coord.restored_from
         if coord.finished:
             return
+        # Batches allocate many short-lived container objects; CPython's default gen-0 threshold
+        # (700) would run the cyclic GC every few hundred records. Raise it while the job runs.
+        gc_threshold = gc.get_threshold()
+        gc.set_threshold(max(gc_threshold[0], 50_000), *gc_threshold[1:])
+        try:
+            self._run(coord, worker)
+        finally:
+            gc.set_threshold(*gc_threshold)
+
+    @staticmethod
+    def _run(coord: Coordinator, worker: Worker) -> None:
         idle = 0
         while True:
             coord.poll()

@@ -23,7 +23,12 @@ from malstrom.coordinator._messages import (
 )
 from malstrom.runtime._engine import Barrier, BuildContext, Operator, Token
 from malstrom.snapshot._backend import Persistence
-from malstrom.snapshot._layout import SnapshotReader, SnapshotWriter, worker_blob
+from malstrom.snapshot._layout import (
+    NullSnapshotWriter,
+    SnapshotReader,
+    SnapshotWriter,
+    worker_blob,
+)
 from malstrom.transport._local import Endpoint
 
 __all__ = ["Worker", "WorkerPhase"]
@@ -130,7 +135,11 @@ class Worker:
     def _begin_snapshot(self, version: int) -> None:
         if self._snapshot is not None:
             raise RuntimeError(f"snapshot {version} requested while {self._snapshot[0]} runs")
-        writer = SnapshotWriter(self.worker_id)
+        writer = (
+            SnapshotWriter(self.worker_id)
+            if self.persistence.stores
+            else NullSnapshotWriter(self.worker_id)
+        )
         token = Token(len(self._roots))
         self._snapshot = (version, token, writer)
         barrier = Barrier(token, version, writer)

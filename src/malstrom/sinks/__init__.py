@@ -8,6 +8,7 @@ state and may implement ``commit(version)`` for two-phase commit.
 
 from malstrom.sinks._builtin import FileSink, ListSink, StdOutSink
 from malstrom.sinks._protocols import (
+    RecordBatch,
     StatefulSink,
     StatefulSinkImpl,
     StatefulSinkPartition,
@@ -18,6 +19,7 @@ from malstrom.sinks._protocols import (
 __all__ = [
     "FileSink",
     "ListSink",
+    "RecordBatch",
     "StatefulSink",
     "StatefulSinkImpl",
     "StatefulSinkPartition",

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Hashable
 from typing import Any, TextIO
 
-from malstrom.sinks._protocols import StatefulSink, StatelessSink
+from malstrom.sinks._protocols import RecordBatch, StatefulSink, StatelessSink
 from malstrom.types import Record
 
 __all__ = ["FileSink", "ListSink", "StdOutSink"]
@@ -24,7 +24,7 @@ class StdOutSink(StatelessSink):
     def sink(self, record: Record) -> None:
         print(record, file=self._file or sys.stdout)
 
-    def sink_batch(self, records: list[Record]) -> None:
+    def sink_batch(self, records: RecordBatch) -> None:
         f = self._file or sys.stdout
         f.write("".join(f"{r}\n" for r in records))
         f.flush()
@@ -42,7 +42,7 @@ class ListSink(StatelessSink):
         with self._lock:
             self.records.append(record)
 
-    def sink_batch(self, records: list[Record]) -> None:
+    def sink_batch(self, records: RecordBatch) -> None:
         with self._lock:
             self.records.extend(records)
 

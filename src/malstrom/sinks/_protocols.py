@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Any, Protocol
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Any, Protocol, overload
 
+from malstrom.runtime._engine import make_record
 from malstrom.types import Record
 
 __all__ = [
+    "RecordBatch",
     "StatefulSink",
     "StatefulSinkImpl",
     "StatefulSinkPartition",
@@ -16,8 +18,44 @@ __all__ = [
 ]
 
 
+class RecordBatch(Sequence[Record]):
+    """The records handed to ``sink_batch``: a read-only sequence over columnar data.
+
+    Records are made only as they are read, so a sink that just counts, or that writes the
+    columns :attr:`keys`, :attr:`values` and :attr:`timestamps` directly, makes no
+    per-record objects at all.
+    """
+
+    __slots__ = ("keys", "timestamps", "values")
+
+    def __init__(self, keys: Sequence[Any], values: Sequence[Any], timestamps: Sequence[Any]):
+        self.keys = keys
+        self.values = values
+        self.timestamps = timestamps
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __iter__(self) -> Iterator[Record]:
+        return map(make_record, zip(self.keys, self.values, self.timestamps))
+
+    @overload
+    def __getitem__(self, i: int) -> Record: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Record]: ...
+
+    def __getitem__(self, i: int | slice) -> Record | list[Record]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return Record(self.keys[i], self.values[i], self.timestamps[i])
+
+    def __repr__(self) -> str:
+        return f"RecordBatch({len(self)} records)"
+
+
 class StatelessSinkImpl(Protocol):
-    """Receives records; may also offer ``sink_batch(records)``, which is preferred."""
+    """Receives records; may also offer ``sink_batch(records: RecordBatch)``, preferred."""
 
     def sink(self, record: Record) -> None:
         """Write one record."""

@@ -23,7 +23,7 @@ from malstrom._errors import OperatorError
 from malstrom.keyed.partitioners import group_owner, key_group, rendezvous_select
 from malstrom.snapshot._backend import FORMAT_VERSION, Manifest, Persistence, SnapshotFormatError
 
-__all__ = ["SnapshotReader", "SnapshotWriter", "worker_blob"]
+__all__ = ["NullSnapshotWriter", "SnapshotReader", "SnapshotWriter", "worker_blob"]
 
 _MAGIC = b"MALSTROM"
 _HEADER = struct.Struct(">8sIQ")
@@ -61,20 +61,24 @@ class SnapshotWriter:
 
     def put_keyed(self, operator: str, states: Mapping[Any, Any]) -> None:
         """Store a keyed state map, grouped by key group."""
-        groups: dict[int, list[tuple[Any, Any]]] = {}
-        for k, s in states.items():
+        # Group keys first and build one group's (key, state) pairs at a time, so a snapshot
+        # of a million keys never holds a million extra tuples at once.
+        groups: dict[int, list[Any]] = {}
+        for k in states:
             try:
                 g = key_group(k)
             except TypeError:
                 g = _UNGROUPED
             bucket = groups.get(g)
             if bucket is None:
-                groups[g] = [(k, s)]
+                groups[g] = [k]
             else:
-                bucket.append((k, s))
-        self._index[operator] = {
-            "k": [[g, *self._add(_dumps(operator, items))] for g, items in sorted(groups.items())]
-        }
+                bucket.append(k)
+        entries = []
+        for g in sorted(groups):
+            keys = groups.pop(g)
+            entries.append([g, *self._add(_dumps(operator, [(k, states[k]) for k in keys]))])
+        self._index[operator] = {"k": entries}
 
     def put_worker(self, operator: str, value: Any) -> None:
         """Store state that belongs to this worker rather than to a key."""
@@ -83,6 +87,16 @@ class SnapshotWriter:
     def to_bytes(self) -> bytes:
         index = msgpack.packb(self._index, use_bin_type=True)
         return b"".join([_HEADER.pack(_MAGIC, FORMAT_VERSION, len(index)), index, *self._segments])
+
+
+class NullSnapshotWriter(SnapshotWriter):
+    """For backends that store nothing: barriers still flow and align, state is not encoded."""
+
+    def put_keyed(self, operator: str, states: Mapping[Any, Any]) -> None:
+        pass
+
+    def put_worker(self, operator: str, value: Any) -> None:
+        pass
 
 
 class SnapshotReader:
