@@ -48,3 +48,28 @@ def test_readme_first_example_prints_documented_records(tmp_path: Path) -> None:
 
 def test_max_is_importable_from_top_level() -> None:
     assert MAX > 10**100
+
+
+def test_sink_batch_receives_a_lazy_record_batch() -> None:
+    from malstrom import Record, SingleThreadRuntime
+    from malstrom.sinks import RecordBatch, StatelessSink
+    from malstrom.sources import IterSource
+
+    seen: list[RecordBatch] = []
+
+    class Columns:
+        def sink_batch(self, records: RecordBatch) -> None:
+            assert isinstance(records, RecordBatch)
+            seen.append(records)
+
+    def build(provider: object) -> None:
+        provider.new_stream().source("s", IterSource("abc")).sink("cols", StatelessSink(Columns()))  # type: ignore[attr-defined]
+
+    SingleThreadRuntime(build).execute()
+    (batch,) = seen
+    assert len(batch) == 3
+    assert list(batch.values) == ["a", "b", "c"]
+    assert batch[1] == Record(batch.keys[1], "b", 1)
+    assert batch[-1].value == "c"
+    assert [r.value for r in batch[0:2]] == ["a", "b"]
+    assert list(batch) == [Record(k, v, t) for k, v, t in zip(batch.keys, "abc", range(3))]
