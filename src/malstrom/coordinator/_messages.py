@@ -28,6 +28,7 @@ class StartBuild:
 
     worker_set: tuple[int, ...]
     restore_version: int | None
+    peers: dict[int, str] | None = None  # data-plane addresses, for network transports
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ class Worker:
 
     # ----- build -------------------------------------------------------------------------
     def _build(self, msg: StartBuild) -> None:
+        exchange = self.services.get("exchange")
+        if msg.peers is not None and exchange is not None:
+            exchange.connect({w: a for w, a in msg.peers.items() if w != self.worker_id})
         reader = None
         if msg.restore_version is not None:
             manifest = self.persistence.manifest(msg.restore_version)
@@ -96,14 +99,19 @@ class Worker:
         worked = self._handle_commands()
         if self.phase is not WorkerPhase.RUNNING:
             return worked
-        for op in self._roots:
-            if op.poll():
-                worked = True
+        exchange = self.services.get("exchange")
+        # Backpressure: while peers are slow to take our output, produce nothing new.
+        if exchange is None or not exchange.backlogged():
+            for op in self._roots:
+                if op.poll():
+                    worked = True
         for op in self._scheduled:
             op.schedule()
         for op in self.ops:
             if op.inputs and op.drain():
                 worked = True
+        if exchange is not None:
+            exchange.flush()
         snap = self._snapshot
         if snap is not None and snap[1].pending == 0:
             self._finish_snapshot(*snap)

@@ -1,0 +1,72 @@
+"""Several workers and their coordinator in one thread, over in-memory pipes.
+
+Not a user-facing runtime (one thread gains nothing on CPU work): it runs the distributed
+protocols (key routing, barrier alignment across workers, epoch merging, snapshots and
+restores at any parallelism) deterministically, for tests.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import Any
+
+from malstrom.coordinator._coordinator import Coordinator, JobPhase
+from malstrom.runtime._single import build_graph
+from malstrom.runtime._worker import Worker
+from malstrom.snapshot._backend import Persistence
+from malstrom.snapshot._memory import NoPersistence
+from malstrom.transport._exchange import LocalExchangeHub
+from malstrom.transport._local import local_pair
+
+__all__ = ["run_local_cluster"]
+
+
+def run_local_cluster(
+    build: Callable[[Any], None],
+    parallelism: int,
+    *,
+    persistence: Persistence | None = None,
+    snapshot_interval: float | None = None,
+    on_turn: Callable[[int], None] | None = None,
+) -> Coordinator:
+    """Run ``build`` on ``parallelism`` workers to completion; returns the coordinator.
+
+    ``on_turn(n)`` is called before every round of worker turns (tests inject faults there).
+    """
+    if parallelism < 1:
+        raise ValueError(f"parallelism must be >= 1, got {parallelism}")
+    persistence = persistence if persistence is not None else NoPersistence()
+    graph = build_graph(build)
+    hub = LocalExchangeHub()
+    workers = []
+    ends = {}
+    for wid in range(parallelism):
+        c_end, w_end = local_pair()
+        ends[wid] = c_end
+        workers.append(
+            Worker(graph, wid, w_end, persistence, services={"exchange": hub.endpoint(wid)})
+        )
+    coord = Coordinator(persistence, ends, snapshot_interval)
+    coord.start()
+    if coord.finished:
+        return coord
+    threshold = gc.get_threshold()
+    gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+    try:
+        n = 0
+        while True:
+            if on_turn is not None:
+                on_turn(n)
+            n += 1
+            coord.poll()
+            if coord.phase is JobPhase.FINISHED:
+                for w in workers:
+                    w.turn()
+                return coord
+            if coord.phase is JobPhase.FAILED:
+                raise RuntimeError(coord.error)
+            for w in workers:
+                w.turn()
+    finally:
+        gc.set_threshold(*threshold)
