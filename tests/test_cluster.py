@@ -4,6 +4,7 @@ key routing, epoch merging, barrier alignment, snapshots, restore at another par
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def test_epochs_merge_across_workers_rising_with_max_last() -> None:
     run_local_cluster(build, 3)
     for epochs in seen.values():
         assert epochs[-1] is MAX
-        assert all(a < b for a, b in zip(epochs, epochs[1:]))
+        assert all(a < b for a, b in pairwise(epochs))
     assert set(seen) == {0, 1, 2}
 
 

@@ -64,7 +64,7 @@ class DistributorOp(Operator):
         self.me = ctx.worker_id
         self.workers = tuple(ctx.worker_set)
         self.remotes = [w for w in self.workers if w != self.me]
-        self.exchange = ctx.services.get("exchange")
+        self.exchange: Any = ctx.services.get("exchange")
         if self.remotes and self.exchange is None:
             raise BuildError(
                 f"operator {name!r}: {len(self.workers)} workers but this runtime has no "
