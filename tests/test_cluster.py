@@ -216,3 +216,39 @@ def test_file_sink_parts_are_spread_and_exactly_once(tmp_path: Path) -> None:
             got[int(line)] += 1
     assert got == Counter(range(PARTS * PER_PART))
     assert len(list(out.iterdir())) == 6
+
+
+def test_stop_takes_a_resumable_snapshot_and_resume_is_exact() -> None:
+    from malstrom.coordinator._coordinator import JobPhase
+
+    p = InMemoryPersistence()
+    versions: list[Any] = []
+    for stop_after in (3, 5, 4):
+
+        def stop_soon(n: int, coord: Any, stop_after: int = stop_after) -> None:
+            if n == stop_after:
+                coord.request_stop(lambda v, err: versions.append((v, err)))
+
+        coord = run_local_cluster(
+            make_build(ListSink(), set()), 2, persistence=p, on_turn=stop_soon
+        )
+        assert coord.phase is JobPhase.STOPPED
+    assert [err for _, err in versions] == [None, None, None]
+    assert [v for v, _ in versions] == sorted(v for v, _ in versions)
+    sink = ListSink()
+    coord = run_local_cluster(make_build(sink, set()), 3, persistence=p)
+    assert coord.phase is JobPhase.FINISHED
+    assert dict(sink.values) == oracle()
+
+
+def test_requested_snapshot_reports_its_committed_version() -> None:
+    p = InMemoryPersistence()
+    got: list[Any] = []
+
+    def snap(n: int, coord: Any) -> None:
+        if n in (2, 4):
+            coord.request_snapshot(lambda v, err: got.append((v, err)))
+
+    run_local_cluster(make_build(ListSink(), set()), 2, persistence=p, on_turn=snap)
+    assert [err for _, err in got] == [None, None]
+    assert got[0][0] < got[1][0] < p.last_committed()  # the final snapshot comes last

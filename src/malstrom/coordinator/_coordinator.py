@@ -1,9 +1,10 @@
-"""The coordinator: one per job. It builds and starts the workers, triggers snapshots,
-commits a version once every worker reported it complete, and ends the job with a final
-committed snapshot once every worker has drained.
+"""The coordinator: one per job. It builds and starts the workers, runs one operation at a
+time (snapshot, stop), commits a snapshot version once every worker reported it complete,
+watches worker heartbeats, and ends the job with a final committed snapshot once every worker
+has drained.
 
 It is a state machine polled by its runtime (never blocking), so the same object drives the
-in-process runtime and, behind a network transport, worker processes.
+in-process runtimes and, behind a network transport, worker processes on many machines.
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from malstrom.coordinator._messages import (
     BuildComplete,
     Drained,
     Finish,
+    Heartbeat,
+    Hello,
     SnapshotCommitted,
     SnapshotComplete,
     StartBuild,
@@ -27,28 +33,48 @@ from malstrom.coordinator._messages import (
 from malstrom.snapshot._backend import BlobInfo, Manifest, Persistence
 from malstrom.transport._local import Endpoint
 
-__all__ = ["Coordinator", "JobPhase"]
+__all__ = ["Coordinator", "JobPhase", "OperationRefused"]
 
 log = logging.getLogger("malstrom.coordinator")
+
+Callback = Callable[[Any, BaseException | None], None]
+
+
+class OperationRefused(RuntimeError):
+    """A snapshot or stop was requested while the job cannot take it (it ended, or failed)."""
 
 
 class JobPhase(enum.Enum):
     BUILDING = "building"
     RUNNING = "running"
     SNAPSHOTTING = "snapshotting"
-    FINISHING = "finishing"  # final snapshot after every worker drained
+    STOPPING = "stopping"  # final snapshot of a stop (resumable)
+    FINISHING = "finishing"  # final snapshot after every worker drained (job complete)
     FINISHED = "finished"
+    STOPPED = "stopped"
     FAILED = "failed"
 
 
+_ENDED = (JobPhase.FINISHED, JobPhase.STOPPED, JobPhase.FAILED)
+
+
+@dataclass
+class _Op:
+    kind: str  # "snapshot" | "stop"
+    callback: Callback | None
+
+
 class Coordinator:
-    """Drives one job over the given worker endpoints."""
+    """Drives one job attempt over the given worker endpoints."""
 
     def __init__(
         self,
         persistence: Persistence,
         workers: Mapping[int, Endpoint],
         snapshot_interval: float | None,
+        *,
+        heartbeat_timeout: float | None = None,
+        peers: Mapping[int, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if snapshot_interval is not None and snapshot_interval <= 0:
@@ -56,6 +82,8 @@ class Coordinator:
         self.persistence = persistence
         self.workers = dict(workers)
         self.interval = snapshot_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.peers = dict(peers) if peers is not None else None
         self.clock = clock
         self.phase = JobPhase.BUILDING
         self.error: str | None = None
@@ -65,11 +93,15 @@ class Coordinator:
         self._drained: set[int] = set()
         self._snap_version: int | None = None
         self._snap_done: dict[int, tuple[str, int, int] | None] = {}
+        self._snap_op: _Op | None = None
+        self._ops: deque[_Op] = deque()
         self._next_snapshot_at = float("inf")
         self._next_version = 0
+        self._last_seen: dict[int, float] = {}
 
     # ----- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
+        """Pick the snapshot to resume from and tell every worker to build."""
         manifest = self.persistence.latest_restorable() if self.persistence.stores else None
         if manifest is not None:
             self.restored_from = manifest.version
@@ -84,37 +116,106 @@ class Coordinator:
             self.phase = JobPhase.FINISHED
             return
         worker_set = tuple(sorted(self.workers))
-        for ep in self.workers.values():
-            ep.send(StartBuild(worker_set, self.restored_from))
+        now = self.clock()
+        for w, ep in self.workers.items():
+            self._last_seen[w] = now
+            ep.send(StartBuild(worker_set, self.restored_from, self.peers))
 
     @property
     def finished(self) -> bool:
+        """True once the job completed (final snapshot committed)."""
         return self.phase is JobPhase.FINISHED
 
-    def poll(self) -> None:
-        """Handle every queued worker message and fire due timers."""
-        for ep in self.workers.values():
-            while (msg := ep.recv()) is not None:
-                self._handle(msg)
-        if self.phase is JobPhase.RUNNING:
-            if len(self._drained) == len(self.workers):
-                self._begin_snapshot(final=True)
-            elif self.clock() >= self._next_snapshot_at:
-                self._begin_snapshot(final=False)
+    @property
+    def ended(self) -> bool:
+        """Finished, stopped or failed."""
+        return self.phase in _ENDED
 
-    def request_snapshot(self) -> bool:
-        """Start a snapshot now; False if another operation is running."""
-        if self.phase is not JobPhase.RUNNING:
-            return False
-        self._begin_snapshot(final=False)
-        return True
+    def poll(self) -> None:
+        """Handle every queued worker message, fire due timers, start queued operations."""
+        for w, ep in self.workers.items():
+            while (msg := ep.recv()) is not None:
+                self._last_seen[w] = self.clock()
+                self._handle(msg)
+                if self.phase is JobPhase.FAILED:
+                    return
+        if self.phase is JobPhase.RUNNING:
+            now = self.clock()
+            if len(self._drained) == len(self.workers):
+                self._begin_snapshot(JobPhase.FINISHING, None)
+            elif self._ops:
+                op = self._ops.popleft()
+                self._begin_snapshot(
+                    JobPhase.STOPPING if op.kind == "stop" else JobPhase.SNAPSHOTTING, op
+                )
+            elif now >= self._next_snapshot_at:
+                self._begin_snapshot(JobPhase.SNAPSHOTTING, None)
+        if self.heartbeat_timeout is not None and self.phase not in (
+            JobPhase.BUILDING,
+            *_ENDED,
+        ):
+            now = self.clock()
+            for w, seen in self._last_seen.items():
+                if now - seen > self.heartbeat_timeout:
+                    self._fail(
+                        f"worker {w} sent nothing for {now - seen:.1f}s "
+                        f"(heartbeat timeout {self.heartbeat_timeout}s): hung or unreachable"
+                    )
+                    return
+
+    def request_snapshot(self, callback: Callback | None = None) -> None:
+        """Queue a snapshot; ``callback(version, None)`` once committed (or ``(None, error)``)."""
+        self._request("snapshot", callback)
+
+    def request_stop(self, callback: Callback | None = None) -> None:
+        """Queue a stop: a final (resumable) snapshot, then every worker exits."""
+        self._request("stop", callback)
+
+    def status(self) -> dict[str, Any]:
+        """A plain-data summary of the job attempt."""
+        return {
+            "phase": self.phase.value,
+            "workers": sorted(self.workers),
+            "drained": sorted(self._drained),
+            "last_committed": self.last_committed,
+            "restored_from": self.restored_from,
+            "error": self.error,
+        }
+
+    def fail(self, reason: str) -> None:
+        """Mark the attempt failed (the runtime detected a dead worker or lost connection)."""
+        self._fail(reason)
 
     # ----- internals -----------------------------------------------------------------------
+    def _request(self, kind: str, callback: Callback | None) -> None:
+        if self.phase in _ENDED or self.phase in (JobPhase.FINISHING, JobPhase.STOPPING):
+            err = OperationRefused(f"cannot {kind}: the job is {self.phase.value}")
+            if callback is not None:
+                callback(None, err)
+                return
+            raise err
+        self._ops.append(_Op(kind, callback))
+
+    def _fail(self, reason: str) -> None:
+        if self.phase in _ENDED:
+            return
+        self.phase = JobPhase.FAILED
+        self.error = reason
+        err = RuntimeError(reason)
+        pending = [*self._ops, *([self._snap_op] if self._snap_op else [])]
+        self._ops.clear()
+        self._snap_op = None
+        for op in pending:
+            if op.callback is not None:
+                op.callback(None, err)
+
     def _broadcast(self, msg: object) -> None:
         for ep in self.workers.values():
             ep.send(msg)
 
     def _handle(self, msg: object) -> None:
+        if isinstance(msg, Heartbeat | Hello):
+            return
         if isinstance(msg, BuildComplete):
             self._built.add(msg.worker)
             if self.phase is JobPhase.BUILDING and len(self._built) == len(self.workers):
@@ -131,8 +232,7 @@ class Coordinator:
         elif isinstance(msg, Drained):
             self._drained.add(msg.worker)
         elif isinstance(msg, WorkerFailed):
-            self.phase = JobPhase.FAILED
-            self.error = f"worker {msg.worker} failed: {msg.error}"
+            self._fail(f"worker {msg.worker} failed: {msg.error}")
         else:
             raise TypeError(f"coordinator got an unexpected message {msg!r}")
 
@@ -141,26 +241,31 @@ class Coordinator:
             self.clock() + self.interval if self.interval is not None else float("inf")
         )
 
-    def _begin_snapshot(self, final: bool) -> None:
+    def _begin_snapshot(self, phase: JobPhase, op: _Op | None) -> None:
         version = self._next_version
         self._next_version += 1
         self._snap_version = version
         self._snap_done = {}
-        self.phase = JobPhase.FINISHING if final else JobPhase.SNAPSHOTTING
+        self._snap_op = op
+        self.phase = phase
         self._broadcast(TakeSnapshot(version))
 
     def _commit(self) -> None:
         version = self._snap_version
         assert version is not None
         blobs = {b[0]: BlobInfo(b[1], b[2]) for b in self._snap_done.values() if b is not None}
-        meta = {"workers": sorted(self.workers), "final": self.phase is JobPhase.FINISHING}
+        final = self.phase is JobPhase.FINISHING
+        meta = {"workers": sorted(self.workers), "final": final}
         self.persistence.commit(Manifest(version, blobs, meta))
         self.last_committed = version
         self._snap_version = None
         self._broadcast(SnapshotCommitted(version))
-        if self.phase is JobPhase.FINISHING:
+        op, self._snap_op = self._snap_op, None
+        if self.phase in (JobPhase.FINISHING, JobPhase.STOPPING):
             self._broadcast(Finish())
-            self.phase = JobPhase.FINISHED
+            self.phase = JobPhase.FINISHED if final else JobPhase.STOPPED
         else:
             self.phase = JobPhase.RUNNING
             self._arm_timer()
+        if op is not None and op.callback is not None:
+            op.callback(version, None)

@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "Abort",
     "BuildComplete",
+    "Heartbeat",
+    "Hello",
     "Drained",
     "Finish",
     "SnapshotCommitted",
@@ -55,7 +58,30 @@ class Finish:
     """The job is complete (its final snapshot is committed): stop."""
 
 
+@dataclass(frozen=True)
+class Abort:
+    """The job attempt failed elsewhere: drop everything (a restart from the last snapshot follows)."""
+
+    reason: str
+
+
 # ----- worker -> coordinator -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Hello:
+    """First message of a worker: who it is and where its peers reach its data plane."""
+
+    worker: int
+    data_address: str | None
+    pid: int
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent from the worker loop about once a second: the loop is alive and turning."""
+
+    worker: int
+
+
 @dataclass(frozen=True)
 class BuildComplete:
     worker: int

@@ -28,11 +28,12 @@ def run_local_cluster(
     *,
     persistence: Persistence | None = None,
     snapshot_interval: float | None = None,
-    on_turn: Callable[[int], None] | None = None,
+    on_turn: Callable[[int, Coordinator], None] | None = None,
 ) -> Coordinator:
     """Run ``build`` on ``parallelism`` workers to completion; returns the coordinator.
 
-    ``on_turn(n)`` is called before every round of worker turns (tests inject faults there).
+    ``on_turn(n, coordinator)`` runs before every round of worker turns (tests use it to
+    inject faults or request snapshots and stops).
     """
     if parallelism < 1:
         raise ValueError(f"parallelism must be >= 1, got {parallelism}")
@@ -57,10 +58,10 @@ def run_local_cluster(
         n = 0
         while True:
             if on_turn is not None:
-                on_turn(n)
+                on_turn(n, coord)
             n += 1
             coord.poll()
-            if coord.phase is JobPhase.FINISHED:
+            if coord.phase in (JobPhase.FINISHED, JobPhase.STOPPED):
                 for w in workers:
                     w.turn()
                 return coord

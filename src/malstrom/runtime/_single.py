@@ -71,7 +71,7 @@ class SingleThreadRuntime:
         idle = 0
         while True:
             coord.poll()
-            if coord.phase is JobPhase.FINISHED:
+            if coord.phase in (JobPhase.FINISHED, JobPhase.STOPPED):
                 worker.turn()  # deliver the commit notice and Finish to the worker
                 break
             if coord.phase is JobPhase.FAILED:

@@ -8,11 +8,14 @@ whole graph within the turn that produced it. The worker never blocks.
 from __future__ import annotations
 
 import enum
+import time
 from typing import Any
 
 from malstrom._errors import BuildError, OperatorError
 from malstrom.coordinator._messages import (
+    Abort,
     BuildComplete,
+    Heartbeat,
     Drained,
     Finish,
     SnapshotCommitted,
@@ -31,7 +34,10 @@ from malstrom.snapshot._layout import (
 )
 from malstrom.transport._local import Endpoint
 
-__all__ = ["Worker", "WorkerPhase"]
+__all__ = ["HEARTBEAT_INTERVAL", "Worker", "WorkerPhase"]
+
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds between heartbeats; sent from the loop itself, so a hung loop goes silent."""
 
 
 class WorkerPhase(enum.Enum):
@@ -63,6 +69,8 @@ class Worker:
         self._scheduled: list[Operator] = []
         self._snapshot: tuple[int, Token, SnapshotWriter] | None = None
         self._drained_sent = False
+        self._next_heartbeat = 0.0
+        self.abort_reason: str | None = None
 
     # ----- build -------------------------------------------------------------------------
     def _build(self, msg: StartBuild) -> None:
@@ -99,6 +107,10 @@ class Worker:
         worked = self._handle_commands()
         if self.phase is not WorkerPhase.RUNNING:
             return worked
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL
+            self.endpoint.send(Heartbeat(self.worker_id))
         exchange = self.services.get("exchange")
         # Backpressure: while peers are slow to take our output, produce nothing new.
         if exchange is None or not exchange.backlogged():
@@ -135,6 +147,9 @@ class Worker:
             elif isinstance(msg, StartExecution):
                 self.phase = WorkerPhase.RUNNING
             elif isinstance(msg, Finish):
+                self.phase = WorkerPhase.FINISHED
+            elif isinstance(msg, Abort):
+                self.abort_reason = msg.reason
                 self.phase = WorkerPhase.FINISHED
             else:
                 raise TypeError(f"worker {self.worker_id} got an unexpected command {msg!r}")
