@@ -11,10 +11,10 @@ from dataclasses import dataclass
 __all__ = [
     "Abort",
     "BuildComplete",
-    "Heartbeat",
-    "Hello",
     "Drained",
     "Finish",
+    "Heartbeat",
+    "Hello",
     "SnapshotCommitted",
     "SnapshotComplete",
     "StartBuild",

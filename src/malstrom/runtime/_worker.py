@@ -15,9 +15,9 @@ from malstrom._errors import BuildError, OperatorError
 from malstrom.coordinator._messages import (
     Abort,
     BuildComplete,
-    Heartbeat,
     Drained,
     Finish,
+    Heartbeat,
     SnapshotCommitted,
     SnapshotComplete,
     StartBuild,
