@@ -60,7 +60,7 @@ class Finish:
 
 @dataclass(frozen=True)
 class Abort:
-    """The job attempt failed elsewhere: drop everything (a restart from the last snapshot follows)."""
+    """The job attempt failed elsewhere: stop now (a restart from the last snapshot follows)."""
 
     reason: str
 
