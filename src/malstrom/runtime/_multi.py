@@ -1,0 +1,350 @@
+"""MultiProcessRuntime: one coordinator in this process, N worker processes, gRPC between them.
+
+A supervisor thread owns the job: it starts the worker processes, runs the coordinator loop,
+serves snapshot/stop requests one at a time, and when anything fails (a worker dies, raises,
+hangs, or a connection is lost) kills the attempt's processes and starts a new attempt from
+the last committed snapshot, up to ``max_restarts`` times with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from malstrom.coordinator._coordinator import Coordinator, JobPhase, OperationRefused
+from malstrom.runtime._app import check_importable
+from malstrom.runtime._process import worker_process_main
+from malstrom.snapshot._backend import Persistence
+from malstrom.snapshot._memory import InMemoryPersistence, NoPersistence
+from malstrom.transport._exchange import TransportError
+
+__all__ = ["JobFailed", "JobHandle", "MultiProcessRuntime"]
+
+log = logging.getLogger("malstrom.runtime")
+
+
+class JobFailed(RuntimeError):
+    """The job could not complete: restarts were exhausted. The message gives the cause."""
+
+
+class _AttemptFailed(Exception):
+    pass
+
+
+class JobHandle:
+    """Controls a job started with :meth:`MultiProcessRuntime.start`."""
+
+    def __init__(self, supervisor: _Supervisor) -> None:
+        self._sup = supervisor
+
+    def status(self) -> dict[str, Any]:
+        """Phase, workers, restarts, last committed snapshot, error (plain data)."""
+        return self._sup.status()
+
+    def snapshot(self, timeout: float | None = 120) -> int:
+        """Take a snapshot now; returns its version once committed."""
+        return int(self._sup.request("snapshot").result(timeout))
+
+    def stop(self, timeout: float | None = 120) -> None:
+        """Take a final snapshot and shut down; a later start resumes from it."""
+        self._sup.request("stop").result(timeout)
+        self.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the job completes or stops; raises :class:`JobFailed` if it failed."""
+        self._sup.join(timeout)
+        if self._sup.is_alive():
+            raise TimeoutError(f"job still running after {timeout}s")
+        if self._sup.failure is not None:
+            raise JobFailed(self._sup.failure)
+
+    def kill(self) -> None:
+        """Stop at once without a snapshot (the next start resumes from the last one)."""
+        self._sup.killed.set()
+        self._sup.join()
+
+    @property
+    def running(self) -> bool:
+        return self._sup.is_alive()
+
+
+class MultiProcessRuntime:
+    """Runs a job on ``parallelism`` worker processes on this machine.
+
+    ``build`` must be importable by the worker processes (a module-level function, or a
+    ``functools.partial`` of one). Failures restart the job from the last committed snapshot
+    automatically, up to ``max_restarts`` times with backoff, then :meth:`execute` raises
+    :class:`JobFailed` naming the cause.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[Any], None] | str,
+        *,
+        parallelism: int,
+        persistence: Persistence | None = None,
+        snapshot_interval: float | None = None,
+        max_restarts: int = 3,
+        heartbeat_timeout: float = 30.0,
+        host: str = "127.0.0.1",
+        token: str | None = None,
+        tls: Any = None,
+        log_level: int = logging.WARNING,
+    ) -> None:
+        if not isinstance(parallelism, int) or parallelism < 1:
+            raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
+        if not isinstance(build, str):
+            check_importable(build)
+        persistence = persistence if persistence is not None else NoPersistence()
+        if isinstance(persistence, InMemoryPersistence):
+            raise TypeError(
+                "InMemoryPersistence lives in one process; worker processes cannot share it. "
+                "Use LocalDiskPersistence(path) (or NoPersistence) with MultiProcessRuntime"
+            )
+        if snapshot_interval is not None and snapshot_interval <= 0:
+            raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
+        self.build = build
+        self.parallelism = parallelism
+        self.persistence = persistence
+        self.snapshot_interval = snapshot_interval
+        self.max_restarts = max_restarts
+        self.heartbeat_timeout = heartbeat_timeout
+        self.host = host
+        self.token = token or secrets.token_hex(16)
+        self.tls = tls
+        self.log_level = log_level
+
+    def start(self) -> JobHandle:
+        """Start the job in the background and return its handle."""
+        sup = _Supervisor(self)
+        sup.start()
+        return JobHandle(sup)
+
+    def execute(self) -> None:
+        """Run the job to completion. Ctrl-C stops it with a final snapshot (twice: at once)."""
+        handle = self.start()
+        try:
+            handle.wait()
+        except KeyboardInterrupt:
+            log.warning("interrupted: stopping with a final snapshot (Ctrl-C again to kill)")
+            try:
+                handle.stop(timeout=60)
+            except KeyboardInterrupt:
+                handle.kill()
+                raise
+            except Exception:
+                handle.kill()
+                raise
+            raise
+
+
+class _Supervisor(threading.Thread):
+    def __init__(self, rt: MultiProcessRuntime) -> None:
+        super().__init__(name="malstrom-supervisor", daemon=True)
+        self.rt = rt
+        self.requests: queue.Queue[tuple[str, Future[Any]]] = queue.Queue()
+        self.killed = threading.Event()
+        self.failure: str | None = None
+        self.restarts = 0
+        self.phase = "starting"
+        self._stop_requested = False
+        self._coord: Coordinator | None = None
+        self._pids: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    # ----- API used by the handle (any thread) ---------------------------------------------
+    def request(self, kind: str) -> Future[Any]:
+        fut: Future[Any] = Future()
+        if not self.is_alive():
+            fut.set_exception(OperationRefused(f"cannot {kind}: the job is {self.phase}"))
+        else:
+            self.requests.put((kind, fut))
+        return fut
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            coord = self._coord
+            out: dict[str, Any] = coord.status() if coord is not None else {}
+            out.update(
+                phase=self.phase if coord is None or not self.is_alive() else out["phase"],
+                restarts=self.restarts,
+                pids=dict(self._pids),
+                parallelism=self.rt.parallelism,
+                failure=self.failure,
+            )
+            return out
+
+    # ----- the supervisor loop ------------------------------------------------------------------
+    def run(self) -> None:
+        while True:
+            try:
+                self.phase = self._attempt()
+                return
+            except (_AttemptFailed, TransportError) as e:
+                if self.killed.is_set():
+                    self.phase = "killed"
+                    return
+                self.restarts += 1
+                if self.restarts > self.rt.max_restarts:
+                    self.failure = (
+                        f"job failed after {self.rt.max_restarts} restarts; last cause: {e}"
+                    )
+                    self.phase = "failed"
+                    self._fail_requests(JobFailed(self.failure))
+                    return
+                delay = min(0.25 * 2 ** (self.restarts - 1), 10.0)
+                log.warning(
+                    "job attempt failed (%s); restart %d/%d from the last snapshot in %.2fs",
+                    e,
+                    self.restarts,
+                    self.rt.max_restarts,
+                    delay,
+                )
+                if self.killed.wait(delay):
+                    self.phase = "killed"
+                    return
+            except BaseException as e:  # a bug or an environment problem: fail loudly
+                self.failure = f"{type(e).__name__}: {e}"
+                self.phase = "failed"
+                self._fail_requests(JobFailed(self.failure))
+                log.exception("supervisor crashed")
+                return
+
+    def _fail_requests(self, err: BaseException) -> None:
+        while True:
+            try:
+                _, fut = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.done():
+                fut.set_exception(err)
+
+    def _attempt(self) -> str:
+        from malstrom.transport._grpc_auth import JobAuth
+        from malstrom.transport._grpc_control import ControlServer
+
+        rt = self.rt
+        auth = JobAuth(job_id=f"local-{id(rt):x}", token=rt.token)
+        server = ControlServer(auth, rt.tls, listen=f"{rt.host}:0")
+        ctx = multiprocessing.get_context("spawn")
+        procs = {
+            i: ctx.Process(
+                target=worker_process_main,
+                args=(
+                    rt.build,
+                    i,
+                    server.address,
+                    auth,
+                    rt.tls,
+                    rt.persistence,
+                    rt.host,
+                    rt.log_level,
+                ),
+                name=f"malstrom-worker-{i}",
+            )
+            for i in range(rt.parallelism)
+        }
+        try:
+            for p in procs.values():
+                p.start()
+            deadline = time.monotonic() + 120
+            while len(server.endpoints()) < rt.parallelism:
+                self._check_procs(procs)
+                if self.killed.is_set():
+                    raise _AttemptFailed("killed")
+                if time.monotonic() > deadline:
+                    raise _AttemptFailed("workers did not connect within 120 s")
+                time.sleep(0.01)
+            endpoints = server.endpoints()
+            hellos = server.hellos()
+            peers = {w: h.data_address for w, h in hellos.items()}
+            self._pids = {w: h.pid for w, h in hellos.items()}
+            coord = Coordinator(
+                rt.persistence,
+                endpoints,
+                rt.snapshot_interval,
+                heartbeat_timeout=rt.heartbeat_timeout,
+                peers=peers,
+            )
+            with self._lock:
+                self._coord = coord
+            try:
+                coord.start()
+            except TransportError as e:
+                raise _AttemptFailed(str(e)) from e
+            if self._stop_requested:
+                coord.request_stop()
+            while True:
+                if self.killed.is_set():
+                    raise _AttemptFailed("killed")
+                try:
+                    self._serve_requests(coord)
+                    coord.poll()
+                except TransportError as e:
+                    raise _AttemptFailed(str(e)) from e
+                if coord.phase in (JobPhase.FINISHED, JobPhase.STOPPED):
+                    self._join(procs)
+                    return coord.phase.value
+                if coord.phase is JobPhase.FAILED:
+                    raise _AttemptFailed(coord.error)
+                try:
+                    self._check_procs(procs)
+                except _AttemptFailed:
+                    time.sleep(0.2)  # a dying worker reports its error first: prefer that cause
+                    coord.poll()
+                    if coord.phase is JobPhase.FAILED:
+                        raise _AttemptFailed(coord.error) from None
+                    raise
+                lost = server.lost()
+                if lost:
+                    raise _AttemptFailed(f"lost connection to worker(s) {sorted(lost)}")
+                time.sleep(0.001)
+        finally:
+            for p in procs.values():
+                if p.is_alive():
+                    p.kill()
+            for p in procs.values():
+                p.join(10)
+            server.close()
+
+    def _serve_requests(self, coord: Coordinator) -> None:
+        while True:
+            try:
+                kind, fut = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "stop":
+                self._stop_requested = True
+
+            def done(version: Any, err: BaseException | None, fut: Future[Any] = fut) -> None:
+                if err is not None:
+                    fut.set_exception(err)
+                else:
+                    fut.set_result(version)
+
+            if kind == "snapshot":
+                coord.request_snapshot(done)
+            else:
+                coord.request_stop(done)
+
+    @staticmethod
+    def _check_procs(procs: dict[int, Any]) -> None:
+        for i, p in procs.items():
+            code = p.exitcode
+            if code is not None:
+                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                raise _AttemptFailed(f"worker {i} died ({how})")
+
+    @staticmethod
+    def _join(procs: dict[int, Any]) -> None:
+        deadline = time.monotonic() + 30
+        for p in procs.values():
+            p.join(max(0.0, deadline - time.monotonic()))

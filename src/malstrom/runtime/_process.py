@@ -1,0 +1,98 @@
+"""The main function of a worker process (local runtime and cluster CLI alike)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from malstrom._errors import OperatorError
+from malstrom.coordinator._messages import Hello, WorkerFailed
+from malstrom.runtime._app import load_app
+from malstrom.runtime._single import build_graph
+from malstrom.runtime._worker import Worker, WorkerPhase
+from malstrom.snapshot._backend import Persistence
+
+__all__ = ["describe_error", "die_with_parent", "run_worker_loop", "worker_process_main"]
+
+log = logging.getLogger("malstrom.worker")
+
+
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies: no orphan workers, ever."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except Exception:  # not Linux: the supervisor's kill-on-exit still applies
+        pass
+
+
+def describe_error(e: BaseException) -> str:
+    """One line naming the failure, then the innermost frames of where it happened."""
+    head = f"{type(e).__name__}: {e}"
+    cause = e.__cause__
+    if isinstance(e, OperatorError) and cause is not None:
+        tb = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)[-3:])
+    else:
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)[-3:])
+    return f"{head}\n{tb.rstrip()}"
+
+
+def run_worker_loop(worker: Worker) -> None:
+    """Turn the worker until the coordinator says finish (or abort); back off when idle."""
+    idle = 0
+    while worker.phase is not WorkerPhase.FINISHED:
+        if worker.turn():
+            idle = 0
+        else:
+            idle = min(idle + 1, 20)
+            time.sleep(0.0002 * idle)
+
+
+def worker_process_main(
+    build: Callable[[Any], None] | str,
+    worker_id: int,
+    coordinator: str,
+    auth: Any,
+    tls: Any,
+    persistence: Persistence,
+    host: str,
+    log_level: int = logging.WARNING,
+) -> None:
+    """Entry point of one worker process of a MultiProcessRuntime job."""
+    from malstrom.transport._grpc_control import connect_control
+    from malstrom.transport._grpc_data import GrpcExchange
+
+    die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns Ctrl-C
+    logging.basicConfig(level=log_level, format=f"[worker {worker_id}] %(levelname)s %(message)s")
+    exchange = GrpcExchange(worker_id, auth, tls, listen=f"{host}:0")
+    control = connect_control(
+        coordinator, worker_id, Hello(worker_id, exchange.address, os.getpid()), auth, tls
+    )
+    code = 0
+    try:
+        fn = load_app(build) if isinstance(build, str) else build
+        worker = Worker(build_graph(fn), worker_id, control, persistence, {"exchange": exchange})
+        run_worker_loop(worker)
+    except BaseException as e:  # report everything: the coordinator decides what happens next
+        code = 1
+        try:
+            control.send(WorkerFailed(worker_id, describe_error(e)))
+            time.sleep(0.2)  # let the report leave before the channel closes
+        except Exception:
+            log.exception("could not report failure to the coordinator")
+    finally:
+        try:
+            exchange.close()
+            control.close()
+        finally:
+            sys.stdout.flush()
+            os._exit(code)  # no lingering gRPC threads
