@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from jobs import mp_sums
+
 from malstrom.runtime._multi import JobFailed, MultiProcessRuntime
 from malstrom.snapshot import InMemoryPersistence, LocalDiskPersistence
 
