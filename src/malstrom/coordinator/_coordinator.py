@@ -119,7 +119,13 @@ class Coordinator:
         now = self.clock()
         for w, ep in self.workers.items():
             self._last_seen[w] = now
-            ep.send(StartBuild(worker_set, self.restored_from, self.peers))
+            ep.send(
+                StartBuild(worker_set, self.restored_from, self.peers, self._shipped_persistence())
+            )
+
+    def _shipped_persistence(self) -> Persistence | None:
+        # Workers on other machines learn the backend from the coordinator (it pickles).
+        return self.persistence if self.peers is not None else None
 
     @property
     def finished(self) -> bool:

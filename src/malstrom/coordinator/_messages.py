@@ -7,6 +7,7 @@ Every runtime speaks exactly this protocol; only the transport that carries it d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "Abort",
@@ -32,6 +33,7 @@ class StartBuild:
     worker_set: tuple[int, ...]
     restore_version: int | None
     peers: dict[int, str] | None = None  # data-plane addresses, for network transports
+    persistence: Any = None  # the job's backend, for workers started without one (cluster)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,8 @@ def load_app(ref: str) -> Callable[[Any], None]:
             raise AttributeError(f"{target!r} has no {attr!r} (from {ref!r})") from None
     if not callable(obj):
         raise TypeError(f"{ref!r} is not a function build(provider)")
-    return obj  # type: ignore[no-any-return]
+    fn: Callable[[Any], None] = obj
+    return fn
 
 
 def check_importable(build: Callable[..., Any]) -> None:

@@ -8,6 +8,7 @@ the last committed snapshot, up to ``max_restarts`` times with exponential backo
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import queue
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from malstrom.coordinator._coordinator import Coordinator, JobPhase, OperationRefused
@@ -26,7 +28,14 @@ from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._memory import InMemoryPersistence, NoPersistence
 from malstrom.transport._exchange import TransportError
 
-__all__ = ["JobFailed", "JobHandle", "MultiProcessRuntime"]
+__all__ = [
+    "ClusterLauncher",
+    "JobFailed",
+    "JobHandle",
+    "JobSettings",
+    "MultiProcessRuntime",
+    "Supervisor",
+]
 
 log = logging.getLogger("malstrom.runtime")
 
@@ -42,7 +51,7 @@ class _AttemptFailed(Exception):
 class JobHandle:
     """Controls a job started with :meth:`MultiProcessRuntime.start`."""
 
-    def __init__(self, supervisor: _Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor) -> None:
         self._sup = supervisor
 
     def status(self) -> dict[str, Any]:
@@ -124,7 +133,19 @@ class MultiProcessRuntime:
 
     def start(self) -> JobHandle:
         """Start the job in the background and return its handle."""
-        sup = _Supervisor(self)
+        from malstrom.transport._grpc_auth import JobAuth
+
+        settings = JobSettings(
+            parallelism=self.parallelism,
+            persistence=self.persistence,
+            snapshot_interval=self.snapshot_interval,
+            max_restarts=self.max_restarts,
+            heartbeat_timeout=self.heartbeat_timeout,
+            auth=JobAuth(job_id=f"local-{secrets.token_hex(4)}", token=self.token),
+            tls=self.tls,
+            listen=f"{self.host}:0",
+        )
+        sup = Supervisor(settings, _LocalLauncher(self))
         sup.start()
         return JobHandle(sup)
 
@@ -146,10 +167,93 @@ class MultiProcessRuntime:
             raise
 
 
-class _Supervisor(threading.Thread):
+@dataclass
+class JobSettings:
+    """What a supervisor needs to run a job (shared by the local runtime and the cluster CLI)."""
+
+    parallelism: int
+    persistence: Persistence
+    snapshot_interval: float | None
+    max_restarts: int
+    heartbeat_timeout: float
+    auth: Any
+    tls: Any = None
+    listen: str = "127.0.0.1:0"
+
+
+class _LocalLauncher:
+    """Spawns the worker processes of each attempt on this machine; kills them after it."""
+
     def __init__(self, rt: MultiProcessRuntime) -> None:
-        super().__init__(name="malstrom-supervisor", daemon=True)
         self.rt = rt
+        self.procs: dict[int, Any] = {}
+
+    def start(self, address: str, auth: Any) -> None:
+        rt = self.rt
+        ctx = multiprocessing.get_context("spawn")
+        self.procs = {
+            i: ctx.Process(
+                target=worker_process_main,
+                args=(rt.build, i, address, auth, rt.tls, rt.persistence, rt.host, rt.log_level),
+                name=f"malstrom-worker-{i}",
+            )
+            for i in range(rt.parallelism)
+        }
+        for p in self.procs.values():
+            p.start()
+
+    def check(self) -> None:
+        for i, p in self.procs.items():
+            code = p.exitcode
+            if code is not None:
+                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                raise _AttemptFailed(f"worker {i} died ({how})")
+
+    def finish(self, server: Any, clean: bool) -> None:
+        if clean:
+            deadline = time.monotonic() + 30
+            for p in self.procs.values():
+                p.join(max(0.0, deadline - time.monotonic()))
+        for p in self.procs.values():
+            if p.is_alive():
+                p.kill()
+        for p in self.procs.values():
+            p.join(10)
+        for w in list(server.endpoints()):
+            server.forget(w)
+
+
+class ClusterLauncher:
+    """Workers are started elsewhere (CLI, Kubernetes) and connect by themselves; after a
+    failed attempt they are told to abort, and they reconnect for the next one."""
+
+    def start(self, address: str, auth: Any) -> None:
+        log.info("waiting for workers to connect to %s", address)
+
+    def check(self) -> None:
+        pass
+
+    def finish(self, server: Any, clean: bool) -> None:
+        from malstrom.coordinator._messages import Abort
+
+        for ep in server.endpoints().values():
+            if not clean:
+                try:
+                    ep.send(Abort("the job restarts from its last snapshot"))
+                except TransportError:
+                    pass
+        time.sleep(0.2 if not clean else 0.5)  # let Abort / Finish reach the workers
+        for w in list(server.endpoints()):
+            server.forget(w)
+
+
+class Supervisor(threading.Thread):
+    """Owns a job: attempts, restarts with backoff, one operation at a time."""
+
+    def __init__(self, settings: JobSettings, launcher: Any) -> None:
+        super().__init__(name="malstrom-supervisor", daemon=True)
+        self.settings = settings
+        self.launcher = launcher
         self.requests: queue.Queue[tuple[str, Future[Any]]] = queue.Queue()
         self.killed = threading.Event()
         self.failure: str | None = None
@@ -159,8 +263,18 @@ class _Supervisor(threading.Thread):
         self._coord: Coordinator | None = None
         self._pids: dict[int, int] = {}
         self._lock = threading.Lock()
+        from malstrom.transport._grpc_control import ControlServer
 
-    # ----- API used by the handle (any thread) ---------------------------------------------
+        self.server = ControlServer(
+            settings.auth,
+            settings.tls,
+            listen=settings.listen,
+            heartbeat_timeout=settings.heartbeat_timeout,
+            admin=self._admin,
+        )
+        self.address = self.server.address
+
+    # ----- API used by handles and the admin service (any thread) ------------------------------
     def request(self, kind: str) -> Future[Any]:
         fut: Future[Any] = Future()
         if not self.is_alive():
@@ -177,13 +291,32 @@ class _Supervisor(threading.Thread):
                 phase=self.phase if coord is None or not self.is_alive() else out["phase"],
                 restarts=self.restarts,
                 pids=dict(self._pids),
-                parallelism=self.rt.parallelism,
+                parallelism=self.settings.parallelism,
                 failure=self.failure,
+                address=self.address,
             )
             return out
 
+    def _admin(self, command: str, payload: bytes) -> bytes:
+        if command == "status":
+            return json.dumps(self.status()).encode()
+        if command in ("snapshot", "stop"):
+            timeout = float(json.loads(payload or b"{}").get("timeout", 120))
+            result = self.request(command).result(timeout)
+            return json.dumps({"version": result}).encode()
+        if command == "rescale":
+            raise OperationRefused("rescaling a running job is not supported yet")
+        raise ValueError(f"unknown admin command {command!r}")
+
     # ----- the supervisor loop ------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.server.close()
+
+    def _run(self) -> None:
+        settings = self.settings
         while True:
             try:
                 self.phase = self._attempt()
@@ -193,9 +326,9 @@ class _Supervisor(threading.Thread):
                     self.phase = "killed"
                     return
                 self.restarts += 1
-                if self.restarts > self.rt.max_restarts:
+                if self.restarts > settings.max_restarts:
                     self.failure = (
-                        f"job failed after {self.rt.max_restarts} restarts; last cause: {e}"
+                        f"job failed after {settings.max_restarts} restarts; last cause: {e}"
                     )
                     self.phase = "failed"
                     self._fail_requests(JobFailed(self.failure))
@@ -205,9 +338,10 @@ class _Supervisor(threading.Thread):
                     "job attempt failed (%s); restart %d/%d from the last snapshot in %.2fs",
                     e,
                     self.restarts,
-                    self.rt.max_restarts,
+                    settings.max_restarts,
                     delay,
                 )
+                self.phase = "restarting"
                 if self.killed.wait(delay):
                     self.phase = "killed"
                     return
@@ -228,92 +362,57 @@ class _Supervisor(threading.Thread):
                 fut.set_exception(err)
 
     def _attempt(self) -> str:
-        from malstrom.transport._grpc_auth import JobAuth
-        from malstrom.transport._grpc_control import ControlServer
-
-        rt = self.rt
-        auth = JobAuth(job_id=f"local-{id(rt):x}", token=rt.token)
-        server = ControlServer(auth, rt.tls, listen=f"{rt.host}:0")
-        ctx = multiprocessing.get_context("spawn")
-        procs = {
-            i: ctx.Process(
-                target=worker_process_main,
-                args=(
-                    rt.build,
-                    i,
-                    server.address,
-                    auth,
-                    rt.tls,
-                    rt.persistence,
-                    rt.host,
-                    rt.log_level,
-                ),
-                name=f"malstrom-worker-{i}",
-            )
-            for i in range(rt.parallelism)
-        }
+        settings, server, launcher = self.settings, self.server, self.launcher
+        clean = False
+        with self._lock:
+            self._coord = None
+        launcher.start(server.address, settings.auth)
         try:
-            for p in procs.values():
-                p.start()
-            deadline = time.monotonic() + 120
-            while len(server.endpoints()) < rt.parallelism:
-                self._check_procs(procs)
+            while len(server.endpoints()) < settings.parallelism:
+                launcher.check()
                 if self.killed.is_set():
                     raise _AttemptFailed("killed")
-                if time.monotonic() > deadline:
-                    raise _AttemptFailed("workers did not connect within 120 s")
                 time.sleep(0.01)
-            endpoints = server.endpoints()
-            hellos = server.hellos()
+            endpoints = dict(sorted(server.endpoints().items())[: settings.parallelism])
+            hellos = {w: h for w, h in server.hellos().items() if w in endpoints}
             peers = {w: h.data_address for w, h in hellos.items()}
             self._pids = {w: h.pid for w, h in hellos.items()}
             coord = Coordinator(
-                rt.persistence,
+                settings.persistence,
                 endpoints,
-                rt.snapshot_interval,
-                heartbeat_timeout=rt.heartbeat_timeout,
+                settings.snapshot_interval,
+                heartbeat_timeout=settings.heartbeat_timeout,
                 peers=peers,
             )
             with self._lock:
                 self._coord = coord
-            try:
-                coord.start()
-            except TransportError as e:
-                raise _AttemptFailed(str(e)) from e
+            coord.start()
             if self._stop_requested:
                 coord.request_stop()
             while True:
                 if self.killed.is_set():
                     raise _AttemptFailed("killed")
-                try:
-                    self._serve_requests(coord)
-                    coord.poll()
-                except TransportError as e:
-                    raise _AttemptFailed(str(e)) from e
+                self._serve_requests(coord)
+                coord.poll()
                 if coord.phase in (JobPhase.FINISHED, JobPhase.STOPPED):
-                    self._join(procs)
+                    clean = True
                     return coord.phase.value
                 if coord.phase is JobPhase.FAILED:
                     raise _AttemptFailed(coord.error)
                 try:
-                    self._check_procs(procs)
+                    launcher.check()
                 except _AttemptFailed:
                     time.sleep(0.2)  # a dying worker reports its error first: prefer that cause
                     coord.poll()
                     if coord.phase is JobPhase.FAILED:
                         raise _AttemptFailed(coord.error) from None
                     raise
-                lost = server.lost()
+                lost = set(server.lost()) & set(endpoints)
                 if lost:
                     raise _AttemptFailed(f"lost connection to worker(s) {sorted(lost)}")
                 time.sleep(0.001)
         finally:
-            for p in procs.values():
-                if p.is_alive():
-                    p.kill()
-            for p in procs.values():
-                p.join(10)
-            server.close()
+            launcher.finish(server, clean)
 
     def _serve_requests(self, coord: Coordinator) -> None:
         while True:
@@ -334,17 +433,3 @@ class _Supervisor(threading.Thread):
                 coord.request_snapshot(done)
             else:
                 coord.request_stop(done)
-
-    @staticmethod
-    def _check_procs(procs: dict[int, Any]) -> None:
-        for i, p in procs.items():
-            code = p.exitcode
-            if code is not None:
-                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                raise _AttemptFailed(f"worker {i} died ({how})")
-
-    @staticmethod
-    def _join(procs: dict[int, Any]) -> None:
-        deadline = time.monotonic() + 30
-        for p in procs.values():
-            p.join(max(0.0, deadline - time.monotonic()))

@@ -96,3 +96,90 @@ def worker_process_main(
         finally:
             sys.stdout.flush()
             os._exit(code)  # no lingering gRPC threads
+
+
+def _route_ip(address: str) -> str:
+    """The local IP address on the route to ``address`` (what peers can reach us at)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((host.strip("[]"), int(port or 1)))
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def cluster_worker_main(
+    app: str,
+    coordinator: str,
+    auth: Any,
+    tls: Any = None,
+    *,
+    listen_host: str = "0.0.0.0",
+    advertise: str | None = None,
+    worker_id: int | None = None,
+    reconnect_timeout: float = 300.0,
+) -> int:
+    """A worker started by hand or by an orchestrator: joins the coordinator, runs job
+    attempts until the job finishes, and reconnects after aborts or lost connections.
+    Returns the process exit code."""
+    from malstrom.snapshot._memory import NoPersistence
+    from malstrom.transport._exchange import TransportError
+    from malstrom.transport._grpc_control import connect_control
+    from malstrom.transport._grpc_data import GrpcExchange
+
+    graph = build_graph(load_app(app))
+    host = advertise or _route_ip(coordinator)
+    deadline = time.monotonic() + reconnect_timeout
+    backoff = 0.2
+    while True:
+        exchange = GrpcExchange(
+            worker_id if worker_id is not None else -1, auth, tls, listen=f"{listen_host}:0"
+        )
+        port = exchange.address.rpartition(":")[2]
+        control = None
+        try:
+            control = connect_control(
+                coordinator,
+                worker_id,
+                Hello(worker_id if worker_id is not None else -1, f"{host}:{port}", os.getpid()),
+                auth,
+                tls,
+                connect_timeout=max(1.0, deadline - time.monotonic()),
+            )
+            exchange.worker_id = control.worker_id
+            log.info("joined %s as worker %d", coordinator, control.worker_id)
+            worker = Worker(
+                graph, control.worker_id, control, NoPersistence(), {"exchange": exchange}
+            )
+            run_worker_loop(worker)
+            if worker.abort_reason is None:
+                return 0  # the job finished or stopped
+            log.warning("attempt aborted: %s", worker.abort_reason)
+        except TransportError as e:
+            if "refused us" in str(e) or "did not prove" in str(e):  # never worth retrying
+                log.error("%s", e)
+                return 2
+            log.warning("connection problem: %s", e)
+        except Exception as e:
+            log.error("job attempt failed here: %s", describe_error(e))
+            if control is not None:
+                try:
+                    control.send(WorkerFailed(control.worker_id, describe_error(e)))
+                    time.sleep(0.2)
+                except Exception:
+                    pass
+        finally:
+            exchange.close()
+            if control is not None:
+                control.close()
+        if time.monotonic() > deadline:
+            log.error(
+                "could not rejoin %s within %.0f s; giving up", coordinator, reconnect_timeout
+            )
+            return 1
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
+        deadline = max(deadline, time.monotonic() + 1.0)

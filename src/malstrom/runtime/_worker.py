@@ -74,6 +74,8 @@ class Worker:
 
     # ----- build -------------------------------------------------------------------------
     def _build(self, msg: StartBuild) -> None:
+        if msg.persistence is not None:
+            self.persistence = msg.persistence
         exchange = self.services.get("exchange")
         if msg.peers is not None and exchange is not None:
             exchange.connect({w: a for w, a in msg.peers.items() if w != self.worker_id})

@@ -1,0 +1,240 @@
+"""The ``malstrom`` command: run jobs locally or as a cluster, and control running jobs.
+
+    malstrom run APP [-w N] [--persistence URL] [--snapshot-interval S]
+    malstrom coordinator APP -w N --listen HOST:PORT [--persistence URL] [...]
+    malstrom worker APP --coordinator HOST:PORT [--listen HOST] [--advertise HOST]
+    malstrom snapshot | stop | status --coordinator HOST:PORT
+
+``APP`` is ``path/to/file.py:build`` or ``package.module:build``. Cluster processes share a job
+id and token (``--job``/``--token`` or ``MALSTROM_JOB``/``MALSTROM_TOKEN``); TLS is enabled
+with ``--tls-cert``, ``--tls-key`` and ``--tls-ca`` (mutual).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+log = logging.getLogger("malstrom.cli")
+
+
+def _add_auth(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument(
+        "--job", default=os.environ.get("MALSTROM_JOB"), help="job id (default: $MALSTROM_JOB)"
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("MALSTROM_TOKEN"),
+        help="shared secret of the job (default: $MALSTROM_TOKEN)",
+    )
+    p.add_argument("--tls-cert", help="this process's certificate (PEM)")
+    p.add_argument("--tls-key", help="this process's private key (PEM)")
+    p.add_argument("--tls-ca", help="CA that signs every process of the job (PEM)")
+    p.set_defaults(auth_required=required)
+
+
+def _auth(args: argparse.Namespace) -> tuple[Any, Any]:
+    from malstrom.transport._grpc_auth import JobAuth, TlsConfig
+
+    if not args.job or not args.token:
+        raise SystemExit(
+            "error: give the job id and token (--job/--token or MALSTROM_JOB/MALSTROM_TOKEN)"
+        )
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("error: --tls-cert and --tls-key go together")
+        tls = TlsConfig(args.tls_cert, args.tls_key, args.tls_ca)
+    return JobAuth(args.job, args.token), tls
+
+
+def _add_job(p: argparse.ArgumentParser) -> None:
+    p.add_argument("app", metavar="APP", help="path/to/file.py:build or package.module:build")
+    p.add_argument("-w", "--workers", type=int, default=1, help="number of workers")
+    p.add_argument("--persistence", help="snapshot directory (or file://PATH); default none")
+    p.add_argument("--snapshot-interval", type=float, help="seconds between snapshots")
+    p.add_argument("--max-restarts", type=int, default=3, help="automatic restarts (default 3)")
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=30.0,
+        help="seconds of silence after which a worker counts as hung",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="malstrom", description=__doc__.splitlines()[0])
+    ap.add_argument("-v", "--verbose", action="count", default=0)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a job here: a coordinator and N worker processes")
+    _add_job(p)
+
+    p = sub.add_parser("coordinator", help="run a job's coordinator for a cluster")
+    _add_job(p)
+    p.add_argument("--listen", required=True, help="HOST:PORT for workers and admin calls")
+    _add_auth(p, True)
+
+    p = sub.add_parser("worker", help="run one worker of a cluster job")
+    p.add_argument("app", metavar="APP")
+    p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
+    p.add_argument("--listen", default="0.0.0.0", help="host to bind the data plane on")
+    p.add_argument(
+        "--advertise",
+        help="host peers reach this worker at (default: the local "
+        "address on the route to the coordinator)",
+    )
+    p.add_argument("--id", type=int, help="worker id (default: assigned by the coordinator)")
+    p.add_argument("--reconnect-timeout", type=float, default=300.0)
+    _add_auth(p, True)
+
+    for name, text in (
+        ("snapshot", "take a snapshot now"),
+        ("stop", "stop with a final snapshot"),
+        ("status", "show the job's status"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
+        p.add_argument("--timeout", type=float, default=120.0)
+        _add_auth(p, True)
+    return ap
+
+
+def _run(args: argparse.Namespace) -> int:
+    from malstrom.runtime._multi import JobFailed, MultiProcessRuntime
+    from malstrom.snapshot._url import persistence_from_url
+
+    rt = MultiProcessRuntime(
+        args.app,
+        parallelism=args.workers,
+        persistence=persistence_from_url(args.persistence),
+        snapshot_interval=args.snapshot_interval,
+        max_restarts=args.max_restarts,
+        heartbeat_timeout=args.heartbeat_timeout,
+        log_level=logging.INFO if args.verbose else logging.WARNING,
+    )
+    try:
+        rt.execute()
+    except JobFailed as e:
+        print(f"malstrom: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("malstrom: stopped (resumable from the last snapshot)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _coordinator(args: argparse.Namespace) -> int:
+    from malstrom.runtime._app import load_app
+    from malstrom.runtime._multi import ClusterLauncher, JobSettings, Supervisor
+    from malstrom.snapshot._url import persistence_from_url
+
+    load_app(args.app)  # fail fast on a bad APP; workers load it themselves
+    auth, tls = _auth(args)
+    sup = Supervisor(
+        JobSettings(
+            parallelism=args.workers,
+            persistence=persistence_from_url(args.persistence),
+            snapshot_interval=args.snapshot_interval,
+            max_restarts=args.max_restarts,
+            heartbeat_timeout=args.heartbeat_timeout,
+            auth=auth,
+            tls=tls,
+            listen=args.listen,
+        ),
+        ClusterLauncher(),
+    )
+    print(f"malstrom coordinator for job {auth.job_id!r} listening on {sup.address}", flush=True)
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stopping.is_set():
+            sup.killed.set()
+            return
+        stopping.set()
+        log.warning("stopping with a final snapshot (signal again to abort)")
+        sup.request("stop")
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    sup.start()
+    while sup.is_alive():
+        sup.join(0.2)
+    if sup.failure is not None:
+        print(f"malstrom: {sup.failure}", file=sys.stderr)
+        return 1
+    print(f"malstrom: job {sup.phase}", flush=True)
+    return 0 if sup.phase in ("finished", "stopped") else 1
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from malstrom.runtime._process import cluster_worker_main, die_with_parent
+
+    die_with_parent()
+    auth, tls = _auth(args)
+    return cluster_worker_main(
+        args.app,
+        args.coordinator,
+        auth,
+        tls,
+        listen_host=args.listen,
+        advertise=args.advertise,
+        worker_id=args.id,
+        reconnect_timeout=args.reconnect_timeout,
+    )
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from malstrom.transport._grpc_control import AdminClient
+
+    auth, tls = _auth(args)
+    client = AdminClient(args.coordinator, auth, tls)
+    try:
+        payload = json.dumps({"timeout": args.timeout}).encode()
+        reply = client.call(args.command, payload, timeout=args.timeout + 5)
+    except Exception as e:
+        print(f"malstrom {args.command}: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(json.dumps(json.loads(reply), indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``malstrom`` command; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    handlers = {
+        "run": _run,
+        "coordinator": _coordinator,
+        "worker": _worker,
+        "snapshot": _admin,
+        "stop": _admin,
+        "status": _admin,
+    }
+    try:
+        return handlers[args.command](args)
+    except (FileNotFoundError, ImportError, AttributeError, TypeError, ValueError) as e:
+        print(f"malstrom: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
