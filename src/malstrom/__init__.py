@@ -21,6 +21,7 @@ from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators.basic import OperatorContext, StatelessLogic
 from malstrom.operators.output import Output
 from malstrom.operators.stateful import ExpireMap, StatefulLogic
+from malstrom.runtime._multi import JobFailed, JobHandle, MultiProcessRuntime
 from malstrom.runtime._single import SingleThreadRuntime
 from malstrom.sinks import StatefulSink, StatelessSink
 from malstrom.sources import StatefulSource, StatelessSource
@@ -32,6 +33,9 @@ __all__ = [
     "MIN",
     "BuildError",
     "ExpireMap",
+    "JobFailed",
+    "JobHandle",
+    "MultiProcessRuntime",
     "NoKey",
     "OperatorContext",
     "OperatorError",

@@ -72,19 +72,26 @@ def _add_job(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="malstrom", description=__doc__.splitlines()[0])
-    ap.add_argument("-v", "--verbose", action="count", default=0)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    ap = argparse.ArgumentParser(
+        prog="malstrom", description=__doc__.splitlines()[0], parents=[common]
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run a job here: a coordinator and N worker processes")
+    p = sub.add_parser(
+        "run", parents=[common], help="run a job here: a coordinator and N worker processes"
+    )
     _add_job(p)
 
-    p = sub.add_parser("coordinator", help="run a job's coordinator for a cluster")
+    p = sub.add_parser(
+        "coordinator", parents=[common], help="run a job's coordinator for a cluster"
+    )
     _add_job(p)
     p.add_argument("--listen", required=True, help="HOST:PORT for workers and admin calls")
     _add_auth(p, True)
 
-    p = sub.add_parser("worker", help="run one worker of a cluster job")
+    p = sub.add_parser("worker", parents=[common], help="run one worker of a cluster job")
     p.add_argument("app", metavar="APP")
     p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
     p.add_argument("--listen", default="0.0.0.0", help="host to bind the data plane on")
@@ -102,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         ("stop", "stop with a final snapshot"),
         ("status", "show the job's status"),
     ):
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
         p.add_argument("--timeout", type=float, default=120.0)
         _add_auth(p, True)
@@ -110,9 +117,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from malstrom.runtime._app import load_app
     from malstrom.runtime._multi import JobFailed, MultiProcessRuntime
     from malstrom.snapshot._url import persistence_from_url
 
+    load_app(args.app)  # fail fast on a bad APP, before starting any process
     rt = MultiProcessRuntime(
         args.app,
         parallelism=args.workers,
