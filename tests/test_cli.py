@@ -181,3 +181,31 @@ def test_wrong_token_and_wrong_job_are_refused_clearly(tmp_path: Path) -> None:
         assert c.wait() == [0, 0]
     finally:
         c.close()
+
+
+def test_coordinator_killed_mid_run_workers_rejoin_a_new_one(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, delay=0.03)
+    try:
+        c.start()
+        time.sleep(2.5)
+        assert c.coord.poll() is None
+        c.coord.kill()
+        c.coord.wait()
+        c.procs.remove(c.coord)
+        time.sleep(0.5)
+        c.coord = c._spawn(
+            "coordinator",
+            APP,
+            "-w",
+            "2",
+            "--listen",
+            c.addr,
+            "--persistence",
+            str(tmp_path / "snap"),
+            "--snapshot-interval",
+            "0.2",
+        )
+        assert c.wait() == [0, 0, 0]
+    finally:
+        c.close()
+    check(tmp_path)

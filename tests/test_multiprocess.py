@@ -144,3 +144,58 @@ def test_lambda_build_and_in_memory_persistence_are_refused() -> None:
         MultiProcessRuntime(lambda p: None, parallelism=2)
     with pytest.raises(TypeError, match="InMemoryPersistence"):
         MultiProcessRuntime(mp_sums.build, parallelism=2, persistence=InMemoryPersistence())
+
+
+def test_hung_worker_is_detected_by_heartbeat_and_job_recovers(tmp_path: Path) -> None:
+    from jobs import hang_once
+
+    rt = MultiProcessRuntime(
+        functools.partial(hang_once.build, workdir=str(tmp_path)),
+        parallelism=2,
+        persistence=LocalDiskPersistence(tmp_path / "snap"),
+        snapshot_interval=0.1,
+        heartbeat_timeout=2.0,
+    )
+    handle = rt.start()
+    handle.wait(150)
+    assert (tmp_path / "hung-once").exists()
+    assert handle.status()["restarts"] == 1
+    check_results(tmp_path)
+
+
+def test_sigint_stops_local_run_with_a_final_snapshot_then_resumes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    app = f"{root / 'tests' / 'jobs' / 'cluster_app.py'}:build"
+    env = dict(os.environ, MALSTROM_TEST_OUT=str(tmp_path), MALSTROM_TEST_DELAY="0.02")
+    cmd = [
+        sys.executable,
+        "-m",
+        "malstrom.cli",
+        "run",
+        app,
+        "-w",
+        "2",
+        "--persistence",
+        str(tmp_path / "snap"),
+    ]
+    p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    assert p.poll() is None
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=90)
+    assert p.returncode == 130, err
+    snaps = LocalDiskPersistence(tmp_path / "snap")
+    assert snaps.last_committed() is not None
+    assert snaps.manifest(snaps.last_committed()).meta["final"] is False  # type: ignore[arg-type]
+    # no worker process survived the parent
+    out = subprocess.run(
+        ["pgrep", "-f", "malstrom-worker|multiprocessing.spawn"], capture_output=True, text=True
+    )
+    assert str(p.pid) not in out.stdout
+    env["MALSTROM_TEST_DELAY"] = "0"
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    check_results(tmp_path)

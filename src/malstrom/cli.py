@@ -176,8 +176,8 @@ def _coordinator(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     sup.start()
-    while sup.is_alive():
-        sup.join(0.2)
+    while not sup.done.wait(0.2):
+        pass
     if sup.failure is not None:
         print(f"malstrom: {sup.failure}", file=sys.stderr)
         return 1

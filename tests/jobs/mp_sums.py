@@ -61,13 +61,19 @@ class Totals(StatefulLogic[Any, int, int, str]):
                 output.emit(f"{k} {states[k]}", key=k)
 
 
-def build(provider: Any, workdir: str, delay: float = 0.0, fail_on: int | None = None) -> None:
+def build(
+    provider: Any,
+    workdir: str,
+    delay: float = 0.0,
+    fail_on: int | None = None,
+    pre: Any = None,
+) -> None:
     from malstrom.sinks import FileSink
 
     def check(v: int) -> int:
         if v == fail_on:
             raise ValueError(f"bad record {v}")
-        return v
+        return v if pre is None else pre(v)
 
     work = Path(workdir)
     keyed = (

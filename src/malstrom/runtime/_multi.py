@@ -69,8 +69,8 @@ class JobHandle:
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the job completes or stops; raises :class:`JobFailed` if it failed."""
-        self._sup.join(timeout)
-        if self._sup.is_alive():
+        # An Event, not Thread.join: a Ctrl-C inside join() can leave the thread looking dead.
+        if not self._sup.done.wait(timeout):
             raise TimeoutError(f"job still running after {timeout}s")
         if self._sup.failure is not None:
             raise JobFailed(self._sup.failure)
@@ -78,11 +78,12 @@ class JobHandle:
     def kill(self) -> None:
         """Stop at once without a snapshot (the next start resumes from the last one)."""
         self._sup.killed.set()
-        self._sup.join()
+        self._sup.done.wait()
 
     @property
     def running(self) -> bool:
-        return self._sup.is_alive()
+        """True until the job has finished, stopped, failed or been killed."""
+        return not self._sup.done.is_set()
 
 
 class MultiProcessRuntime:
@@ -256,6 +257,7 @@ class Supervisor(threading.Thread):
         self.launcher = launcher
         self.requests: queue.Queue[tuple[str, Future[Any]]] = queue.Queue()
         self.killed = threading.Event()
+        self.done = threading.Event()
         self.failure: str | None = None
         self.restarts = 0
         self.phase = "starting"
@@ -277,7 +279,7 @@ class Supervisor(threading.Thread):
     # ----- API used by handles and the admin service (any thread) ------------------------------
     def request(self, kind: str) -> Future[Any]:
         fut: Future[Any] = Future()
-        if not self.is_alive():
+        if self.done.is_set():
             fut.set_exception(OperationRefused(f"cannot {kind}: the job is {self.phase}"))
         else:
             self.requests.put((kind, fut))
@@ -288,7 +290,7 @@ class Supervisor(threading.Thread):
             coord = self._coord
             out: dict[str, Any] = coord.status() if coord is not None else {}
             out.update(
-                phase=self.phase if coord is None or not self.is_alive() else out["phase"],
+                phase=self.phase if coord is None or self.done.is_set() else out["phase"],
                 restarts=self.restarts,
                 pids=dict(self._pids),
                 parallelism=self.settings.parallelism,
@@ -314,6 +316,8 @@ class Supervisor(threading.Thread):
             self._run()
         finally:
             self.server.close()
+            self._fail_requests(OperationRefused(f"the job is {self.phase}"))
+            self.done.set()
 
     def _run(self) -> None:
         settings = self.settings
