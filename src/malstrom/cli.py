@@ -221,6 +221,8 @@ def _admin(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``malstrom`` command; returns the exit code."""
+    # gRPC's C core prints connection chatter on stderr unless told otherwise.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG

@@ -72,6 +72,7 @@ def worker_process_main(
 
     die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns Ctrl-C
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     logging.basicConfig(level=log_level, format=f"[worker {worker_id}] %(levelname)s %(message)s")
     exchange = GrpcExchange(worker_id, auth, tls, listen=f"{host}:0")
     control = connect_control(
