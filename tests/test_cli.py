@@ -107,6 +107,12 @@ class Cluster:
         self.procs.append(p)
         return p
 
+    def wait_up(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.admin("status").returncode != 0:
+            assert time.monotonic() < deadline, "coordinator did not come up"
+            time.sleep(0.1)
+
     def admin(self, command: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*MALSTROM, command, "--coordinator", self.addr],
@@ -170,6 +176,7 @@ def test_wrong_token_and_wrong_job_are_refused_clearly(tmp_path: Path) -> None:
     c = Cluster(tmp_path, workers=1, delay=0.02)
     try:
         c.start()
+        c.wait_up()
         bad = dict(c.env, MALSTROM_TOKEN="wrong")
         r = c.admin("status", env=bad)
         assert r.returncode == 1 and "bad token" in r.stderr
