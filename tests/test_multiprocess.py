@@ -199,3 +199,35 @@ def test_sigint_stops_local_run_with_a_final_snapshot_then_resumes(tmp_path: Pat
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     check_results(tmp_path)
+
+
+def test_job_over_mutual_tls_is_exact(tmp_path: Path, tls: Any) -> None:
+    runtime(tmp_path, 2, tls=tls).execute()
+    check_results(tmp_path)
+
+
+def test_committed_running_counts_never_go_backwards(tmp_path: Path) -> None:
+    from malstrom.snapshot._layout import SnapshotReader
+
+    p = LocalDiskPersistence(tmp_path / "snap", retain=10_000)
+    handle = runtime(
+        tmp_path, 2, delay=0.01, persistence=p, snapshot_interval=0.05, max_restarts=5
+    ).start()
+    time.sleep(1.0)
+    pids = handle.status()["pids"]
+    os.kill(pids[0], signal.SIGKILL)
+    handle.wait(120)
+    assert handle.status()["restarts"] == 1
+    check_results(tmp_path)
+    last: dict[int, int] = {}
+    versions = p.committed_versions()
+    assert len(versions) > 3
+    for v in versions:
+        reader = SnapshotReader(p, p.manifest(v))
+        state = dict(reader.keyed("running", None, 0, [0]))
+        for w in reader.manifest.meta["workers"][1:]:
+            state.update(dict(reader.keyed("running", None, w, [w])))
+        for k, s in state.items():
+            assert s >= last.get(k, 0), (v, k, s, last.get(k))
+            last[k] = s
+    assert last == {int(k): int(t.split()[1]) for k, t in mp_sums.expected_totals().items()}
