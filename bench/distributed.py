@@ -73,7 +73,11 @@ from malstrom.runtime._engine import Batch, Epoch  # noqa: E402
 from malstrom.runtime._multi import MultiProcessRuntime  # noqa: E402
 from malstrom.snapshot import LocalDiskPersistence  # noqa: E402
 from malstrom.transport import malstrom_pb2 as pb  # noqa: E402
-from malstrom.transport._grpc_data import FRAME_BYTES, encode_frames  # noqa: E402
+from malstrom.transport._grpc_data import (  # noqa: E402
+    FRAME_BYTES,
+    decode_frame,
+    encode_frames,
+)
 
 PARTS = 16  # --parts; rendezvous_select spreads parts 0-15 8:8 over workers {0, 1} (0-3: 3:1)
 PART_SEED = SEED + 100  # part p draws from random.Random(PART_SEED + p)
@@ -532,7 +536,7 @@ def bench_wire(n_total: int) -> None:
         overhead = sum(frame_overhead(len(p)) for p in payloads)
         enc = timeit_us(lambda box=box: encode_frames(box), records)
         once = timeit_us(lambda box=box: pickle.dumps(box, 5), records)
-        dec = timeit_us(lambda p=payloads: [pickle.loads(x) for x in p], records)
+        dec = timeit_us(lambda p=payloads: [decode_frame(x) for x in p], records)
         print(
             f"{per_flush:<18} {records:>8,} {len(payloads):>7} {size:>10,} "
             f"{size / records:>9.2f} {(size + overhead) / records:>16.2f} {enc:>14.3f} "

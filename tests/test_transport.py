@@ -32,7 +32,7 @@ from malstrom.transport._grpc_control import (
     ControlServer,
     connect_control,
 )
-from malstrom.transport._grpc_data import GrpcExchange
+from malstrom.transport._grpc_data import GrpcExchange, encode_frames
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -197,8 +197,8 @@ def test_sequence_gap_is_an_error_on_both_sides() -> None:
         channel = make_channel(x1.address, AUTH)
         stub = pb_grpc.DataPlaneStub(channel)
         frames = [
-            pb.Frame(from_worker=7, seq=0, payload=pickle.dumps([("op", "a")])),
-            pb.Frame(from_worker=7, seq=2, payload=pickle.dumps([("op", "c")])),
+            pb.Frame(from_worker=7, seq=0, payload=encode_frames([("op", "a")])[0]),
+            pb.Frame(from_worker=7, seq=2, payload=encode_frames([("op", "c")])[0]),
         ]
         with pytest.raises(grpc.RpcError) as err:
             stub.Push(iter(frames), timeout=3)

@@ -46,6 +46,15 @@ class _BarrierMarker:
 BARRIER_MARKER = _BarrierMarker()
 
 
+def _select(batch: Batch, owners: list[int], w: int) -> Batch:
+    mask = list(map(w.__eq__, owners))
+    return Batch(
+        list(compress(batch.keys, mask)),
+        list(compress(batch.values, mask)),
+        list(compress(batch.timestamps, mask)),
+    )
+
+
 class DistributorOp(Operator):
     """Routes records by key; with ``key_fn`` None, by ``route_fn(key)`` without re-keying."""
 
@@ -97,7 +106,7 @@ class DistributorOp(Operator):
     def _owners(self, keys: Sequence[Any]) -> list[int]:
         cache = self._cache
         try:
-            return [cache[k] for k in keys]
+            return list(map(cache.__getitem__, keys))
         except KeyError:
             pass
         except TypeError as e:
@@ -129,18 +138,20 @@ class DistributorOp(Operator):
             route = batch.keys  # type: ignore[assignment]
         owners = self._owners(route)
         me = self.me
-        if owners.count(me) == len(owners):
+        n_local = owners.count(me)
+        if n_local == len(owners):
             self.emit(batch)
             return
+        remaining = len(owners)
         for w in self.workers:
-            mask = [o == w for o in owners]
-            if not any(mask):
+            count = n_local if w == me else owners.count(w)
+            if not count:
                 continue
-            part = Batch(
-                list(compress(batch.keys, mask)),
-                list(compress(batch.values, mask)),
-                list(compress(batch.timestamps, mask)),
-            )
+            if count == remaining:  # everything left goes to w: no mask needed
+                part = batch if remaining == len(owners) else _select(batch, owners, w)
+            else:
+                part = _select(batch, owners, w)
+            remaining -= count
             if w == me:
                 self.emit(part)
             else:

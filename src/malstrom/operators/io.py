@@ -55,8 +55,7 @@ class _Part:
         items = self.part.poll_batch(n)
         if not items:
             return (), ()
-        values, stamps = zip(*items, strict=True)
-        return values, stamps
+        return [i[0] for i in items], [i[1] for i in items]
 
     def _via_poll(self, n: int) -> tuple[Any, Any]:
         poll = self.part.poll

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -47,13 +48,20 @@ def describe_error(e: BaseException) -> str:
 
 def run_worker_loop(worker: Worker) -> None:
     """Turn the worker until the coordinator says finish (or abort); back off when idle."""
-    idle = 0
-    while worker.phase is not WorkerPhase.FINISHED:
-        if worker.turn():
-            idle = 0
-        else:
-            idle = min(idle + 1, 20)
-            time.sleep(0.0002 * idle)
+    # As in SingleThreadRuntime: batches make many short-lived containers, and the default
+    # gen-0 threshold would run the cyclic GC every few hundred records.
+    threshold = gc.get_threshold()
+    gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+    try:
+        idle = 0
+        while worker.phase is not WorkerPhase.FINISHED:
+            if worker.turn():
+                idle = 0
+            else:
+                idle = min(idle + 1, 20)
+                time.sleep(0.0002 * idle)
+    finally:
+        gc.set_threshold(*threshold)
 
 
 def worker_process_main(

@@ -39,7 +39,7 @@ from malstrom.transport._grpc_auth import (
     rpc_error,
 )
 
-__all__ = ["FRAME_BYTES", "GrpcExchange", "encode_frames"]
+__all__ = ["FRAME_BYTES", "GrpcExchange", "decode_frame", "encode_frames"]
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +53,27 @@ _PICKLE_PROTOCOL = 5
 def encode_frames(box: list[tuple[str, Any]], limit: int = FRAME_BYTES) -> list[bytes]:
     """Pickle ``box`` (a list of (operator, message)) into payloads of about ``limit`` bytes.
 
-    Each payload is a pickled list of (operator, message) pairs, in order. A list too large is
-    split into equal runs and pickled again; a single message larger than ``limit`` makes one
-    payload on its own.
+    Each message is pickled once, on its own; a payload is a pickled list of those pickles,
+    in order (cut when the next one would pass ``limit``; one huge message travels alone).
     """
-    data = pickle.dumps(box, _PICKLE_PROTOCOL)
-    if len(data) <= limit or len(box) == 1:
-        return [data]
-    parts = min(len(box), -(-len(data) // limit))
-    step = -(-len(box) // parts)
-    out: list[bytes] = []
-    for i in range(0, len(box), step):
-        out.extend(encode_frames(box[i : i + step], limit))
-    return out
+    frames: list[bytes] = []
+    cur: list[bytes] = []
+    size = 0
+    for pair in box:
+        blob = pickle.dumps(pair, _PICKLE_PROTOCOL)
+        if cur and size + len(blob) > limit:
+            frames.append(pickle.dumps(cur, _PICKLE_PROTOCOL))
+            cur, size = [], 0
+        cur.append(blob)
+        size += len(blob)
+    if cur:
+        frames.append(pickle.dumps(cur, _PICKLE_PROTOCOL))
+    return frames
+
+
+def decode_frame(payload: bytes) -> list[tuple[str, Any]]:
+    """The (operator, message) pairs of one payload made by :func:`encode_frames`."""
+    return [pickle.loads(blob) for blob in pickle.loads(payload)]
 
 
 class _StreamEnded(grpc.RpcError):
@@ -448,7 +456,7 @@ class GrpcExchange:
             state.partial.append(payload)
             payload = b"".join(state.partial)
             state.partial = []
-        pairs = pickle.loads(payload)
+        pairs = decode_frame(payload)
         size = max(1, len(payload) // len(pairs))
         inbox = self._inbox
         for operator, msg in pairs:
