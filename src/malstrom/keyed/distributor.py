@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import compress
+from operator import not_
 from typing import Any
 
 from malstrom._errors import BuildError, OperatorError, short_repr
@@ -46,8 +47,7 @@ class _BarrierMarker:
 BARRIER_MARKER = _BarrierMarker()
 
 
-def _select(batch: Batch, owners: list[int], w: int) -> Batch:
-    mask = list(map(w.__eq__, owners))
+def _take(batch: Batch, mask: list[bool]) -> Batch:
     return Batch(
         list(compress(batch.keys, mask)),
         list(compress(batch.values, mask)),
@@ -138,24 +138,34 @@ class DistributorOp(Operator):
             route = batch.keys  # type: ignore[assignment]
         owners = self._owners(route)
         me = self.me
+        n = len(owners)
         n_local = owners.count(me)
-        if n_local == len(owners):
+        if n_local == n:
             self.emit(batch)
             return
-        remaining = len(owners)
+        if len(self.workers) == 2:
+            # Two workers: one mask splits the batch; its complement is the other worker's.
+            peer = self.remotes[0]
+            if n_local == 0:
+                self.exchange.send(peer, self.name, batch)
+                return
+            mask = list(map(me.__eq__, owners))
+            self.emit(_take(batch, mask))
+            self.exchange.send(peer, self.name, _take(batch, list(map(not_, mask))))
+            return
+        remaining = n
         for w in self.workers:
             count = n_local if w == me else owners.count(w)
             if not count:
                 continue
-            if count == remaining:  # everything left goes to w: no mask needed
-                part = batch if remaining == len(owners) else _select(batch, owners, w)
-            else:
-                part = _select(batch, owners, w)
+            part = batch if count == n else _take(batch, list(map(w.__eq__, owners)))
             remaining -= count
             if w == me:
                 self.emit(part)
             else:
                 self.exchange.send(w, self.name, part)
+            if not remaining:
+                break
 
     # ----- epochs ------------------------------------------------------------------------
     def on_epoch(self, ts: Any) -> None:
