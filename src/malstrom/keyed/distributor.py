@@ -24,7 +24,7 @@ from operator import not_
 from typing import Any
 
 from malstrom._errors import BuildError, OperatorError, short_repr
-from malstrom.operators._util import batch_error, user_error
+from malstrom.operators._util import map_values, user_error
 from malstrom.runtime._engine import Barrier, Batch, BuildContext, Epoch, Operator
 
 __all__ = ["BARRIER_MARKER", "DistributorOp"]
@@ -120,11 +120,7 @@ class DistributorOp(Operator):
 
     def on_batch(self, batch: Batch, port: int) -> None:
         if self.key_fn is not None:
-            it = iter(batch.values)
-            try:
-                keys = list(map(self.key_fn, it))
-            except Exception as e:
-                raise batch_error(self.name, e, batch, it) from e
+            keys = map_values(self.name, self.key_fn, batch)
             batch = Batch(keys, batch.values, batch.timestamps)
         if not self.remotes:
             self.emit(batch)
@@ -218,17 +214,8 @@ class DistributorOp(Operator):
         ch = self.inputs[0]
         worked = False
         while ch and self._local_barrier is None:
-            msg = ch.popleft()
+            self.dispatch(ch.popleft(), 0)
             worked = True
-            t = type(msg)
-            if t is Batch:
-                self.on_batch(msg, 0)
-            elif t is Epoch:
-                self._epoch_in(0, msg.ts)
-            elif t is Barrier:
-                self.on_barrier(msg)
-            else:
-                self.on_control(msg)
         return worked
 
     def schedule(self) -> None:

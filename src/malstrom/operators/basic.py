@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 from typing import Any
 
-from malstrom.operators._util import batch_error, user_error
+from malstrom.operators._util import map_values, user_error
 from malstrom.operators.output import Output
 from malstrom.runtime._engine import Batch, BuildContext, Operator, make_record
 from malstrom.types import NoKey
@@ -41,11 +41,7 @@ class MapOp(Operator):
         self.fn = fn
 
     def on_batch(self, batch: Batch, port: int) -> None:
-        it = iter(batch.values)
-        try:
-            values = list(map(self.fn, it))
-        except Exception as e:
-            raise batch_error(self.name, e, batch, it) from e
+        values = map_values(self.name, self.fn, batch)
         self.emit(Batch(batch.keys, values, batch.timestamps))
 
 
@@ -55,11 +51,7 @@ class FilterOp(Operator):
         self.fn = fn
 
     def on_batch(self, batch: Batch, port: int) -> None:
-        it = iter(batch.values)
-        try:
-            mask = list(map(self.fn, it))
-        except Exception as e:
-            raise batch_error(self.name, e, batch, it) from e
+        mask = map_values(self.name, self.fn, batch)
         if all(mask):
             self.emit(batch)
         else:
@@ -78,11 +70,7 @@ class FilterMapOp(Operator):
         self.fn = fn
 
     def on_batch(self, batch: Batch, port: int) -> None:
-        it = iter(batch.values)
-        try:
-            out = list(map(self.fn, it))
-        except Exception as e:
-            raise batch_error(self.name, e, batch, it) from e
+        out = map_values(self.name, self.fn, batch)
         mask = [v is not None for v in out]
         if all(mask):
             self.emit(Batch(batch.keys, out, batch.timestamps))
@@ -156,11 +144,7 @@ class KeyLocalOp(Operator):
         self.key_fn = key_fn
 
     def on_batch(self, batch: Batch, port: int) -> None:
-        it = iter(batch.values)
-        try:
-            keys = list(map(self.key_fn, it))
-        except Exception as e:
-            raise batch_error(self.name, e, batch, it) from e
+        keys = map_values(self.name, self.key_fn, batch)
         self.emit(Batch(keys, batch.values, batch.timestamps))
 
 

@@ -13,7 +13,7 @@ from itertools import compress
 from typing import Any
 
 from malstrom._errors import OperatorError, short_repr
-from malstrom.operators._util import batch_error, user_error
+from malstrom.operators._util import map_values, user_error
 from malstrom.runtime._engine import Batch, BuildContext, Operator
 from malstrom.types import MAX, Record
 
@@ -26,11 +26,7 @@ class AssignTimestampsOp(Operator):
         self.fn = fn
 
     def on_batch(self, batch: Batch, port: int) -> None:
-        it = iter(batch.values)
-        try:
-            stamps = list(map(self.fn, it))
-        except Exception as e:
-            raise batch_error(self.name, e, batch, it) from e
+        stamps = map_values(self.name, self.fn, batch)
         self.emit(Batch(batch.keys, batch.values, stamps))
 
     def on_epoch(self, ts: Any) -> None:

@@ -247,6 +247,18 @@ class Operator:
             self.in_frontier = merged
             self.on_epoch(merged)
 
+    def dispatch(self, msg: Any, port: int) -> None:
+        """Hand one message from input channel ``port`` to its hook."""
+        t = type(msg)
+        if t is Batch:
+            self.on_batch(msg, port)
+        elif t is Epoch:
+            self._epoch_in(port, msg.ts)
+        elif t is Barrier:
+            self.on_barrier(msg)
+        else:
+            self.on_control(msg)
+
     def drain(self) -> bool:
         """Process every message that can be processed now; True if any was."""
         inputs = self.inputs
