@@ -231,3 +231,19 @@ def test_committed_running_counts_never_go_backwards(tmp_path: Path) -> None:
             assert s >= last.get(k, 0), (v, k, s, last.get(k))
             last[k] = s
     assert last == {int(k): int(t.split()[1]) for k, t in mp_sums.expected_totals().items()}
+
+
+def _list_sink_build(provider: Any, sink: Any) -> None:
+    from malstrom.sources import IterSource
+
+    provider.new_stream().source("n", IterSource(range(10))).sink("list", sink)
+
+
+def test_list_sink_in_worker_processes_is_an_error_not_a_silent_loss() -> None:
+    from malstrom.sinks import ListSink
+
+    rt = MultiProcessRuntime(
+        functools.partial(_list_sink_build, sink=ListSink()), parallelism=1, max_restarts=0
+    )
+    with pytest.raises(JobFailed, match="ListSink"):
+        rt.execute()

@@ -31,18 +31,43 @@ class StdOutSink(StatelessSink):
 
 
 class ListSink(StatelessSink):
-    """Collects records in :attr:`records` (in-process runtimes; for tests and notebooks)."""
+    """Collects records in :attr:`records` (in-process runtimes; for tests and notebooks).
+
+    Worker processes cannot append to a list in the process that made the sink, so using it
+    in another process is an error rather than a silent loss: use a FileSink (or your own sink)
+    with MultiProcessRuntime.
+    """
 
     def __init__(self) -> None:
         super().__init__(self)
         self.records: list[Record] = []
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                "ListSink collects into a list of the process that created it, and this is "
+                "another process (a MultiProcessRuntime worker): its records would be lost. "
+                "Use FileSink or your own sink with multi-process runtimes"
+            )
 
     def sink(self, record: Record) -> None:
+        self._check_process()
         with self._lock:
             self.records.append(record)
 
     def sink_batch(self, records: RecordBatch) -> None:
+        self._check_process()
         with self._lock:
             self.records.extend(records)
 
