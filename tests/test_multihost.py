@@ -35,12 +35,16 @@ def sh(*args: str) -> None:
 class Hosts:
     """A bridge and one namespace (with a veth on the bridge) per simulated host."""
 
+    made = 0
+
     def __init__(self, names: list[str]) -> None:
-        tag = f"{os.getpid() % 10000}"
+        # Unique per instance: a deleted namespace's veth can outlive it for a moment.
+        Hosts.made += 1
+        tag = f"{os.getpid() % 1000}{Hosts.made}"
         self.bridge = f"mbr{tag}"
         self.ns = {n: f"mal{tag}{n}" for n in names}
         self.veth = {n: f"mv{tag}{n}" for n in names}
-        third = os.getpid() % 200 + 10
+        third = (os.getpid() + Hosts.made) % 200 + 10
         self.ip = {n: SUBNET.format(third, i + 1) for i, n in enumerate(names)}
 
     def up(self) -> None:
@@ -169,7 +173,7 @@ def test_cut_link_mid_run_recovers_exactly_once(hosts: Hosts, tmp_path: Path) ->
     hosts.link("b", "down")
     time.sleep(5)
     hosts.link("b", "up")
-    results = finish([coord, *workers])
+    results = finish([coord, *workers], timeout=float(os.environ.get("MH_TIMEOUT", "200")))
     assert [code for code, _ in results] == [0, 0, 0], results
     coord_log = results[0][1]
     assert "restart 1/5" in coord_log, coord_log[-3000:]

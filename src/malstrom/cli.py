@@ -241,10 +241,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _admin,
     }
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
     except (FileNotFoundError, ImportError, AttributeError, TypeError, ValueError) as e:
         print(f"malstrom: {e}", file=sys.stderr)
-        return 2
+        code = 2
+    if args.command in ("run", "coordinator", "worker"):
+        # gRPC may keep non-daemon threads alive after the job ended; the job is over and
+        # everything it wrote is flushed, so leave now rather than wait on them.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -202,6 +202,17 @@ class Coordinator:
             raise err
         self._ops.append(_Op(kind, callback))
 
+    def _answer_leftovers(self, version: int) -> None:
+        """Requests still queued when the job ended: a stop is done, anything else refused."""
+        ops, self._ops = list(self._ops), deque()
+        for op in ops:
+            if op.callback is None:
+                continue
+            if op.kind == "stop":
+                op.callback(version, None)
+            else:
+                op.callback(None, OperationRefused(f"cannot {op.kind}: the job {self.phase.value}"))
+
     def _fail(self, reason: str) -> None:
         if self.phase in _ENDED:
             return
@@ -227,6 +238,9 @@ class Coordinator:
             if self.phase is JobPhase.BUILDING and len(self._built) == len(self.workers):
                 self._broadcast(StartExecution())
                 self.phase = JobPhase.RUNNING
+                now = self.clock()  # a fast builder must not look silent while others build
+                for w in self._last_seen:
+                    self._last_seen[w] = now
                 self._arm_timer()
         elif isinstance(msg, SnapshotComplete):
             if msg.version != self._snap_version:
@@ -254,7 +268,7 @@ class Coordinator:
         self._snap_done = {}
         self._snap_op = op
         self.phase = phase
-        self._broadcast(TakeSnapshot(version))
+        self._broadcast(TakeSnapshot(version, stop=phase is JobPhase.STOPPING))
 
     def _commit(self) -> None:
         version = self._snap_version
@@ -270,6 +284,7 @@ class Coordinator:
         if self.phase in (JobPhase.FINISHING, JobPhase.STOPPING):
             self._broadcast(Finish())
             self.phase = JobPhase.FINISHED if final else JobPhase.STOPPED
+            self._answer_leftovers(version)
         else:
             self.phase = JobPhase.RUNNING
             self._arm_timer()

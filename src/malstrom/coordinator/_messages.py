@@ -43,9 +43,13 @@ class StartExecution:
 
 @dataclass(frozen=True)
 class TakeSnapshot:
-    """Inject a barrier for snapshot ``version`` and report when it has passed every operator."""
+    """Inject a barrier for snapshot ``version`` and report when it has passed every operator.
+
+    ``stop``: the job stops at this snapshot, so sources produce nothing after the barrier.
+    """
 
     version: int
+    stop: bool = False
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,14 @@ def map_values(op: str, fn: Any, batch: Batch) -> list[Any]:
     """``[fn(v) for v in batch.values]`` at C speed; a failure names the record it failed on."""
     it = iter(batch.values)
     try:
-        return list(map(fn, it))
+        out = list(map(fn, it))
     except Exception as e:
         raise batch_error(op, e, batch, it) from e
+    if len(out) != len(batch.values):
+        # A StopIteration from user code ends map() early instead of propagating.
+        i = len(out)
+        raise user_error(op, RuntimeError("raised StopIteration"), batch.record(i))
+    return out
 
 
 def batch_error(op: str, exc: BaseException, batch: Batch, it: Any) -> OperatorError:

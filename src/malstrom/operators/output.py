@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from malstrom._errors import BuildError
 from malstrom.runtime._engine import Batch
 
 __all__ = ["Output"]
@@ -36,14 +35,14 @@ class Output(Generic[VO]):
         if key is _UNSET:
             key = self._key
             if key is _UNSET:
-                raise BuildError(
+                raise TypeError(
                     f"operator {self._operator!r}: Output.emit needs key= here "
                     "(there is no current record to take it from)"
                 )
         if timestamp is _UNSET:
             timestamp = self._ts
             if timestamp is _UNSET:
-                raise BuildError(
+                raise TypeError(
                     f"operator {self._operator!r}: Output.emit needs timestamp= here "
                     "(there is no current record or epoch to take it from)"
                 )

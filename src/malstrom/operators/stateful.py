@@ -160,6 +160,8 @@ class StatefulOpOp(_KeyedStateOp):
         self.emit_epoch(ts)
 
     def schedule(self) -> None:
+        if self.done:
+            return  # nothing may follow this operator's end of stream
         out = self.output
         out._key = _UNSET
         out._ts = _UNSET

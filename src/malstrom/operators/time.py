@@ -35,6 +35,13 @@ class AssignTimestampsOp(Operator):
             self.emit_epoch(MAX)
 
 
+class _GeneratorFailed(Exception):
+    """The user's epoch generator raised (told apart from comparison errors)."""
+
+    def __init__(self, cause: Exception) -> None:
+        self.cause = cause
+
+
 class GenerateEpochsOp(Operator):
     """Ports: 0 = on time, 1 = late. ``bound`` set = limit_out_of_orderness fast path."""
 
@@ -80,10 +87,15 @@ class GenerateEpochsOp(Operator):
                 gen = self.gen
                 for rec in batch.iter_records():
                     append(prev is None or rec[2] > prev)
-                    c = gen(rec, prev)
+                    try:
+                        c = gen(rec, prev)
+                    except Exception as e:
+                        raise _GeneratorFailed(e) from e
                     if c is not None and (prev is None or c > prev):
                         prev = c
                     i += 1
+        except _GeneratorFailed as failed:
+            raise user_error(self.name, failed.cause, batch.record(i)) from failed.cause
         except TypeError as e:
             raise OperatorError(
                 self.name,

@@ -24,6 +24,7 @@ from typing import Any
 from malstrom.coordinator._coordinator import Coordinator, JobPhase, OperationRefused
 from malstrom.runtime._app import check_importable
 from malstrom.runtime._process import worker_process_main
+from malstrom.runtime._single import build_graph
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._memory import InMemoryPersistence, NoPersistence
 from malstrom.transport._exchange import TransportError
@@ -113,6 +114,8 @@ class MultiProcessRuntime:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
         if not isinstance(build, str):
             check_importable(build)
+            # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
+            build_graph(build)
         persistence = persistence if persistence is not None else NoPersistence()
         if isinstance(persistence, InMemoryPersistence):
             raise TypeError(
@@ -180,6 +183,7 @@ class JobSettings:
     auth: Any
     tls: Any = None
     listen: str = "127.0.0.1:0"
+    connect_timeout: float = 120.0
 
 
 class _LocalLauncher:
@@ -220,8 +224,7 @@ class _LocalLauncher:
                 p.kill()
         for p in self.procs.values():
             p.join(10)
-        for w in list(server.endpoints()):
-            server.forget(w)
+        server.forget_all()
 
 
 class ClusterLauncher:
@@ -244,8 +247,7 @@ class ClusterLauncher:
                 except TransportError:
                     pass
         time.sleep(0.2 if not clean else 0.5)  # let Abort / Finish reach the workers
-        for w in list(server.endpoints()):
-            server.forget(w)
+        server.forget_all()
 
 
 class Supervisor(threading.Thread):
@@ -372,10 +374,16 @@ class Supervisor(threading.Thread):
             self._coord = None
         launcher.start(server.address, settings.auth)
         try:
+            deadline = time.monotonic() + settings.connect_timeout
             while len(server.endpoints()) < settings.parallelism:
                 launcher.check()
                 if self.killed.is_set():
                     raise _AttemptFailed("killed")
+                if time.monotonic() > deadline:
+                    raise _AttemptFailed(
+                        f"only {len(server.endpoints())} of {settings.parallelism} workers "
+                        f"connected to {server.address} within {settings.connect_timeout:g} s"
+                    )
                 time.sleep(0.01)
             endpoints = dict(sorted(server.endpoints().items())[: settings.parallelism])
             hellos = {w: h for w, h in server.hellos().items() if w in endpoints}

@@ -54,7 +54,12 @@ def run_worker_loop(worker: Worker) -> None:
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
     try:
         idle = 0
+        endpoint: Any = worker.endpoint
         while worker.phase is not WorkerPhase.FINISHED:
+            if getattr(endpoint, "closed", False):
+                from malstrom.transport._exchange import TransportError
+
+                raise TransportError("the coordinator closed the control stream")
             if worker.turn():
                 idle = 0
             else:
@@ -139,7 +144,7 @@ def cluster_worker_main(
     from malstrom.transport._grpc_control import connect_control
     from malstrom.transport._grpc_data import GrpcExchange
 
-    graph = build_graph(load_app(app))
+    fn = load_app(app)
     host = advertise or _route_ip(coordinator)
     deadline = time.monotonic() + reconnect_timeout
     backoff = 0.2
@@ -160,8 +165,13 @@ def cluster_worker_main(
             )
             exchange.worker_id = control.worker_id
             log.info("joined %s as worker %d", coordinator, control.worker_id)
+            # A fresh graph each attempt: user objects must not carry state across restarts.
             worker = Worker(
-                graph, control.worker_id, control, NoPersistence(), {"exchange": exchange}
+                build_graph(fn),
+                control.worker_id,
+                control,
+                NoPersistence(),
+                {"exchange": exchange},
             )
             run_worker_loop(worker)
             if worker.abort_reason is None:

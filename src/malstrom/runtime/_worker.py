@@ -70,6 +70,7 @@ class Worker:
         self._snapshot: tuple[int, Token, SnapshotWriter] | None = None
         self._drained_sent = False
         self._next_heartbeat = 0.0
+        self._stopping = False
         self.abort_reason: str | None = None
 
     # ----- build -------------------------------------------------------------------------
@@ -107,15 +108,17 @@ class Worker:
     def turn(self) -> bool:
         """One loop turn; True if anything happened (the caller may back off when idle)."""
         worked = self._handle_commands()
-        if self.phase is not WorkerPhase.RUNNING:
+        if self.phase is WorkerPhase.FINISHED:
             return worked
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
             self.endpoint.send(Heartbeat(self.worker_id))
+        if self.phase is not WorkerPhase.RUNNING:
+            return worked
         exchange = self.services.get("exchange")
         # Backpressure: while peers are slow to take our output, produce nothing new.
-        if exchange is None or not exchange.backlogged():
+        if not self._stopping and (exchange is None or not exchange.backlogged()):
             for op in self._roots:
                 if op.poll():
                     worked = True
@@ -141,6 +144,8 @@ class Worker:
             worked = True
             if isinstance(msg, TakeSnapshot):
                 self._begin_snapshot(msg.version)
+                if msg.stop:
+                    self._stopping = True  # suspend: nothing new after the final barrier
             elif isinstance(msg, SnapshotCommitted):
                 for op in self.ops:
                     op.on_committed(msg.version)

@@ -162,6 +162,8 @@ class SnapshotReader:
                     yield from self._load(blob, base, off, length)
                 elif owner is None:
                     yield from self._load(blob, base, off, length)
+                elif len(workers) == 1:
+                    yield from self._load(blob, base, off, length)  # one worker owns all
                 else:
                     for k, s in self._load(blob, base, off, length):
                         if owner(k, workers) == me:

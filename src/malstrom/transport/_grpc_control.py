@@ -282,6 +282,13 @@ class ControlServer:
         if link is not None:
             link._end()
 
+    def forget_all(self) -> None:
+        """Drop every worker's link, live or lost (between job attempts)."""
+        with self._lock:
+            ids = list(self._links)
+        for w in ids:
+            self.forget(w)
+
     def close(self) -> None:
         """Stop the server and every stream at once."""
         with self._lock:

@@ -133,7 +133,8 @@ class _Sender:
         self.bytes_in += n
         with self.cond:
             self.frames.extend(frames)
-            self.cond.notify()
+            # Wake every generator: a stale one (of a broken stream) must not eat the wake-up.
+            self.cond.notify_all()
 
     @property
     def queued_bytes(self) -> int:
@@ -191,6 +192,7 @@ class _Sender:
                 with self.cond:
                     self.generation += 1
                     generation = self.generation
+                    self.cond.notify_all()  # stale generators see the new generation and end
                 self._call = self._stub.Push.future(self._request_frames(generation))
                 if self._stopping.is_set():
                     self._call.cancel()
@@ -456,7 +458,16 @@ class GrpcExchange:
             state.partial.append(payload)
             payload = b"".join(state.partial)
             state.partial = []
-        pairs = decode_frame(payload)
+        try:
+            pairs = decode_frame(payload)
+        except Exception as e:  # never drop a frame silently: fail the pipe, loudly
+            error = (
+                f"undecodable frame #{frame.seq} from worker {peer} to worker {self.worker_id}: "
+                f"{type(e).__name__}: {e}"
+            )
+            log.error("%s", error)
+            self._errors.append(error)
+            context.abort(grpc.StatusCode.DATA_LOSS, error)
         size = max(1, len(payload) // len(pairs))
         inbox = self._inbox
         for operator, msg in pairs:
