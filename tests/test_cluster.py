@@ -252,3 +252,32 @@ def test_requested_snapshot_reports_its_committed_version() -> None:
     run_local_cluster(make_build(ListSink(), set()), 2, persistence=p, on_turn=snap)
     assert [err for _, err in got] == [None, None]
     assert got[0][0] < got[1][0] < p.last_committed()  # the final snapshot comes last
+
+
+def test_key_local_state_refuses_restore_on_fewer_workers() -> None:
+    p = InMemoryPersistence()
+
+    def build(provider: Any, crash: bool) -> None:
+        def check(v: int) -> int:
+            if crash and v == 3 * PER_PART + 2_000:
+                raise Boom(v)
+            return v
+
+        (
+            provider.new_stream()
+            .source("parts", StatefulSource(Parts()))
+            .map("check", check)
+            .key_local("local", lambda v: v % 3)
+            .stateful_map("n", lambda k, v, s: (s + 1, s + 1), initial=int)
+        )
+
+    import functools
+
+    with pytest.raises(OperatorError):
+        run_local_cluster(
+            functools.partial(build, crash=True), 3, persistence=p, snapshot_interval=0.0005
+        )
+    assert p.last_committed() is not None
+    with pytest.raises(OperatorError, match="cannot move to another worker"):
+        run_local_cluster(functools.partial(build, crash=False), 2, persistence=p)
+    run_local_cluster(functools.partial(build, crash=False), 3, persistence=p)  # same: fine

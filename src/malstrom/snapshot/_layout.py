@@ -148,6 +148,20 @@ class SnapshotReader:
         ``owner=None`` means the state is not partitioned by key (it stays where it was made):
         only this worker's own blob is read.
         """
+        if owner is None:
+            orphaned = [
+                wid
+                for wid, blob in self._blobs
+                if wid not in workers and self._index(blob)[1].get(operator, {}).get("k")
+            ]
+            if orphaned:
+                raise OperatorError(
+                    operator,
+                    f"its state is keyed in place (key_local or a custom re-keying) and was "
+                    f"held by worker(s) {orphaned}, which do not exist now (workers "
+                    f"{list(workers)}): it cannot move to another worker. Restore with the "
+                    "snapshot's parallelism, or key the stream with key_distribute",
+                )
         for wid, blob in self._blobs:
             if owner is None and wid != me:
                 continue
