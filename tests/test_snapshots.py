@@ -328,3 +328,40 @@ def test_iter_source_resumes_a_factory() -> None:
     for v in range(10_000):
         want[v % 3] += v
     assert dict(r.value for r in sink.records) == dict(want)
+
+
+class EmitAtEnd:
+    def on_data(self, record: Any, output: Any) -> None:
+        output.emit(record.value)
+
+    def on_epoch(self, epoch: Any, output: Any) -> None:
+        if epoch is MAX:
+            output.emit("END")
+
+
+def test_end_of_stream_hooks_do_not_run_again_after_a_restore(tmp_path: Path) -> None:
+    out = tmp_path / "out.txt"
+    crashed: list[int] = []
+
+    def check(v: int) -> int:
+        if v == 15_000 and not crashed:
+            crashed.append(v)
+            raise Boom(v)
+        return v
+
+    def build(provider: Any) -> None:
+        ended = (
+            provider.new_stream().source("empty", IterSource([])).stateless_op("end", EmitAtEnd())
+        )
+        nums = provider.new_stream().source("nums", IterSource(range(20_000))).map("check", check)
+        ended.union("u", nums).sink("file", FileSink(out))
+
+    p = LocalDiskPersistence(tmp_path / "snap")
+    rt = SingleThreadRuntime(build, persistence=p, snapshot_interval=0.0005)
+    with pytest.raises(OperatorError):
+        rt.execute()
+    assert p.last_committed() is not None
+    rt.execute()
+    lines = out.read_text().splitlines()
+    assert lines.count("END") == 1
+    assert sorted(int(x) for x in lines if x != "END") == list(range(20_000))

@@ -125,6 +125,8 @@ class InspectOp(Operator):
 
 
 class InspectFrontierOp(Operator):
+    hooks_on_epoch = True
+
     def __init__(self, name: str, fn: Callable[[Any, OperatorContext], None], ctx: BuildContext):
         super().__init__(name)
         self.fn = fn
@@ -203,6 +205,8 @@ class StatelessLogic:
 
 
 class StatelessOpOp(Operator):
+    hooks_on_epoch = True
+
     def __init__(self, name: str, logic: StatelessLogic) -> None:
         super().__init__(name)
         self.logic = logic

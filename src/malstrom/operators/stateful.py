@@ -108,6 +108,8 @@ def _overrides(logic: object, name: str) -> bool:
 
 
 class StatefulOpOp(_KeyedStateOp):
+    hooks_on_epoch = True
+
     def __init__(
         self, name: str, logic: StatefulLogic[Any, Any, Any, Any], ctx: BuildContext, owner: Owner
     ) -> None:

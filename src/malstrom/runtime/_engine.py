@@ -31,6 +31,9 @@ __all__ = [
     "make_record",
 ]
 
+ENDED_KEY = "::ended"
+"""Snapshot entry listing the operators that had ended (seen MAX) on a worker."""
+
 Channel = deque
 """An edge between two operators on one worker: an unbounded FIFO of messages."""
 
@@ -124,6 +127,15 @@ class BuildContext:
             return iter(())
         return self.restore.keyed(operator, owner, self.worker_id, self.worker_set)
 
+    def restored_ended(self, operator: str) -> bool:
+        """Whether ``operator`` had seen the end of stream in the snapshot restored from."""
+        if self.restore is None:
+            return False
+        ended = self.restore.worker_scoped(ENDED_KEY)
+        if self.worker_id in ended:
+            return operator in ended[self.worker_id]
+        return bool(ended) and all(operator in names for names in ended.values())
+
     def restore_worker(self, operator: str) -> dict[int, Any]:
         """Per-worker (unkeyed) state of ``operator``, by the worker id that stored it."""
         if self.restore is None:
@@ -143,6 +155,9 @@ class Operator:
     """Roots of the graph: the worker injects barriers into them and calls :meth:`poll`."""
     wants_schedule = False
     """Call :meth:`schedule` every loop turn (``on_schedule`` hooks)."""
+    hooks_on_epoch = False
+    """Runs user hooks on epochs: after a restore from a snapshot taken when this operator had
+    already ended, its end-of-stream hooks must not run (and emit) a second time."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -150,6 +165,7 @@ class Operator:
         self.outs: list[list[Channel]] = [[]]
         self.in_frontier: Any = None
         self.done = False
+        self.restored_done = False
         self._chan_epochs: list[Any] = []
         self._blocked: list[bool] = []
 
@@ -245,7 +261,16 @@ class Operator:
             ) from e
         if rising:
             self.in_frontier = merged
-            self.on_epoch(merged)
+            if merged is MAX and self.restored_done and self.hooks_on_epoch:
+                self.emit_epoch(MAX)  # its end-of-stream hooks already ran before the snapshot
+            else:
+                self.on_epoch(merged)
+
+    def pass_barrier(self, barrier: Barrier) -> None:
+        """A barrier reaches this operator: note whether it had ended, then snapshot."""
+        if self.done:
+            barrier.writer.ended.add(self.name)
+        self.on_barrier(barrier)
 
     def dispatch(self, msg: Any, port: int) -> None:
         """Hand one message from input channel ``port`` to its hook."""
@@ -255,7 +280,7 @@ class Operator:
         elif t is Epoch:
             self._epoch_in(port, msg.ts)
         elif t is Barrier:
-            self.on_barrier(msg)
+            self.pass_barrier(msg)
         else:
             self.on_control(msg)
 
@@ -276,7 +301,7 @@ class Operator:
                 elif t is Epoch:
                     self._epoch_in(0, msg.ts)
                 elif t is Barrier:
-                    self.on_barrier(msg)
+                    self.pass_barrier(msg)
                 else:
                     self.on_control(msg)
             return True
@@ -318,7 +343,7 @@ class Operator:
                 for i in range(len(blocked)):
                     blocked[i] = False
                 if type(first) is Barrier:
-                    self.on_barrier(first)
+                    self.pass_barrier(first)
                 else:
                     self.on_control(first)
                 worked = progress = True

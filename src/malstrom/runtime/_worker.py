@@ -95,6 +95,7 @@ class Worker:
                 raise OperatorError(node.name, f"building failed: {type(e).__name__}: {e}") from e
             if len(op.outs) != node.ports:
                 op.set_ports(node.ports)
+            op.restored_done = ctx.restored_ended(node.name)
             for src, port in node.inputs:
                 built[id(src)].outs[port].append(op.add_input())
             built[id(node)] = op
@@ -174,7 +175,7 @@ class Worker:
         self._snapshot = (version, token, writer)
         barrier = Barrier(token, version, writer)
         for op in self._roots:
-            op.on_barrier(barrier)
+            op.pass_barrier(barrier)
 
     def _finish_snapshot(self, version: int, token: Token, writer: SnapshotWriter) -> None:
         self._snapshot = None

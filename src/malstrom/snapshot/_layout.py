@@ -21,6 +21,7 @@ import msgpack
 
 from malstrom._errors import OperatorError
 from malstrom.keyed.partitioners import group_owner, key_group, rendezvous_select
+from malstrom.runtime._engine import ENDED_KEY
 from malstrom.snapshot._backend import FORMAT_VERSION, Manifest, Persistence, SnapshotFormatError
 
 __all__ = ["NullSnapshotWriter", "SnapshotReader", "SnapshotWriter", "worker_blob"]
@@ -52,6 +53,7 @@ class SnapshotWriter:
         self._segments: list[bytes] = []
         self._pos = 0
         self._index: dict[str, Any] = {}
+        self.ended: set[str] = set()
 
     def _add(self, data: bytes) -> list[int]:
         off = self._pos
@@ -85,6 +87,7 @@ class SnapshotWriter:
         self._index[operator] = {"w": self._add(_dumps(operator, value))}
 
     def to_bytes(self) -> bytes:
+        self.put_worker(ENDED_KEY, sorted(self.ended))
         index = msgpack.packb(self._index, use_bin_type=True)
         return b"".join([_HEADER.pack(_MAGIC, FORMAT_VERSION, len(index)), index, *self._segments])
 
