@@ -28,6 +28,7 @@ from malstrom.operators.basic import (
     StatelessOpOp,
 )
 from malstrom.operators.io import EmptyRootOp, SourceOp, StatefulSinkOp, StatelessSinkOp
+from malstrom.operators.joins import IntervalJoinOp, WindowJoinOp
 from malstrom.operators.stateful import (
     ExpireMap,
     StatefulLogic,
@@ -36,10 +37,12 @@ from malstrom.operators.stateful import (
     TtlMapOp,
 )
 from malstrom.operators.time import AssignTimestampsOp, GenerateEpochsOp
+from malstrom.operators.windows import WindowOp
 from malstrom.runtime._engine import BuildContext, Operator
 from malstrom.sinks._protocols import StatefulSink, StatelessSink
 from malstrom.sources._protocols import StatefulSource, StatelessSource
 from malstrom.types import Record
+from malstrom.windows import Aggregator, Fold, Session, Sliding, Tumbling, WindowAssigner
 
 __all__ = ["Stream", "StreamProvider"]
 
@@ -54,6 +57,7 @@ class _Node:
     inputs: list[tuple[_Node, int]]
     ports: int = 1
     is_root: bool = False
+    distributes: bool = False  # made by key_distribute: keys here are placed by a partitioner
 
 
 @dataclass(eq=False)
@@ -94,6 +98,39 @@ def _check_fn(op: str, what: str, fn: object) -> None:
 
 
 _UNSOURCED: Any = object()
+
+
+def _is_key_distribute(node: _Node) -> bool:
+    """Whether ``node`` was made by :meth:`Stream.key_distribute`."""
+    return node.distributes
+
+
+def _keyed_by_distribute(node: _Node | None) -> bool:
+    """Whether every path from a source to ``node`` passes through a ``key_distribute``."""
+    seen: dict[int, bool] = {}
+
+    def walk(n: _Node) -> bool:
+        got = seen.get(id(n))
+        if got is None:
+            if _is_key_distribute(n):
+                got = True
+            elif n.is_root or not n.inputs:
+                got = False
+            else:
+                got = all(walk(src) for src, _ in n.inputs)
+            seen[id(n)] = got
+        return got
+
+    return node is not None and walk(node)
+
+
+def _check_positive(op: str, what: str, x: Any) -> None:
+    try:
+        bad = x < x * 0
+    except TypeError:
+        bad = True
+    if bad:
+        raise BuildError(f"operator {op!r}: {what} must be zero or positive, got {x!r}")
 
 
 class StreamProvider:
@@ -240,6 +277,7 @@ class Stream:
         _check_fn(name, "key_fn", key_fn)
         _check_fn(name, "partitioner", partitioner)
         node = self._then(name, lambda ctx: DistributorOp(name, key_fn, partitioner, ctx))
+        node.distributes = True
         return self._out(node, region=partitioner)
 
     # ----- keyed state -------------------------------------------------------------------
@@ -305,8 +343,117 @@ class Stream:
 
     def limit_out_of_orderness(self, name: str, bound: Any) -> tuple[Stream, Stream]:
         """Epochs trail the largest timestamp seen by ``bound``; returns ``(on_time, late)``."""
+        if bound is None or isinstance(bound, str | bytes | bool):
+            raise BuildError(
+                f"operator {name!r}: bound must be a duration in the timestamps' unit "
+                f"(a number, or a timedelta for datetimes), got {bound!r}"
+            )
         node = self._then(name, lambda ctx: GenerateEpochsOp(name, None, bound, ctx), ports=2)
         return self._out(node, 0), self._out(node, 1)
+
+    # ----- windows and joins ------------------------------------------------------------------
+    def window(
+        self,
+        name: str,
+        assigner: WindowAssigner,
+        aggregator: Aggregator[Any, Any, Any],
+        allowed_lateness: Any = 0,
+    ) -> tuple[Stream, Stream]:
+        """Aggregate each key's records per event-time window; returns ``(results, late)``.
+
+        ``assigner`` is a :mod:`malstrom.windows` ``Tumbling``, ``Sliding`` or ``Session``;
+        ``aggregator`` has ``create/add/merge/result`` (``Count()``, ``Sum()``, ...). A window
+        ``[start, end)`` fires when an epoch ``>= end`` arrives: its record keeps the key, has
+        ``value = WindowResult(start, end, value)`` and ``timestamp = end``. Within
+        ``allowed_lateness`` of the end a late record updates its window and the result is
+        emitted again at once; records whose windows are all gone go to ``late`` unchanged.
+        """
+        if not isinstance(assigner, Tumbling | Sliding | Session):
+            raise BuildError(
+                f"operator {name!r}: assigner must be Tumbling, Sliding or Session from "
+                f"malstrom.windows, got {assigner!r}"
+            )
+        methods = ("create", "add", "result", "merge")
+        for m in methods if isinstance(assigner, Session) else methods[:3]:
+            _check_fn(name, f"aggregator.{m}", getattr(aggregator, m, None))
+        fold = aggregator if isinstance(aggregator, Fold) else None
+        if isinstance(assigner, Session) and fold is not None and not fold.can_merge:
+            raise BuildError(
+                f"operator {name!r}: Session windows merge, so Fold needs merge=fn(a, b)"
+            )
+        _check_positive(name, "allowed_lateness", allowed_lateness)
+        region = self._region
+        node = self._then(
+            name,
+            lambda ctx: WindowOp(name, assigner, aggregator, allowed_lateness, ctx, region),
+            ports=2,
+        )
+        return self._out(node, 0), self._out(node, 1)
+
+    def _join_inputs(self, name: str, right: Stream) -> Any:
+        """Check that both sides are keyed alike; returns their partitioner."""
+        _check_name(name)
+        if not isinstance(right, Stream) or right._graph is not self._graph:
+            raise BuildError(f"operator {name!r}: can only join streams of the same job")
+        for side, s in (("left", self), ("right", right)):
+            if s._region is None or not _keyed_by_distribute(s._node):
+                raise BuildError(
+                    f"operator {name!r}: the {side} stream must be keyed by key_distribute "
+                    "(records of one key must meet on one worker)"
+                )
+        if self._region is not right._region:
+            raise BuildError(
+                f"operator {name!r}: both sides must be keyed by key_distribute with the "
+                f"same partitioner, got {self._region!r} and {right._region!r}"
+            )
+        return self._region
+
+    def join(self, name: str, right: Stream, assigner: WindowAssigner) -> Stream:
+        """Pair records of one key that fall in the same window: ``value = (left, right)``.
+
+        ``assigner`` is ``Tumbling`` or ``Sliding`` (a pair is emitted once per window the two
+        share). A pair is emitted as soon as both records are present, with the larger of the
+        two timestamps. Both streams must be keyed by ``key_distribute`` with the same
+        partitioner.
+        """
+        region = self._join_inputs(name, right)
+        if isinstance(assigner, Session):
+            raise BuildError(f"operator {name!r}: Session windows cannot be used for joins")
+        if not isinstance(assigner, Tumbling | Sliding):
+            raise BuildError(
+                f"operator {name!r}: assigner must be Tumbling or Sliding from "
+                f"malstrom.windows, got {assigner!r}"
+            )
+        node = self._graph.add(
+            name,
+            lambda ctx: WindowJoinOp(name, assigner, ctx, region),
+            [self._tail(), right._tail()],
+        )
+        return self._out(node, region=region)
+
+    def interval_join(self, name: str, right: Stream, lower: Any, upper: Any) -> Stream:
+        """Pair records of one key with ``left.ts + lower <= right.ts <= left.ts + upper``.
+
+        ``value = (left_value, right_value)``, timestamp = the larger of the two, emitted as
+        soon as both records are present. Both streams must be keyed by ``key_distribute``
+        with the same partitioner.
+        """
+        region = self._join_inputs(name, right)
+        try:
+            ordered = lower <= upper
+        except TypeError:
+            ordered = False
+        if not ordered:
+            raise BuildError(
+                f"operator {name!r}: interval_join needs lower <= upper, got {lower!r} and "
+                f"{upper!r}"
+            )
+        node = self._graph.add(
+            name,
+            lambda ctx: IntervalJoinOp(name, lower, upper, ctx, region),
+            [self._tail(), right._tail()],
+        )
+        return self._out(node, region=region)
 
     # ----- shape ------------------------------------------------------------------------------
     def union(self, name: str, *others: Stream) -> Stream:

@@ -112,16 +112,16 @@ class MultiProcessRuntime:
     ) -> None:
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
-        if not isinstance(build, str):
-            check_importable(build)
-            # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
-            build_graph(build)
         persistence = persistence if persistence is not None else NoPersistence()
         if isinstance(persistence, InMemoryPersistence):
             raise TypeError(
                 "InMemoryPersistence lives in one process; worker processes cannot share it. "
                 "Use LocalDiskPersistence(path) (or NoPersistence) with MultiProcessRuntime"
             )
+        if not isinstance(build, str):
+            check_importable(build)
+            # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
+            build_graph(build)
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
         self.build = build
