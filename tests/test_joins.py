@@ -20,13 +20,11 @@ from hypothesis import strategies as st
 from malstrom import (
     MAX,
     BuildError,
-    NoKey,
     OperatorError,
     Record,
     SingleThreadRuntime,
     StatefulLogic,
     StatefulSource,
-    StatelessSource,
     Stream,
     StreamProvider,
 )
@@ -36,44 +34,15 @@ from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
 from malstrom.sources import IterSource
+from malstrom.testing import TimedSource
 from malstrom.windows import Session, Sliding, Tumbling
 
 # ----- helpers --------------------------------------------------------------------------------
 
 
-class _Part:
-    def __init__(self, items: list[tuple[Any, Any]]) -> None:
-        self.items = items
-        self.i = 0
-
-    def poll(self) -> tuple[Any, Any] | None:
-        got = self.poll_batch(1)
-        return got[0] if got else None
-
-    def poll_batch(self, n: int) -> list[tuple[Any, Any]]:
-        if self.i >= len(self.items):
-            return []
-        self.i += 1
-        return [self.items[self.i - 1]]
-
-    def is_finished(self) -> bool:
-        return self.i >= len(self.items)
-
-
-class _OneByOne:
-    def __init__(self, items: Iterable[tuple[Any, Any]]) -> None:
-        self.items = list(items)
-
-    def list_parts(self) -> list[Any]:
-        return [NoKey]
-
-    def build_part(self, part: Any) -> _Part:
-        return _Part(self.items)
-
-
-def one_by_one(values: Iterable[Any]) -> StatelessSource:
+def one_by_one(values: Iterable[Any]) -> TimedSource:
     """Each value in its own batch."""
-    return StatelessSource(_OneByOne((v, 0) for v in values))
+    return TimedSource((v, 0) for v in values)
 
 
 Event = tuple[Any, Any, Any]  # (key, timestamp, tag)

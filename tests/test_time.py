@@ -13,44 +13,13 @@ import pytest
 from malstrom import MAX, MIN, NoKey, Record, SingleThreadRuntime, StatelessSource, StreamProvider
 from malstrom.sinks import ListSink
 from malstrom.sources import IterSource
+from malstrom.testing import TimedSource
 
 # ----- helpers --------------------------------------------------------------------------------
 
 
-class _Part:
-    """One ``(value, timestamp)`` per poll_batch call: one record per batch."""
-
-    def __init__(self, items: list[tuple[Any, Any]]) -> None:
-        self.items = items
-        self.i = 0
-
-    def poll(self) -> tuple[Any, Any] | None:
-        got = self.poll_batch(1)
-        return got[0] if got else None
-
-    def poll_batch(self, n: int) -> list[tuple[Any, Any]]:
-        if self.i >= len(self.items):
-            return []
-        self.i += 1
-        return [self.items[self.i - 1]]
-
-    def is_finished(self) -> bool:
-        return self.i >= len(self.items)
-
-
-class _OneByOne:
-    def __init__(self, items: Iterable[tuple[Any, Any]]) -> None:
-        self.items = list(items)
-
-    def list_parts(self) -> list[Any]:
-        return [NoKey]
-
-    def build_part(self, part: Any) -> _Part:
-        return _Part(self.items)
-
-
-def one_by_one(items: Iterable[tuple[Any, Any]]) -> StatelessSource:
-    return StatelessSource(_OneByOne(items))
+def one_by_one(items: Iterable[tuple[Any, Any]]) -> TimedSource:
+    return TimedSource(items)
 
 
 def stamped(timestamps: Iterable[Any]) -> StatelessSource:

@@ -26,7 +26,6 @@ import malstrom.windows
 from malstrom import (
     MAX,
     BuildError,
-    NoKey,
     OperatorError,
     Output,
     Record,
@@ -34,7 +33,6 @@ from malstrom import (
     StatefulLogic,
     StatefulSource,
     StatelessLogic,
-    StatelessSource,
     Stream,
     StreamProvider,
 )
@@ -43,6 +41,7 @@ from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
 from malstrom.sources import IterSource
+from malstrom.testing import TimedSource
 from malstrom.windows import (
     Collect,
     Count,
@@ -62,41 +61,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # ----- helpers --------------------------------------------------------------------------------
 
 
-class _Part:
-    """One ``(value, timestamp)`` per poll: every record travels in its own batch."""
-
-    def __init__(self, items: list[tuple[Any, Any]]) -> None:
-        self.items = items
-        self.i = 0
-
-    def poll(self) -> tuple[Any, Any] | None:
-        got = self.poll_batch(1)
-        return got[0] if got else None
-
-    def poll_batch(self, n: int) -> list[tuple[Any, Any]]:
-        if self.i >= len(self.items):
-            return []
-        self.i += 1
-        return [self.items[self.i - 1]]
-
-    def is_finished(self) -> bool:
-        return self.i >= len(self.items)
-
-
-class _OneByOne:
-    def __init__(self, items: Iterable[tuple[Any, Any]]) -> None:
-        self.items = list(items)
-
-    def list_parts(self) -> list[Any]:
-        return [NoKey]
-
-    def build_part(self, part: Any) -> _Part:
-        return _Part(self.items)
-
-
-def one_by_one(values: Iterable[Any]) -> StatelessSource:
-    """Each value in its own batch (source timestamps are replaced by assign_timestamps)."""
-    return StatelessSource(_OneByOne((v, 0) for v in values))
+def one_by_one(values: Iterable[Any]) -> TimedSource:
+    """Each value in its own batch."""
+    return TimedSource((v, 0) for v in values)
 
 
 Event = tuple[Any, Any, Any]  # (key, timestamp, tag)
