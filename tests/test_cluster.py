@@ -281,3 +281,64 @@ def test_key_local_state_refuses_restore_on_fewer_workers() -> None:
     with pytest.raises(OperatorError, match="cannot move to another worker"):
         run_local_cluster(functools.partial(build, crash=False), 2, persistence=p)
     run_local_cluster(functools.partial(build, crash=False), 3, persistence=p)  # same: fine
+
+
+class TwoPhasePart:
+    def __init__(self, part: Any, log: list[Any]) -> None:
+        self.part, self.log = part, log
+        self.pending: list[Any] = []
+
+    def sink(self, record: Any) -> None:
+        self.pending.append(record.value)
+
+    def snapshot(self) -> object:
+        self.log.append(("snapshot", self.part, len(self.pending)))
+        return len(self.pending)
+
+    def collect(self) -> object:
+        return len(self.pending)
+
+    def commit(self, version: int) -> None:
+        self.log.append(("commit", self.part, version))
+
+
+class TwoPhaseSink:
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    def assign_part(self, key: Any) -> Any:
+        return key % 2
+
+    def build_part(self, part: Any, state: object | None) -> TwoPhasePart:
+        return TwoPhasePart(part, self.log)
+
+
+def test_two_phase_sinks_commit_only_committed_versions() -> None:
+    from malstrom import StatefulSink
+
+    log: list[Any] = []
+    p = InMemoryPersistence()
+
+    def build(provider: Any) -> None:
+        (
+            provider.new_stream()
+            .source("parts", StatefulSource(Parts()))
+            .key_distribute("k", lambda v: v % 4)
+            .sink("tx", StatefulSink(TwoPhaseSink(log)))
+        )
+
+    coord = run_local_cluster(build, 2, persistence=p, snapshot_interval=0.0005)
+    snapshots: dict[Any, int] = {}
+    commits: dict[Any, list[int]] = {}
+    for kind, part, x in log:
+        if kind == "snapshot":
+            snapshots[part] = snapshots.get(part, 0) + 1
+        else:
+            commits.setdefault(part, []).append(x)
+            # a version is committed to a part only after that part snapshotted for it
+            assert len(commits[part]) <= snapshots.get(part, 0)
+    assert set(commits) == {0, 1}
+    for part, versions in commits.items():
+        assert versions == sorted(set(versions))  # each version once, in order
+        assert len(versions) == snapshots[part]  # every snapshot taken was committed
+        assert versions[-1] == coord.last_committed
