@@ -22,9 +22,11 @@ class StdOutSink(StatelessSink):
         self._file = file
 
     def sink(self, record: Record) -> None:
+        """Print one record."""
         print(record, file=self._file or sys.stdout)
 
     def sink_batch(self, records: RecordBatch) -> None:
+        """Print a batch of records with one write."""
         f = self._file or sys.stdout
         f.write("".join(f"{r}\n" for r in records))
         f.flush()
@@ -62,11 +64,13 @@ class ListSink(StatelessSink):
             )
 
     def sink(self, record: Record) -> None:
+        """Append one record."""
         self._check_process()
         with self._lock:
             self.records.append(record)
 
     def sink_batch(self, records: RecordBatch) -> None:
+        """Append a batch of records."""
         self._check_process()
         with self._lock:
             self.records.extend(records)
@@ -127,7 +131,9 @@ class FileSink(StatefulSink):
         self._per_key = per_key
 
     def assign_part(self, key: Any) -> Hashable:
+        """The file a record with ``key`` goes to."""
         return os.path.join(self._path, f"{key}.txt") if self._per_key else self._path
 
     def build_part(self, part: Any, state: object | None) -> _FilePart:
+        """Open the file, cut back to the snapshotted length (empty on a fresh start)."""
         return _FilePart(part, state, self._fmt)

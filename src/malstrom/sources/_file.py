@@ -88,9 +88,11 @@ class FileSource(StatefulSource):
         self._encoding = encoding
 
     def list_parts(self) -> list[Hashable]:
+        """One part per file, by path."""
         return list(self._paths)
 
     def build_part(self, part: Any, state: object | None) -> _FilePartition:
+        """Open ``part`` and seek to the snapshotted byte offset (0 on a fresh start)."""
         offset, line = (0, 0) if state is None else tuple(state)  # type: ignore[arg-type]
         return _FilePartition(part, offset, line, self._encoding)
 

@@ -77,9 +77,11 @@ class IterSource(StatefulSource):
         self._iterable = iterable
 
     def list_parts(self) -> list[Hashable]:
+        """The single part, ``NoKey``."""
         return [NoKey]
 
     def build_part(self, part: Any, state: object | None) -> _IterPartition:
+        """Iterate afresh, skipping the ``state`` items consumed before the snapshot."""
         src = self._iterable
         it = iter(src() if callable(src) and not isinstance(src, Iterable) else src)
         return _IterPartition(it, int(state) if state is not None else 0)  # type: ignore[call-overload]

@@ -69,9 +69,11 @@ class TimedSource(StatefulSource):
         self._batch_size = batch_size
 
     def list_parts(self) -> list[Any]:
+        """The single part, ``NoKey``."""
         return [NoKey]
 
     def build_part(self, part: Any, state: object | None) -> _TimedPart:
+        """Start at the snapshotted index (0 on a fresh start)."""
         start = 0 if state is None else int(state)  # type: ignore[call-overload]
         return _TimedPart(self._items, start, self._batch_size)
 
