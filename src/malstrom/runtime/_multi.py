@@ -419,9 +419,10 @@ class Supervisor(threading.Thread):
                     if coord.phase is JobPhase.FAILED:
                         raise _AttemptFailed(coord.error) from None
                     raise
-                lost = set(server.lost()) & set(endpoints)
-                if lost:
-                    raise _AttemptFailed(f"lost connection to worker(s) {sorted(lost)}")
+                # Lost (broken or silent) or closed: either way no longer an endpoint.
+                gone = set(endpoints) - set(server.endpoints())
+                if gone:
+                    raise _AttemptFailed(f"lost connection to worker(s) {sorted(gone)}")
                 time.sleep(0.001)
         finally:
             launcher.finish(server, clean)
