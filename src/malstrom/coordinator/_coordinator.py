@@ -33,7 +33,7 @@ from malstrom.coordinator._messages import (
 from malstrom.snapshot._backend import BlobInfo, Manifest, Persistence
 from malstrom.transport._local import Endpoint
 
-__all__ = ["Coordinator", "JobPhase", "OperationRefused"]
+__all__ = ["Coordinator", "JobPhase", "OperationRefused", "completed_version"]
 
 log = logging.getLogger("malstrom.coordinator")
 
@@ -42,6 +42,14 @@ Callback = Callable[[Any, BaseException | None], None]
 
 class OperationRefused(RuntimeError):
     """A snapshot or stop was requested while the job cannot take it (it ended, or failed)."""
+
+
+def completed_version(persistence: Persistence) -> int | None:
+    """The snapshot version at which the job completed, if its last snapshot says so."""
+    if not persistence.stores:
+        return None
+    manifest = persistence.latest_restorable()
+    return manifest.version if manifest is not None and manifest.meta.get("final") else None
 
 
 class JobPhase(enum.Enum):

@@ -21,7 +21,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from malstrom.coordinator._coordinator import Coordinator, JobPhase, OperationRefused
+from malstrom.coordinator._coordinator import (
+    Coordinator,
+    JobPhase,
+    OperationRefused,
+    completed_version,
+)
 from malstrom.runtime._app import check_importable
 from malstrom.runtime._process import worker_process_main
 from malstrom.runtime._single import build_graph
@@ -372,6 +377,8 @@ class Supervisor(threading.Thread):
         clean = False
         with self._lock:
             self._coord = None
+        if completed_version(settings.persistence) is not None:
+            return JobPhase.FINISHED.value  # completed earlier: nothing to start
         launcher.start(server.address, settings.auth)
         try:
             deadline = time.monotonic() + settings.connect_timeout
