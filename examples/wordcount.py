@@ -26,7 +26,29 @@ from malstrom.sinks import FileSink
 from malstrom.snapshot import LocalDiskPersistence
 from malstrom.sources import FileSource
 
-VOCABULARY = ["stream", "state", "snapshot", "barrier", "epoch", "window", "key", "worker", "record", "operator", "source", "sink", "event", "time", "exactly", "once", "rescale", "partition", "coordinator", "python", "batch"]
+VOCABULARY = [
+    "stream",
+    "state",
+    "snapshot",
+    "barrier",
+    "epoch",
+    "window",
+    "key",
+    "worker",
+    "record",
+    "operator",
+    "source",
+    "sink",
+    "event",
+    "time",
+    "exactly",
+    "once",
+    "rescale",
+    "partition",
+    "coordinator",
+    "python",
+    "batch",
+]
 
 
 def make_corpus(directory: Path, files: int = 4, lines: int = 25_000) -> None:
