@@ -138,60 +138,48 @@ class WindowOp(Operator):
         else:
             self._add_general(batch)
 
+    def _tumbling_bucket(self, q: Any, anchor: Any, size: Any, limit: Any) -> Any:
+        """The accumulators of the ``q``-th tumbling window, or None if it has closed."""
+        s = anchor + q * size
+        e = s + size
+        if limit is not None and e <= limit:
+            return None
+        b = self.by_end.get(e)
+        if b is None:
+            b = self.by_end[e] = {}
+            self.begin[e] = s
+            heappush(self.pending, e)
+        return b
+
     def _add_tumbling(self, batch: Batch, anchor: Any) -> None:
-        """Tumbling windows, no lateness: the hot path."""
+        """Tumbling windows, no lateness: the hot path (window lookup once per run of records
+        in the same window; a Count adds without calling the aggregator)."""
         size = self.assigner.size  # type: ignore[attr-defined]
-        by_end, begin, pending = self.by_end, self.begin, self.pending
         limit = self.frontier
         lk: list[Any] = []
         lv: list[Any] = []
         lt: list[Any] = []
         last_q: Any = _MISSING
-        bucket: dict[Any, Any] = {}
-        get = bucket.get
+        bucket: Any = None
+        get: Any = None
+        count = self.is_count
+        add, create = self.agg.add, self.agg.create
+        missing = _MISSING
         k = v = t = None
         try:
-            if self.is_count:
-                for k, v, t in zip(batch.keys, batch.values, batch.timestamps):
-                    q = (t - anchor) // size
-                    if q != last_q:
-                        s = anchor + q * size
-                        e = s + size
-                        if limit is not None and e <= limit:
-                            lk.append(k)
-                            lv.append(v)
-                            lt.append(t)
-                            continue
-                        b = by_end.get(e)
-                        if b is None:
-                            b = by_end[e] = {}
-                            begin[e] = s
-                            heappush(pending, e)
-                        bucket = b
-                        get = b.get
-                        last_q = q
+            for k, v, t in zip(batch.keys, batch.values, batch.timestamps):
+                q = (t - anchor) // size
+                if q != last_q:
+                    bucket = self._tumbling_bucket(q, anchor, size, limit)
+                    get = bucket.get if bucket is not None else None
+                    last_q = q
+                if bucket is None:  # its window has closed: late
+                    lk.append(k)
+                    lv.append(v)
+                    lt.append(t)
+                elif count:
                     bucket[k] = get(k, 0) + 1
-            else:
-                add, create = self.agg.add, self.agg.create
-                missing = _MISSING
-                for k, v, t in zip(batch.keys, batch.values, batch.timestamps):
-                    q = (t - anchor) // size
-                    if q != last_q:
-                        s = anchor + q * size
-                        e = s + size
-                        if limit is not None and e <= limit:
-                            lk.append(k)
-                            lv.append(v)
-                            lt.append(t)
-                            continue
-                        b = by_end.get(e)
-                        if b is None:
-                            b = by_end[e] = {}
-                            begin[e] = s
-                            heappush(pending, e)
-                        bucket = b
-                        get = b.get
-                        last_q = q
+                else:
                     acc = get(k, missing)
                     bucket[k] = add(create() if acc is missing else acc, v)
         except Exception as ex:
