@@ -58,6 +58,7 @@ class _Node:
     ports: int = 1
     is_root: bool = False
     distributes: bool = False  # made by key_distribute: keys here are placed by a partitioner
+    co_keyed: bool = False  # several inputs, all keyed by distributors of one partitioner
 
 
 @dataclass(eq=False)
@@ -429,6 +430,7 @@ class Stream:
             lambda ctx: WindowJoinOp(name, assigner, ctx, region),
             [self._tail(), right._tail()],
         )
+        node.co_keyed = True
         return self._out(node, region=region)
 
     def interval_join(self, name: str, right: Stream, lower: Any, upper: Any) -> Stream:
@@ -453,6 +455,7 @@ class Stream:
             lambda ctx: IntervalJoinOp(name, lower, upper, ctx, region),
             [self._tail(), right._tail()],
         )
+        node.co_keyed = True
         return self._out(node, region=region)
 
     # ----- shape ------------------------------------------------------------------------------
@@ -465,7 +468,12 @@ class Stream:
                 raise BuildError(f"operator {name!r}: can only union streams of the same job")
             inputs.append(o._tail())
         node = self._graph.add(name, lambda ctx: Operator(name), inputs)
-        regions = {id(s._region) for s in (self, *others)}
+        streams = (self, *others)
+        regions = {id(s._region) for s in streams}
+        same = len(regions) == 1 and self._region is not None
+        node.co_keyed = len(inputs) > 1 and same and all(
+            _keyed_by_distribute(s._node) for s in streams
+        )
         return self._out(node, region=self._region if len(regions) == 1 else None)
 
     def cloned(self, name: str, n: int) -> list[Stream]:

@@ -1,5 +1,5 @@
 """The coordinator: one per job. It builds and starts the workers, runs one operation at a
-time (snapshot, stop), commits a snapshot version once every worker reported it complete,
+time (snapshot, rescale, stop), commits a snapshot version once every worker reported it complete,
 watches worker heartbeats, and ends the job with a final committed snapshot once every worker
 has drained.
 
@@ -23,6 +23,8 @@ from malstrom.coordinator._messages import (
     Finish,
     Heartbeat,
     Hello,
+    Reconfigure,
+    RescaleComplete,
     SnapshotCommitted,
     SnapshotComplete,
     StartBuild,
@@ -56,6 +58,8 @@ class JobPhase(enum.Enum):
     BUILDING = "building"
     RUNNING = "running"
     SNAPSHOTTING = "snapshotting"
+    JOINING = "joining"  # rescale: waiting for new workers to connect and build
+    RESCALING = "rescaling"  # rescale: keys and parts move between running workers
     STOPPING = "stopping"  # final snapshot of a stop (resumable)
     FINISHING = "finishing"  # final snapshot after every worker drained (job complete)
     FINISHED = "finished"
@@ -68,8 +72,9 @@ _ENDED = (JobPhase.FINISHED, JobPhase.STOPPED, JobPhase.FAILED)
 
 @dataclass
 class _Op:
-    kind: str  # "snapshot" | "stop"
+    kind: str  # "snapshot" | "stop" | "rescale"
     callback: Callback | None
+    workers: int = 0  # rescale: the new number of workers
 
 
 class Coordinator:
@@ -106,6 +111,12 @@ class Coordinator:
         self._next_snapshot_at = float("inf")
         self._next_version = 0
         self._last_seen: dict[int, float] = {}
+        self.config_version = 0
+        self._rescale_op: _Op | None = None
+        self._target: tuple[int, ...] = ()
+        self._joining: set[int] = set()
+        self._joined_built: set[int] = set()
+        self._rescaled: set[int] = set()
 
     # ----- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -147,7 +158,7 @@ class Coordinator:
 
     def poll(self) -> None:
         """Handle every queued worker message, fire due timers, start queued operations."""
-        for w, ep in self.workers.items():
+        for w, ep in list(self.workers.items()):
             while (msg := ep.recv()) is not None:
                 self._last_seen[w] = self.clock()
                 self._handle(msg)
@@ -159,13 +170,17 @@ class Coordinator:
                 self._begin_snapshot(JobPhase.FINISHING, None)
             elif self._ops:
                 op = self._ops.popleft()
-                self._begin_snapshot(
-                    JobPhase.STOPPING if op.kind == "stop" else JobPhase.SNAPSHOTTING, op
-                )
+                if op.kind == "rescale":
+                    self._begin_rescale(op)
+                else:
+                    self._begin_snapshot(
+                        JobPhase.STOPPING if op.kind == "stop" else JobPhase.SNAPSHOTTING, op
+                    )
             elif now >= self._next_snapshot_at:
                 self._begin_snapshot(JobPhase.SNAPSHOTTING, None)
         if self.heartbeat_timeout is not None and self.phase not in (
             JobPhase.BUILDING,
+            JobPhase.JOINING,
             *_ENDED,
         ):
             now = self.clock()
@@ -185,6 +200,55 @@ class Coordinator:
         """Queue a stop: a final (resumable) snapshot, then every worker exits."""
         self._request("stop", callback)
 
+    def request_rescale(self, workers: int, callback: Callback | None = None) -> None:
+        """Queue a rescale to ``workers`` workers (ids ``0..workers-1``) while the job runs;
+        ``callback(workers, None)`` once every key and part has moved."""
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            err = OperationRefused(
+                f"cannot rescale to {workers!r} workers: give an int >= 1 "
+                "(to end the job, stop it)"
+            )
+            if callback is not None:
+                callback(None, err)
+                return
+            raise err
+        self._request("rescale", callback, workers)
+
+    def wanted_workers(self) -> set[int]:
+        """New worker ids a rescale waits for (the runtime starts them and calls
+        :meth:`add_worker`)."""
+        return set(self._joining) - set(self.workers) if self.phase is JobPhase.JOINING else set()
+
+    def add_worker(self, worker: int, endpoint: Endpoint, address: str | None = None) -> None:
+        """A new worker a rescale asked for has connected."""
+        if worker not in self._joining or worker in self.workers:
+            raise ValueError(f"worker {worker} was not asked to join")
+        self.workers[worker] = endpoint
+        self._last_seen[worker] = self.clock()
+        if self.peers is not None and address is not None:
+            self.peers[worker] = address
+        if not self.wanted_workers():
+            old = tuple(w for w in sorted(self.workers) if w not in self._joining)
+            for w in sorted(self._joining):
+                self.workers[w].send(
+                    StartBuild(old, None, self.peers, self._shipped_persistence())
+                )
+
+    def cancel_rescale(self, reason: str) -> None:
+        """New workers did not come: give the rescale up (nothing has moved yet)."""
+        if self.phase is not JobPhase.JOINING:
+            return
+        for w in self._joining:
+            ep = self.workers.pop(w, None)
+            self._last_seen.pop(w, None)
+            if ep is not None:
+                ep.send(Finish())
+        self._joining = set()
+        self.phase = JobPhase.RUNNING
+        op, self._rescale_op = self._rescale_op, None
+        if op is not None and op.callback is not None:
+            op.callback(None, OperationRefused(f"rescale abandoned: {reason}"))
+
     def status(self) -> dict[str, Any]:
         """A plain-data summary of the job attempt."""
         return {
@@ -201,14 +265,14 @@ class Coordinator:
         self._fail(reason)
 
     # ----- internals -----------------------------------------------------------------------
-    def _request(self, kind: str, callback: Callback | None) -> None:
+    def _request(self, kind: str, callback: Callback | None, workers: int = 0) -> None:
         if self.phase in _ENDED or self.phase in (JobPhase.FINISHING, JobPhase.STOPPING):
             err = OperationRefused(f"cannot {kind}: the job is {self.phase.value}")
             if callback is not None:
                 callback(None, err)
                 return
             raise err
-        self._ops.append(_Op(kind, callback))
+        self._ops.append(_Op(kind, callback, workers))
 
     def _answer_leftovers(self, version: int) -> None:
         """Requests still queued when the job ended: a stop is done, anything else refused."""
@@ -227,9 +291,14 @@ class Coordinator:
         self.phase = JobPhase.FAILED
         self.error = reason
         err = RuntimeError(reason)
-        pending = [*self._ops, *([self._snap_op] if self._snap_op else [])]
+        pending = [
+            *self._ops,
+            *([self._snap_op] if self._snap_op else []),
+            *([self._rescale_op] if self._rescale_op else []),
+        ]
         self._ops.clear()
         self._snap_op = None
+        self._rescale_op = None
         for op in pending:
             if op.callback is not None:
                 op.callback(None, err)
@@ -241,7 +310,20 @@ class Coordinator:
     def _handle(self, msg: object) -> None:
         if isinstance(msg, Heartbeat | Hello):
             return
-        if isinstance(msg, BuildComplete):
+        if isinstance(msg, BuildComplete) and msg.worker in self._joining:
+            self._joined_built.add(msg.worker)
+            if self._joined_built == self._joining:
+                for w in self._joining:
+                    self.workers[w].send(StartExecution())
+                self._reconfigure()
+        elif isinstance(msg, RescaleComplete):
+            if msg.version != self.config_version + 1 or self.phase is not JobPhase.RESCALING:
+                log.warning("ignoring completion of unknown rescale %d", msg.version)
+                return
+            self._rescaled.add(msg.worker)
+            if len(self._rescaled) == len(self.workers):
+                self._end_rescale()
+        elif isinstance(msg, BuildComplete):
             self._built.add(msg.worker)
             if self.phase is JobPhase.BUILDING and len(self._built) == len(self.workers):
                 self._broadcast(StartExecution())
@@ -263,6 +345,43 @@ class Coordinator:
             self._fail(f"worker {msg.worker} failed: {msg.error}")
         else:
             raise TypeError(f"coordinator got an unexpected message {msg!r}")
+
+    def _begin_rescale(self, op: _Op) -> None:
+        n = op.workers
+        if n == len(self.workers):
+            if op.callback is not None:
+                op.callback(n, None)
+            return
+        self._rescale_op = op
+        self._target = tuple(range(n))
+        self._joining = {w for w in self._target if w not in self.workers}
+        self._joined_built = set()
+        log.info("rescaling from %d to %d workers", len(self.workers), n)
+        if self._joining:
+            self.phase = JobPhase.JOINING
+        else:
+            self._reconfigure()
+
+    def _reconfigure(self) -> None:
+        self.phase = JobPhase.RESCALING
+        self._rescaled = set()
+        msg = Reconfigure(self.config_version + 1, self._target, self.peers)
+        self._broadcast(msg)
+
+    def _end_rescale(self) -> None:
+        self.config_version += 1
+        for w in sorted(set(self.workers) - set(self._target)):
+            self.workers.pop(w).send(Finish())
+            self._last_seen.pop(w, None)
+            self._drained.discard(w)
+            if self.peers is not None:
+                self.peers.pop(w, None)
+        self._joining = set()
+        self.phase = JobPhase.RUNNING
+        log.info("rescaled to %d workers", len(self.workers))
+        op, self._rescale_op = self._rescale_op, None
+        if op is not None and op.callback is not None:
+            op.callback(len(self.workers), None)
 
     def _arm_timer(self) -> None:
         self._next_snapshot_at = (

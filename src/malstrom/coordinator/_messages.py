@@ -16,6 +16,8 @@ __all__ = [
     "Finish",
     "Heartbeat",
     "Hello",
+    "Reconfigure",
+    "RescaleComplete",
     "SnapshotCommitted",
     "SnapshotComplete",
     "StartBuild",
@@ -60,6 +62,17 @@ class SnapshotCommitted:
 
 
 @dataclass(frozen=True)
+class Reconfigure:
+    """Move to worker set ``workers`` (configuration ``version``) without stopping: inject a
+    Rescale and report :class:`RescaleComplete` once every key and part has moved. ``peers``:
+    every worker's data-plane address (network transports)."""
+
+    version: int
+    workers: tuple[int, ...]
+    peers: dict[int, str] | None = None
+
+
+@dataclass(frozen=True)
 class Finish:
     """The job is complete (its final snapshot is committed): stop."""
 
@@ -100,6 +113,14 @@ class SnapshotComplete:
     worker: int
     version: int
     blob: tuple[str, int, int] | None  # (name, size, crc32)
+
+
+@dataclass(frozen=True)
+class RescaleComplete:
+    """Every operator of the worker finished moving state for configuration ``version``."""
+
+    worker: int
+    version: int
 
 
 @dataclass(frozen=True)

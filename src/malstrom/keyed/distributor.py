@@ -14,6 +14,24 @@ Across workers (through the worker's ``exchange``, FIFO per (peer, operator)):
   stops reading its local input; it stops reading a peer once that peer's marker arrives; when
   the local barrier is held and every peer is marked, the barrier goes downstream and reading
   resumes. Data from a peer before its marker belongs to the snapshot, data after it does not.
+
+Rescaling (zero downtime; one cycle per configuration change, see :mod:`malstrom.keyed._cycle`):
+
+1. When the worker's ``Rescale`` reaches the distributor, it sends a :class:`RescaleMarker`
+   (new worker set, its local frontier) to every old and new peer and from then on routes
+   its local input by the new worker set. A peer learns of the rescale from the first marker
+   it gets, so records of a newer configuration are never taken for old ones.
+2. Records reaching the new owner of a key whose state is still elsewhere are **held** (only
+   those keys); every other key keeps flowing.
+3. Once its own Rescale and every peer's marker arrived (all old-configuration records are
+   in), the distributor advances its region to the agreed epoch (the minimum frontier the old
+   workers announced in their markers) and sends a ``Collect`` into its region: every keyed
+   operator hands over the state of the keys leaving this worker. The collected state goes to
+   the new owners as :class:`Transfer` messages, then a last (empty) transfer to every peer.
+4. Transfers arriving are installed downstream (``Acquire``). When every peer's last
+   transfer is in, ``Installed`` goes downstream, the held records follow it, and the
+   distributor switches to the new worker set. Merged epochs stay frozen during the cycle,
+   so no epoch ever overtakes a held or moved record.
 """
 
 from __future__ import annotations
@@ -24,8 +42,22 @@ from operator import not_
 from typing import Any
 
 from malstrom._errors import BuildError, OperatorError, short_repr
+from malstrom.keyed._cycle import Cycle, RescaleMarker, Transfer, agreed_epoch, split_transfers
 from malstrom.operators._util import map_values, user_error
-from malstrom.runtime._engine import Barrier, Batch, BuildContext, Epoch, Operator
+from malstrom.runtime._engine import (
+    IDLE,
+    Acquire,
+    Barrier,
+    Batch,
+    BuildContext,
+    Collect,
+    Control,
+    Epoch,
+    Installed,
+    Operator,
+    Rescale,
+    Token,
+)
 
 __all__ = ["BARRIER_MARKER", "DistributorOp"]
 
@@ -79,13 +111,16 @@ class DistributorOp(Operator):
                 f"operator {name!r}: {len(self.workers)} workers but this runtime has no "
                 "worker-to-worker exchange"
             )
-        self.wants_schedule = bool(self.remotes)
+        self.wants_schedule = self.exchange is not None
         self._cache: dict[Any, int] = {}
         self._local_frontier: Any = None
         self._remote_frontier: dict[int, Any] = dict.fromkeys(self.remotes)
         self._out_frontier: Any = None
+        self._idle_out = False
         self._local_barrier: Barrier | None = None
         self._marked: set[int] = set()
+        self._cycle: Cycle | None = None
+        self._done_version = -1
 
     # ----- routing -----------------------------------------------------------------------
     def _owner(self, key: Any) -> int:
@@ -122,6 +157,10 @@ class DistributorOp(Operator):
         if self.key_fn is not None:
             keys = map_values(self.name, self.key_fn, batch)
             batch = Batch(keys, batch.values, batch.timestamps)
+        cycle = self._cycle
+        if cycle is not None and cycle.local:
+            self._route_new(batch, cycle)
+            return
         if not self.remotes:
             self.emit(batch)
             return
@@ -164,33 +203,49 @@ class DistributorOp(Operator):
                 break
 
     # ----- epochs ------------------------------------------------------------------------
-    def on_epoch(self, ts: Any) -> None:
-        if not self.remotes:
-            self.emit_epoch(ts)
+    def _epoch_in(self, idx: int, ts: Any) -> None:
+        # Not the engine's merge: this one spans the peers' local frontiers too.
+        if self.exchange is None:
+            super()._epoch_in(idx, ts)
             return
-        e = Epoch(ts)
-        for w in self.remotes:
-            self.exchange.send(w, self.name, e)
         self._local_frontier = ts
+        e = Epoch(ts)
+        cycle = self._cycle
+        for w in cycle.peers if cycle is not None and cycle.local else self.remotes:
+            self.exchange.send(w, self.name, e)
         self._emit_merged()
 
     def _emit_merged(self) -> None:
+        if self._cycle is not None:
+            return  # frozen while keys move: no epoch may overtake a held or moved record
         vals = [self._local_frontier, *self._remote_frontier.values()]
         if any(v is None for v in vals):
             return
+        live = [v for v in vals if v is not IDLE]
+        if not live:
+            if not self._idle_out:
+                self._idle_out = True
+                self.emit_epoch(IDLE)
+            return
         try:
-            merged = min(vals)
+            merged = min(live)
             rising = self._out_frontier is None or merged > self._out_frontier
         except TypeError as e:
             raise OperatorError(
                 self.name, f"cannot merge epochs of incomparable timestamps {short_repr(vals)}"
             ) from e
         if rising:
+            self._idle_out = False
             self._out_frontier = merged
             self.emit_epoch(merged)
+        elif self._idle_out:
+            self._idle_out = False
+            self.emit_epoch(self._out_frontier)
 
     # ----- barriers ----------------------------------------------------------------------
     def on_barrier(self, barrier: Barrier) -> None:
+        if self._cycle is not None:
+            raise OperatorError(self.name, "a snapshot barrier arrived during a rescale")
         if not self.remotes:
             self.forward(barrier)
             return
@@ -208,7 +263,7 @@ class DistributorOp(Operator):
 
     # ----- driving -------------------------------------------------------------------------
     def drain(self) -> bool:
-        if not self.remotes:
+        if not self.remotes and self._cycle is None:
             return super().drain()
         # While the local barrier waits for the peers' markers, local input stays queued.
         ch = self.inputs[0]
@@ -220,6 +275,9 @@ class DistributorOp(Operator):
 
     def schedule(self) -> None:
         """Take in what the peers sent (all of it, except past a peer's barrier marker)."""
+        if self._cycle is not None:
+            self._schedule_cycle(self._cycle)
+            return
         recv = self.exchange.recv
         name = self.name
         for w in self.remotes:
@@ -235,6 +293,169 @@ class DistributorOp(Operator):
                 elif msg is BARRIER_MARKER:
                     self._marked.add(w)
                     break
+                elif t is RescaleMarker:
+                    # A peer is ahead of us in a rescale: everything after this is new.
+                    cycle = self._begin_cycle(msg.version, msg.workers)
+                    self._on_marker(cycle, w, msg)
+                    self._schedule_cycle(cycle)
+                    return
                 else:
                     raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
         self._try_release()
+
+    # ----- rescale ---------------------------------------------------------------------------
+    def on_control(self, msg: Control) -> None:
+        t = type(msg)
+        if t is Rescale:
+            assert isinstance(msg, Rescale)
+            self._on_local_rescale(msg)
+            self.forward(msg)
+        elif t is Collect or t is Acquire or t is Installed:
+            msg.token.pending -= 1  # the upstream key region ends here
+        else:
+            self.forward(msg)
+
+    def rescale_done(self, version: int) -> bool:
+        return self._done_version >= version
+
+    def _begin_cycle(self, version: int, workers: tuple[int, ...]) -> Cycle:
+        if self._cycle is None:
+            if self.exchange is None:
+                raise OperatorError(self.name, "cannot rescale: this runtime has no exchange")
+            self._cycle = Cycle(
+                version, self.workers, tuple(workers), self.me, self.partitioner, self.name
+            )
+        elif self._cycle.version != version:
+            raise OperatorError(
+                self.name,
+                f"rescale to configuration {version} while {self._cycle.version} is running",
+            )
+        return self._cycle
+
+    def _on_local_rescale(self, msg: Rescale) -> None:
+        if msg.version <= self._done_version:
+            return
+        cycle = self._begin_cycle(msg.version, msg.workers)
+        cycle.local = True
+        cycle.my_frontier = self._local_frontier
+        marker = RescaleMarker(msg.version, cycle.new, self._local_frontier)
+        for w in cycle.peers:
+            self.exchange.send(w, self.name, marker)
+            self._remote_frontier.setdefault(w, None)
+        self._advance(cycle)
+
+    def _on_marker(self, cycle: Cycle, peer: int, msg: RescaleMarker) -> None:
+        cycle.marks[peer] = msg.frontier
+        self._remote_frontier[peer] = msg.frontier
+        self._advance(cycle)
+
+    def _schedule_cycle(self, cycle: Cycle) -> None:
+        recv = self.exchange.recv
+        name = self.name
+        for w in cycle.peers:
+            while (msg := recv(w, name)) is not None:
+                t = type(msg)
+                if t is Batch:
+                    if w in cycle.marks:
+                        self._deliver_new(msg, cycle)
+                    else:
+                        self.emit(msg)  # sent under the old configuration: a key we own
+                elif t is Epoch:
+                    self._remote_frontier[w] = msg.ts
+                elif t is RescaleMarker:
+                    if msg.version != cycle.version:
+                        raise OperatorError(
+                            name, f"worker {w} rescales to {msg.version}, not {cycle.version}"
+                        )
+                    self._on_marker(cycle, w, msg)
+                elif t is Transfer:
+                    if msg.states:
+                        acq = Acquire(Token(1), msg.states)
+                        self.forward(acq)
+                    if msg.last:
+                        cycle.received.add(w)
+                else:
+                    raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
+        self._advance(cycle)
+
+    def _advance(self, cycle: Cycle) -> None:
+        """Move the cycle on as far as it can go now."""
+        if cycle.collect is None and cycle.aligned():
+            g = agreed_epoch(cycle)
+            if g is not None and (self._out_frontier is None or g > self._out_frontier):
+                self._out_frontier = g
+                self._idle_out = False
+                self.emit_epoch(g)
+            cycle.collect = Collect(Token(1), cycle.moving)
+            self.forward(cycle.collect)
+        if cycle.collect is not None and not cycle.sent and cycle.collect.token.pending == 0:
+            for w, msg in split_transfers(cycle, cycle.collect.collection):
+                self.exchange.send(w, self.name, msg)
+            cycle.sent = True
+            cycle.collect.collection = {}
+        if cycle.sent and len(cycle.received) == len(cycle.peers):
+            self._finish_cycle(cycle)
+
+    def _finish_cycle(self, cycle: Cycle) -> None:
+        self.forward(Installed(Token(1), cycle.version))
+        for b in cycle.held:
+            self.emit(b)
+        cycle.held.clear()
+        self.workers = cycle.new
+        self.remotes = [w for w in cycle.new if w != self.me]
+        self._cache = cycle.cache
+        self._remote_frontier = {w: self._remote_frontier.get(w) for w in self.remotes}
+        self._done_version = cycle.version
+        self._cycle = None
+        self._emit_merged()
+
+    def _route_new(self, batch: Batch, cycle: Cycle) -> None:
+        """Local records after our Rescale: routed by the new worker set."""
+        route = self._route_keys(batch)
+        old = self._owners(route)
+        new = cycle.owners(route)
+        me = self.me
+        mine: list[int] = []
+        held: list[int] = []
+        others: dict[int, list[int]] = {}
+        for i, (o, n) in enumerate(zip(old, new)):
+            if n == me:
+                (mine if o == me else held).append(i)
+            else:
+                lst = others.get(n)
+                if lst is None:
+                    others[n] = [i]
+                else:
+                    lst.append(i)
+        n_all = len(batch)
+        if mine:
+            self.emit(batch if len(mine) == n_all else _pick(batch, mine))
+        if held:
+            cycle.held.append(_pick(batch, held))
+        for w, idx in others.items():
+            self.exchange.send(w, self.name, batch if len(idx) == n_all else _pick(batch, idx))
+
+    def _deliver_new(self, batch: Batch, cycle: Cycle) -> None:
+        """A peer's record of the new configuration: ours, but held while its state moves."""
+        old = self._owners(self._route_keys(batch))
+        me = self.me
+        if all(o == me for o in old):
+            self.emit(batch)
+            return
+        keep = [o == me for o in old]
+        if any(keep):
+            self.emit(_take(batch, keep))
+        cycle.held.append(_take(batch, [not k for k in keep]))
+
+    def _route_keys(self, batch: Batch) -> Sequence[Any]:
+        if self.route_fn is None:
+            return batch.keys
+        try:
+            return list(map(self.route_fn, batch.keys))
+        except Exception as e:
+            raise user_error(self.name, e) from e
+
+
+def _pick(batch: Batch, idx: list[int]) -> Batch:
+    keys, values, stamps = batch.keys, batch.values, batch.timestamps
+    return Batch([keys[i] for i in idx], [values[i] for i in idx], [stamps[i] for i in idx])

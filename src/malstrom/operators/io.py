@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from itertools import repeat
 from typing import Any
 
 from malstrom._errors import OperatorError
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators._util import user_error
-from malstrom.runtime._engine import Barrier, Batch, BuildContext, Operator, make_record
+from malstrom.runtime._engine import (
+    IDLE,
+    Barrier,
+    Batch,
+    BuildContext,
+    Control,
+    Operator,
+    Rescale,
+    make_record,
+)
 from malstrom.sinks._protocols import RecordBatch, StatelessSinkImpl
 from malstrom.sources._protocols import StatefulSource, StatelessSource
 from malstrom.types import MAX
 
-__all__ = ["BATCH_SIZE", "EmptyRootOp", "SourceOp", "StatefulSinkOp", "StatelessSinkOp"]
+__all__ = [
+    "BATCH_SIZE",
+    "EmptyRootOp",
+    "PartDone",
+    "PartMove",
+    "PartsMoved",
+    "SourceOp",
+    "StatefulSinkOp",
+    "StatelessSinkOp",
+]
 
 BATCH_SIZE = 2048
 """Records a source part may produce per poll: large enough to amortize per-batch costs."""
@@ -70,8 +89,53 @@ class _Part:
         return values, stamps
 
 
+class PartDone:
+    """To every peer: a source part finished (every worker ends when all parts have)."""
+
+    __slots__ = ("part",)
+
+    def __init__(self, part: Any) -> None:
+        self.part = part
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PartDone, (self.part,))
+
+
+class PartMove:
+    """A source part moving to the receiver (rescale), with its collected state."""
+
+    __slots__ = ("part", "state", "version")
+
+    def __init__(self, version: int, part: Any, state: Any) -> None:
+        self.version = version
+        self.part = part
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PartMove, (self.version, self.part, self.state))
+
+
+class PartsMoved:
+    """To every old and new peer: all my parts that move have been sent; ``finished`` lists the
+    parts I know to have finished (a new worker learns them here)."""
+
+    __slots__ = ("finished", "version")
+
+    def __init__(self, version: int, finished: frozenset[Any]) -> None:
+        self.version = version
+        self.finished = finished
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PartsMoved, (self.version, self.finished))
+
+
 class SourceOp(Operator):
-    """Builds the parts this worker owns, polls them, emits ``Epoch(MAX)`` when all finish."""
+    """Builds the parts this worker owns and polls them.
+
+    A worker with no unfinished part emits ``Epoch(IDLE)`` (it holds back no merged epoch);
+    every worker emits ``Epoch(MAX)`` once every part of the source, on any worker, finished.
+    On a rescale, parts whose owner changes are collected and rebuilt on their new worker.
+    """
 
     is_source = True
 
@@ -85,19 +149,29 @@ class SourceOp(Operator):
             raise user_error(name, e) from e
         if len(set(parts)) != len(parts):
             raise OperatorError(name, f"list_parts() returned duplicate parts: {parts!r}")
-        me, workers = ctx.worker_id, ctx.worker_set
-        mine = [p for p in parts if rendezvous_select(p, workers) == me]
+        self.all_parts = parts
+        self.me = me = ctx.worker_id
+        self.workers = tuple(ctx.worker_set)
+        self.exchange: Any = ctx.services.get("exchange")
+        self.remotes = [w for w in self.workers if w != me]
+        self.wants_schedule = self.exchange is not None
+        self.finished: set[Any] = set()
+        self._idle = False
+        self._cycle: tuple[int, tuple[int, ...], tuple[int, ...], set[int]] | None = None
+        self._done_version = -1
+        mine = [p for p in parts if rendezvous_select(p, self.workers) == me]
         restored = dict(ctx.restore_keyed(name, rendezvous_select)) if self.stateful else {}
         self.parts: list[_Part] = []
         for p in mine:
-            try:
-                if self.stateful:
-                    built = self.impl.build_part(p, restored.get(p))  # type: ignore[call-arg]
-                else:
-                    built = self.impl.build_part(p)  # type: ignore[call-arg]
-            except Exception as e:
-                raise user_error(name, e) from e
-            self.parts.append(_Part(p, built))
+            self._add_part(p, restored.get(p))
+
+    def _add_part(self, key: Any, state: Any) -> None:
+        try:
+            impl: Any = self.impl
+            built = impl.build_part(key, state) if self.stateful else impl.build_part(key)
+        except Exception as e:
+            raise user_error(self.name, e) from e
+        self.parts.append(_Part(key, built))
 
     def poll(self) -> bool:
         if self.done:
@@ -116,15 +190,91 @@ class SourceOp(Operator):
                 ) from e
             if values:
                 produced = True
+                self._idle = False
                 self.emit(Batch(list(repeat(p.key, len(values))), values, stamps))
             if finished:
                 p.finished = True
+                self._part_done(p.key)
             else:
                 active += 1
-        if not active:
+        if len(self.finished) == len(self.all_parts):
             self.emit_epoch(MAX)
             return True
+        if not active and not self._idle:
+            self._idle = True
+            self.emit_epoch(IDLE)
+            return True
         return produced
+
+    def _part_done(self, key: Any) -> None:
+        if key in self.finished:
+            return
+        self.finished.add(key)
+        for w in self._peers():
+            self.exchange.send(w, self.name, PartDone(key))
+
+    def _peers(self) -> Sequence[int]:
+        return self._cycle[2] if self._cycle is not None else self.remotes
+
+    def schedule(self) -> None:
+        recv = self.exchange.recv
+        name = self.name
+        for w in self._peers():
+            while (msg := recv(w, name)) is not None:
+                t = type(msg)
+                if t is PartDone:
+                    self.finished.add(msg.part)
+                elif t is PartMove:
+                    self._add_part(msg.part, msg.state)
+                elif t is PartsMoved:
+                    self.finished |= msg.finished
+                    if self._cycle is None or self._cycle[0] != msg.version:
+                        raise OperatorError(
+                            name, f"worker {w} moved its parts for an unknown rescale"
+                        )
+                    self._cycle[3].add(w)
+                else:
+                    raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
+        cycle = self._cycle
+        if cycle is not None and len(cycle[3]) == len(cycle[2]):
+            self.workers = cycle[1]
+            self.remotes = [w for w in cycle[1] if w != self.me]
+            self._done_version = cycle[0]
+            self._cycle = None
+
+    def on_control(self, msg: Control) -> None:
+        if type(msg) is Rescale:
+            assert isinstance(msg, Rescale)
+            self._on_rescale(msg)
+        self.forward(msg)
+
+    def _on_rescale(self, msg: Rescale) -> None:
+        if self.exchange is None:
+            raise OperatorError(self.name, "cannot rescale: this runtime has no exchange")
+        me, new = self.me, tuple(msg.workers)
+        peers = tuple(sorted((set(self.workers) | set(new)) - {me}))
+        self._cycle = (msg.version, new, peers, set())
+        staying: list[_Part] = []
+        for p in self.parts:
+            dest = rendezvous_select(p.key, new)
+            if dest == me:
+                staying.append(p)
+                continue
+            state = None
+            if self.stateful:
+                fn = getattr(p.part, "collect", None) or p.part.snapshot
+                try:
+                    state = fn()
+                except Exception as e:
+                    raise user_error(self.name, e) from e
+            self.exchange.send(dest, self.name, PartMove(msg.version, p.key, state))
+        self.parts = staying
+        done = PartsMoved(msg.version, frozenset(self.finished))
+        for w in peers:
+            self.exchange.send(w, self.name, done)
+
+    def rescale_done(self, version: int) -> bool:
+        return self._done_version >= version
 
     def snapshot(self, writer: Any) -> None:
         if self.stateful:
@@ -168,6 +318,7 @@ class StatefulSinkOp(Operator):
         self.impl = impl
         self.parts: dict[Any, Any] = {}
         self._assigned: dict[Any, Any] = {}
+        self.migrates = True
         # Restore eagerly, so a part can roll back output written after its snapshot even if
         # no record for it ever arrives again.
         for part, state in ctx.restore_keyed(name, rendezvous_select):
@@ -205,6 +356,21 @@ class StatefulSinkOp(Operator):
     def on_epoch(self, ts: Any) -> None:
         if ts is MAX:
             self.done = True
+
+    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
+        out = {}
+        for part in [k for k in self.parts if moving(k)]:
+            p = self.parts.pop(part)
+            fn = getattr(p, "collect", None) or p.snapshot
+            try:
+                out[part] = fn()
+            except Exception as e:
+                raise user_error(self.name, e) from e
+        return out
+
+    def install(self, states: dict[Any, Any]) -> None:
+        for part, state in states.items():
+            self.parts[part] = self._build(part, state)
 
     def on_barrier(self, barrier: Barrier) -> None:
         states = {}

@@ -99,11 +99,26 @@ class WindowJoinOp(_JoinOp):
         self.assigner = assigner
         # window end -> key -> ([(left value, ts)...], [(right value, ts)...])
         self.by_end: dict[Any, dict[Any, tuple[list[Any], list[Any]]]] = {}
-        for key, windows in ctx.restore_keyed(name, owner):
+        self.pending: list[Any] = []
+        self.migrates = owner is not None
+        self.install(dict(ctx.restore_keyed(name, owner)))
+
+    def install(self, states: dict[Any, Any]) -> None:
+        by_end = self.by_end
+        for key, windows in states.items():
             for end, lefts, rights in windows:
-                self.by_end.setdefault(end, {})[key] = (lefts, rights)
-        self.pending: list[Any] = list(self.by_end)
-        heapify(self.pending)
+                if end not in by_end:
+                    by_end[end] = {}
+                    heappush(self.pending, end)
+                by_end[end][key] = (lefts, rights)
+
+    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
+        per_key: dict[Any, list[Any]] = {}
+        for e, bucket in self.by_end.items():
+            for k in [k for k in bucket if moving(k)]:
+                lefts, rights = bucket.pop(k)
+                per_key.setdefault(k, []).append((e, lefts, rights))
+        return per_key
 
     def state_size(self) -> int:
         return sum(len(a) + len(b) for bucket in self.by_end.values() for a, b in bucket.values())
@@ -182,12 +197,25 @@ class IntervalJoinOp(_JoinOp):
         # (expiry, seq, key, side): one entry per buffered record
         self.heap: list[tuple[Any, int, Any, int]] = []
         self._seq = count()
-        for key, (lefts, rights) in ctx.restore_keyed(name, owner):
+        self.migrates = owner is not None
+        self.install(dict(ctx.restore_keyed(name, owner)))
+
+    def install(self, states: dict[Any, Any]) -> None:
+        for key, (lefts, rights) in states.items():
             self.state[key] = (lefts, rights)
             for side, recs in ((0, lefts), (1, rights)):
                 for t, _ in recs:
                     self.heap.append((self._expiry(t, side), next(self._seq), key, side))
         heapify(self.heap)
+
+    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
+        state = self.state
+        out = {k: state.pop(k) for k in [k for k in state if moving(k)]}
+        if out:
+            # Their expiry entries go too (the heap is rebuilt without them).
+            self.heap = [h for h in self.heap if h[2] not in out]
+            heapify(self.heap)
+        return out
 
     def _expiry(self, t: Any, side: int) -> Any:
         return t + self.upper if side == 0 else t - self.lower

@@ -31,9 +31,17 @@ class _KeyedStateOp(Operator):
     def __init__(self, name: str, ctx: BuildContext, owner: Owner) -> None:
         super().__init__(name)
         self.states: dict[Any, Any] = dict(ctx.restore_keyed(name, owner))
+        self.migrates = owner is not None
 
     def snapshot(self, writer: Any) -> None:
         writer.put_keyed(self.name, self.states)
+
+    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
+        states = self.states
+        return {k: states.pop(k) for k in [k for k in states if moving(k)]}
+
+    def install(self, states: dict[Any, Any]) -> None:
+        self.states.update(states)
 
 
 class StatefulMapOp(_KeyedStateOp):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import insort
 from collections.abc import Callable, Sequence
 from functools import partial
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -75,45 +75,76 @@ class WindowOp(Operator):
         self.kept: list[Any] = []
         self._frontier_name = f"{name}::frontier"
         self.frontier: Any = restore_frontier(ctx, self._frontier_name)
-        for key, windows in ctx.restore_keyed(name, owner):
-            for start, end, acc in windows:
-                if self.session:
-                    self.sessions.setdefault(key, []).append([start, end, acc])
-                else:
-                    self.by_end.setdefault(end, {})[key] = acc
-                    self.begin[end] = start
-        for key, lst in self.sessions.items():
-            lst.sort(key=_start)
-            for sess in lst:
-                self.by_end.setdefault(sess[1], {})[key] = sess
-        f = self.frontier
-        for end in self.by_end:
-            (self.kept if f is not None and end <= f else self.pending).append(end)
-        heapify(self.pending)
-        heapify(self.kept)
+        self.migrates = owner is not None
+        self.install(dict(ctx.restore_keyed(name, owner)))
 
     # ----- state ---------------------------------------------------------------------------
     def state_size(self) -> int:
         """Number of (key, window) accumulators held."""
         return sum(map(len, self.by_end.values()))
 
-    def snapshot(self, writer: Any) -> None:
-        per_key: dict[Any, list[tuple[Any, Any, Any]]] = {}
+    def _per_key(self, moving: Callable[[Any], bool] | None) -> dict[Any, list[Any]]:
+        """Each key's windows ``[(start, end, acc), ...]`` (only keys ``moving`` selects)."""
+        per_key: dict[Any, list[Any]] = {}
         if self.session:
             for k, lst in self.sessions.items():
-                per_key[k] = [(s[0], s[1], s[2]) for s in lst]
+                if moving is None or moving(k):
+                    per_key[k] = [(s[0], s[1], s[2]) for s in lst]
         else:
             begin = self.begin
             for e, bucket in self.by_end.items():
                 s = begin[e]
                 for k, acc in bucket.items():
+                    if moving is not None and not moving(k):
+                        continue
                     w = per_key.get(k)
                     if w is None:
                         per_key[k] = [(s, e, acc)]
                     else:
                         w.append((s, e, acc))
-        writer.put_keyed(self.name, per_key)
+        return per_key
+
+    def snapshot(self, writer: Any) -> None:
+        writer.put_keyed(self.name, self._per_key(None))
         writer.put_worker(self._frontier_name, self.frontier)
+
+    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
+        per_key = self._per_key(moving)
+        if self.session:
+            for k in per_key:
+                for sess in self.sessions.pop(k):
+                    bucket = self.by_end.get(sess[1])
+                    if bucket is not None and bucket.get(k) is sess:
+                        del bucket[k]
+        else:
+            by_end = self.by_end
+            for k, windows in per_key.items():
+                for _, e, _ in windows:
+                    del by_end[e][k]
+        # Emptied windows stay in the heaps; firing and expiry skip them.
+        return per_key
+
+    def install(self, states: dict[Any, Any]) -> None:
+        """Add keys' windows (from a snapshot or another worker); ends new here get queued."""
+        known = set(self.by_end)
+        added: set[Any] = set()
+        for key, windows in states.items():
+            if self.session:
+                lst = self.sessions.setdefault(key, [])
+                for start, end, acc in windows:
+                    sess = [start, end, acc]
+                    lst.append(sess)
+                    self.by_end.setdefault(end, {})[key] = sess
+                    added.add(end)
+                lst.sort(key=_start)
+            else:
+                for start, end, acc in windows:
+                    self.by_end.setdefault(end, {})[key] = acc
+                    self.begin[end] = start
+                    added.add(end)
+        f = self.frontier
+        for end in added - known:
+            heappush(self.kept if f is not None and end <= f else self.pending, end)
 
     def _limit(self) -> Any:
         """Windows ending at or before this are gone (None: nothing is)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
 from malstrom.runtime._single import build_graph
-from malstrom.runtime._worker import Worker
+from malstrom.runtime._worker import Worker, WorkerPhase
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._memory import NoPersistence
 from malstrom.transport._exchange import LocalExchangeHub
@@ -33,21 +33,26 @@ def run_local_cluster(
     """Run ``build`` on ``parallelism`` workers to completion; returns the coordinator.
 
     ``on_turn(n, coordinator)`` runs before every round of worker turns (tests use it to
-    inject faults or request snapshots and stops).
+    inject faults or request snapshots, rescales and stops). Workers a rescale asks for are
+    created here; removed ones are dropped once they finished.
     """
     if parallelism < 1:
         raise ValueError(f"parallelism must be >= 1, got {parallelism}")
     persistence = persistence if persistence is not None else NoPersistence()
     graph = build_graph(build)
     hub = LocalExchangeHub()
-    workers = []
+    workers: dict[int, Worker] = {}
     ends = {}
-    for wid in range(parallelism):
+
+    def spawn(wid: int) -> Any:
         c_end, w_end = local_pair()
-        ends[wid] = c_end
-        workers.append(
-            Worker(graph, wid, w_end, persistence, services={"exchange": hub.endpoint(wid)})
+        workers[wid] = Worker(
+            graph, wid, w_end, persistence, services={"exchange": hub.endpoint(wid)}
         )
+        return c_end
+
+    for wid in range(parallelism):
+        ends[wid] = spawn(wid)
     coord = Coordinator(persistence, ends, snapshot_interval)
     coord.start()
     if coord.finished:
@@ -62,12 +67,16 @@ def run_local_cluster(
             n += 1
             coord.poll()
             if coord.phase in (JobPhase.FINISHED, JobPhase.STOPPED):
-                for w in workers:
+                for w in workers.values():
                     w.turn()
                 return coord
             if coord.phase is JobPhase.FAILED:
                 raise RuntimeError(coord.error)
-            for w in workers:
+            for wid in sorted(coord.wanted_workers()):
+                coord.add_worker(wid, spawn(wid))  # a rescale asked for it
+            for wid, w in list(workers.items()):
                 w.turn()
+                if wid not in coord.workers and w.phase is WorkerPhase.FINISHED:
+                    del workers[wid]  # removed by a rescale
     finally:
         gc.set_threshold(*threshold)

@@ -20,13 +20,18 @@ from malstrom._errors import OperatorError, short_repr
 from malstrom.types import MAX, Record
 
 __all__ = [
+    "IDLE",
+    "Acquire",
     "Barrier",
     "Batch",
     "BuildContext",
     "Channel",
+    "Collect",
     "Control",
     "Epoch",
+    "Installed",
     "Operator",
+    "Rescale",
     "Token",
     "make_record",
 ]
@@ -69,6 +74,23 @@ class Batch:
         return Batch(list(repeat(key, len(values))), values, timestamps)
 
 
+class _Idle:
+    """An epoch value saying "this channel has nothing now": merges leave it out of the minimum."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> str:
+        return "IDLE"
+
+    def __repr__(self) -> str:
+        return "IDLE"
+
+
+IDLE: Any = _Idle()
+"""``Epoch(IDLE)``: the channel is idle (no source data); it does not hold back merged epochs
+until it sends a real epoch again. Hooks never see it."""
+
+
 class Epoch:
     """Promise: no later record on this channel has a timestamp ``<= ts``."""
 
@@ -108,6 +130,58 @@ class Barrier(Control):
         super().__init__(token)
         self.version = version
         self.writer = writer
+
+
+class Rescale(Control):
+    """The worker set changes to ``workers`` (configuration ``version``): injected at the roots.
+
+    Every operator sees it once (multi-input operators align it). Distributors and sources
+    start their migration cycle on it; it completes when every copy is consumed and every
+    operator reports :meth:`Operator.rescale_done`.
+    """
+
+    __slots__ = ("version", "workers")
+
+    def __init__(self, token: Token, version: int, workers: tuple[int, ...]) -> None:
+        super().__init__(token)
+        self.version = version
+        self.workers = workers
+
+
+class Collect(Control):
+    """Sent by a distributor into its key region: hand over the state of every key for which
+    ``moving(key)`` is true into ``collection[operator name]`` (the keys leave this worker)."""
+
+    __slots__ = ("collection", "moving")
+
+    def __init__(self, token: Token, moving: Callable[[Any], bool]) -> None:
+        super().__init__(token)
+        self.moving = moving
+        self.collection: dict[str, dict[Any, Any]] = {}
+
+
+class Acquire(Control):
+    """Sent by a distributor into its key region: install ``states[operator name]`` (keys that
+    now belong to this worker, collected by their previous owner)."""
+
+    __slots__ = ("states",)
+
+    def __init__(self, token: Token, states: dict[str, dict[Any, Any]]) -> None:
+        super().__init__(token)
+        self.states = states
+
+
+class Installed(Control):
+    """Every key moving to this worker has been acquired; held records follow it."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, token: Token, version: int) -> None:
+        super().__init__(token)
+        self.version = version
+
+
+_REGION_ALIGNED = (Collect, Installed)
 
 
 @dataclass
@@ -158,6 +232,12 @@ class Operator:
     hooks_on_epoch = False
     """Runs user hooks on epochs: after a restore from a snapshot taken when this operator had
     already ended, its end-of-stream hooks must not run (and emit) a second time."""
+    migrates = False
+    """Holds keyed state placed by a partitioner: takes part in Collect/Acquire (rescale)."""
+    aligns_region = False
+    """Several inputs, all keyed by distributors of one partitioner: the region's Collect and
+    Installed messages align here like barriers (the key's state and its records from every
+    input move together)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -168,6 +248,7 @@ class Operator:
         self.restored_done = False
         self._chan_epochs: list[Any] = []
         self._blocked: list[bool] = []
+        self._idle_out = False
 
     # ----- wiring ------------------------------------------------------------------------
     def add_input(self) -> Channel:
@@ -192,7 +273,28 @@ class Operator:
         self.forward(barrier)
 
     def on_control(self, msg: Control) -> None:
+        t = type(msg)
+        if self.migrates:
+            if t is Collect:
+                got = self.extract(msg.moving)  # type: ignore[attr-defined]
+                if got:
+                    msg.collection[self.name] = got  # type: ignore[attr-defined]
+            elif t is Acquire:
+                got = msg.states.get(self.name)  # type: ignore[attr-defined]
+                if got:
+                    self.install(got)
         self.forward(msg)
+
+    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
+        """Remove and return the per-key state of every key for which ``moving(key)``."""
+        return {}
+
+    def install(self, states: dict[Any, Any]) -> None:
+        """Take over per-key state collected by another worker (the format of ``extract``)."""
+
+    def rescale_done(self, version: int) -> bool:
+        """Whether this operator finished its part of rescale ``version``."""
+        return True
 
     def snapshot(self, writer: Any) -> None:
         """Persist this operator's state (stateful operators override)."""
@@ -244,13 +346,22 @@ class Operator:
         else:
             if any(e is None for e in epochs):
                 return
-            try:
-                merged = min(epochs)
-            except TypeError as e:
-                raise OperatorError(
-                    self.name,
-                    f"cannot merge epochs of incomparable timestamps {short_repr(epochs)}",
-                ) from e
+            live = [e for e in epochs if e is not IDLE]
+            if not live:
+                merged = IDLE
+            else:
+                try:
+                    merged = min(live)
+                except TypeError as e:
+                    raise OperatorError(
+                        self.name,
+                        f"cannot merge epochs of incomparable timestamps {short_repr(epochs)}",
+                    ) from e
+        if merged is IDLE:
+            if not self._idle_out:
+                self._idle_out = True
+                self.emit_epoch(IDLE)
+            return
         cur = self.in_frontier
         try:
             rising = cur is None or merged > cur
@@ -260,11 +371,16 @@ class Operator:
                 f"incomparable timestamps: epoch {short_repr(merged)} after {short_repr(cur)}",
             ) from e
         if rising:
+            self._idle_out = False
             self.in_frontier = merged
             if merged is MAX and self.restored_done and self.hooks_on_epoch:
                 self.emit_epoch(MAX)  # its end-of-stream hooks already ran before the snapshot
             else:
                 self.on_epoch(merged)
+        elif self._idle_out:
+            # Active again but behind: say so downstream (merges there take this path back in).
+            self._idle_out = False
+            self.emit_epoch(cur)
 
     def pass_barrier(self, barrier: Barrier) -> None:
         """A barrier reaches this operator: note whether it had ended, then snapshot."""
@@ -338,8 +454,9 @@ class Operator:
                     msg = ch.popleft()
                     if first is None:
                         first = msg
+                    else:
+                        msg.token.pending -= 1  # this copy is consumed here
                 assert first is not None
-                first.token.pending -= len(self.inputs) - 1
                 for i in range(len(blocked)):
                     blocked[i] = False
                 if type(first) is Barrier:
@@ -350,5 +467,7 @@ class Operator:
         return worked
 
     def _aligns(self, msg: Control) -> bool:
-        """Control messages that must be aligned across input channels (barriers)."""
-        return type(msg) is Barrier
+        """Control messages aligned across input channels: barriers and rescales always; a
+        key region's Collect/Installed where every input belongs to that region."""
+        t = type(msg)
+        return t is Barrier or t is Rescale or (self.aligns_region and t in _REGION_ALIGNED)

@@ -18,13 +18,15 @@ from malstrom.coordinator._messages import (
     Drained,
     Finish,
     Heartbeat,
+    Reconfigure,
+    RescaleComplete,
     SnapshotCommitted,
     SnapshotComplete,
     StartBuild,
     StartExecution,
     TakeSnapshot,
 )
-from malstrom.runtime._engine import Barrier, BuildContext, Operator, Token
+from malstrom.runtime._engine import Barrier, BuildContext, Operator, Rescale, Token
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._layout import (
     NullSnapshotWriter,
@@ -68,6 +70,7 @@ class Worker:
         self._roots: list[Operator] = []
         self._scheduled: list[Operator] = []
         self._snapshot: tuple[int, Token, SnapshotWriter] | None = None
+        self._rescale: tuple[int, Token] | None = None
         self._drained_sent = False
         self._next_heartbeat = 0.0
         self._stopping = False
@@ -96,6 +99,7 @@ class Worker:
             if len(op.outs) != node.ports:
                 op.set_ports(node.ports)
             op.restored_done = ctx.restored_ended(node.name)
+            op.aligns_region = node.co_keyed
             for src, port in node.inputs:
                 built[id(src)].outs[port].append(op.add_input())
             built[id(node)] = op
@@ -134,6 +138,15 @@ class Worker:
         if snap is not None and snap[1].pending == 0:
             self._finish_snapshot(*snap)
             worked = True
+        resc = self._rescale
+        if (
+            resc is not None
+            and resc[1].pending == 0
+            and all(op.rescale_done(resc[0]) for op in self.ops)
+        ):
+            self._rescale = None
+            self.endpoint.send(RescaleComplete(self.worker_id, resc[0]))
+            worked = True
         if not self._drained_sent and all(op.done for op in self.ops):
             self._drained_sent = True
             self.endpoint.send(Drained(self.worker_id))
@@ -150,6 +163,8 @@ class Worker:
             elif isinstance(msg, SnapshotCommitted):
                 for op in self.ops:
                     op.on_committed(msg.version)
+            elif isinstance(msg, Reconfigure):
+                self._begin_rescale(msg)
             elif isinstance(msg, StartBuild):
                 self._build(msg)
             elif isinstance(msg, StartExecution):
@@ -162,6 +177,18 @@ class Worker:
             else:
                 raise TypeError(f"worker {self.worker_id} got an unexpected command {msg!r}")
         return worked
+
+    def _begin_rescale(self, msg: Reconfigure) -> None:
+        if self._rescale is not None or self._snapshot is not None:
+            raise RuntimeError(f"rescale {msg.version} requested while another operation runs")
+        exchange = self.services.get("exchange")
+        if msg.peers is not None and exchange is not None:
+            exchange.connect({w: a for w, a in msg.peers.items() if w != self.worker_id})
+        token = Token(len(self._roots))
+        self._rescale = (msg.version, token)
+        rescale = Rescale(token, msg.version, tuple(msg.workers))
+        for op in self._roots:
+            op.on_control(rescale)
 
     def _begin_snapshot(self, version: int) -> None:
         if self._snapshot is not None:
