@@ -3,7 +3,7 @@
     malstrom run APP [-w N] [--persistence URL] [--snapshot-interval S]
     malstrom coordinator APP -w N --listen HOST:PORT [--persistence URL] [...]
     malstrom worker APP --coordinator HOST:PORT [--listen HOST] [--advertise HOST]
-    malstrom snapshot | stop | status --coordinator HOST:PORT
+    malstrom rescale N | snapshot | stop | status --coordinator HOST:PORT
 
 ``APP`` is ``path/to/file.py:build`` or ``package.module:build``. Cluster processes share a job
 id and token (``--job``/``--token`` or ``MALSTROM_JOB``/``MALSTROM_TOKEN``); TLS is enabled
@@ -105,13 +105,16 @@ def _parser() -> argparse.ArgumentParser:
     _add_auth(p, True)
 
     for name, text in (
+        ("rescale", "change the number of workers of the running job"),
         ("snapshot", "take a snapshot now"),
         ("stop", "stop with a final snapshot"),
         ("status", "show the job's status"),
     ):
         p = sub.add_parser(name, parents=[common], help=text)
+        if name == "rescale":
+            p.add_argument("workers", type=int, help="the new number of workers (>= 1)")
         p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
-        p.add_argument("--timeout", type=float, default=120.0)
+        p.add_argument("--timeout", type=float, default=300.0 if name == "rescale" else 120.0)
         _add_auth(p, True)
     return ap
 
@@ -208,7 +211,14 @@ def _admin(args: argparse.Namespace) -> int:
     auth, tls = _auth(args)
     client = AdminClient(args.coordinator, auth, tls)
     try:
-        payload = json.dumps({"timeout": args.timeout}).encode()
+        body: dict[str, Any] = {"timeout": args.timeout}
+        if args.command == "rescale":
+            if args.workers < 1:
+                msg = "malstrom rescale: give at least 1 worker (to end a job: stop)"
+                print(msg, file=sys.stderr)
+                return 2
+            body["workers"] = args.workers
+        payload = json.dumps(body).encode()
         reply = client.call(args.command, payload, timeout=args.timeout + 5)
     except Exception as e:
         print(f"malstrom {args.command}: {e}", file=sys.stderr)
@@ -236,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": _run,
         "coordinator": _coordinator,
         "worker": _worker,
+        "rescale": _admin,
         "snapshot": _admin,
         "stop": _admin,
         "status": _admin,

@@ -471,8 +471,8 @@ class Stream:
         streams = (self, *others)
         regions = {id(s._region) for s in streams}
         same = len(regions) == 1 and self._region is not None
-        node.co_keyed = len(inputs) > 1 and same and all(
-            _keyed_by_distribute(s._node) for s in streams
+        node.co_keyed = (
+            len(inputs) > 1 and same and all(_keyed_by_distribute(s._node) for s in streams)
         )
         return self._out(node, region=self._region if len(regions) == 1 else None)
 

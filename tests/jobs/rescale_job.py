@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from malstrom import StatefulSink, StatefulSource, StreamProvider
-from malstrom.sinks import ListSink
 from malstrom.windows import Count, Tumbling
 
 PARTS = 5
@@ -64,41 +63,53 @@ class Parts:
         return Part(part, 0 if state is None else int(state))  # type: ignore[call-overload]
 
 
-class CountsByPart:
-    """A stateful sink: part = key % 3; each part keeps its own list of records."""
+class Recorder:
+    """An exactly-once in-process sink: ``parts(key)`` parts, each appending to its own list;
+    a part's state is its list's length, and a restored part cuts its list back to it (as a
+    FileSink cuts its file), so after a crash each list holds every record once."""
 
-    def __init__(self, collected: dict[int, list[Any]]) -> None:
-        self.collected = collected
+    def __init__(self, parts: int = 1) -> None:
+        self.n = parts
+        self.lists: dict[int, list[Any]] = {}
 
     def assign_part(self, key: Any) -> int:
-        return int(key) % 3
+        return hash(key) % self.n if self.n > 1 else 0
 
-    def build_part(self, part: int, state: object | None) -> _SinkPart:
-        return _SinkPart(self.collected.setdefault(part, []), state)
+    def build_part(self, part: int, state: object | None) -> _RecorderPart:
+        out = self.lists.setdefault(part, [])
+        del out[0 if state is None else int(state) :]  # type: ignore[call-overload]
+        return _RecorderPart(out)
+
+    @property
+    def records(self) -> list[Any]:
+        return [r for lst in self.lists.values() for r in lst]
 
 
-class _SinkPart:
-    def __init__(self, out: list[Any], state: object | None) -> None:
+class _RecorderPart:
+    def __init__(self, out: list[Any]) -> None:
         self.out = out
-        self.seen = 0 if state is None else int(state)  # type: ignore[call-overload]
 
     def sink(self, record: Any) -> None:
-        self.seen += 1
-        self.out.append((record.key, record.value, self.seen))
+        self.out.append(record)
 
     def snapshot(self) -> object:
-        return self.seen
+        return len(self.out)
 
     def collect(self) -> object:
-        return self.seen
+        return len(self.out)
 
 
-Collected = dict[int, list[Any]]
+class Outputs:
+    """Every output of the job, each an exactly-once :class:`Recorder`."""
+
+    def __init__(self) -> None:
+        self.counts = Recorder()
+        self.windows = Recorder()
+        self.late = Recorder()
+        self.parts = Recorder(3)  # records by key % 3: parts that move on a rescale
 
 
-def make_build(
-    counts: ListSink, windows: ListSink, late: ListSink, sink_parts: Collected
-) -> Callable[[StreamProvider], None]:
+def make_build(out: Outputs) -> Callable[[StreamProvider], None]:
     def build(provider: StreamProvider) -> None:
         keyed = (
             provider.new_stream()
@@ -108,13 +119,14 @@ def make_build(
             .key_distribute("by-key", lambda v: v[0])
         )
         (
-            keyed.stateful_map("count", lambda k, v, s: (s + 1, s + 1), initial=int)
-            .sink("counts", counts)
+            keyed.stateful_map("count", lambda k, v, s: (s + 1, s + 1), initial=int).sink(
+                "counts", StatefulSink(out.counts)
+            )
         )
         results, lates = keyed.window("win", Tumbling(WINDOW), Count())
-        results.sink("windows", windows)
-        lates.sink("late", late)
-        keyed.map("one", lambda v: 1).sink("parts", StatefulSink(CountsByPart(sink_parts)))
+        results.sink("windows", StatefulSink(out.windows))
+        lates.sink("late", StatefulSink(out.late))
+        keyed.map("one", lambda v: 1).sink("parts", StatefulSink(out.parts))
 
     return build
 
@@ -133,29 +145,31 @@ def expected() -> tuple[Counter[Any], Counter[Any]]:
     return per_key, per_win
 
 
-def check(counts: ListSink, windows: ListSink, late: ListSink, sink_parts: Collected) -> None:
+def check_no_repeats(out: Outputs) -> None:
+    """No key has a running count twice (holds at any moment of a run)."""
+    seen: set[Any] = set()
+    for r in out.counts.records:
+        assert (r.key, r.value) not in seen, r
+        seen.add((r.key, r.value))
+
+
+def check(out: Outputs) -> None:
     """Exactly-once everywhere (raises AssertionError with the first difference)."""
     per_key, per_win = expected()
     seen: dict[Any, list[int]] = {}
-    for r in counts.records:
+    for r in out.counts.records:
         seen.setdefault(r.key, []).append(r.value)
     for k, c in per_key.items():
         got = sorted(seen.get(k, []))
         assert got == list(range(1, c + 1)), (k, c, len(got), got[:5], got[-5:])
     assert set(seen) == set(per_key)
     fired: Counter[Any] = Counter()
-    for r in windows.records:
+    for r in out.windows.records:
         w = r.value
         fired[(r.key, w.start)] += 1
         assert w.value == per_win[(r.key, w.start)], (r, per_win[(r.key, w.start)])
         assert r.timestamp == w.end
     assert set(fired) == set(per_win), set(per_win) ^ set(fired)
     assert all(n == 1 for n in fired.values()), [kv for kv in fired.items() if kv[1] != 1][:5]
-    assert late.records == [], late.records[:5]
-    total: Counter[Any] = Counter()
-    for part, recs in sink_parts.items():
-        seq = [s for _, _, s in recs]
-        assert seq == list(range(1, len(seq) + 1)), part  # each part's state moved whole
-        for k, _, _ in recs:
-            total[k] += 1
-    assert total == per_key
+    assert out.late.records == [], out.late.records[:5]
+    assert Counter(r.key for r in out.parts.records) == per_key

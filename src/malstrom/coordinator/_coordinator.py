@@ -205,8 +205,7 @@ class Coordinator:
         ``callback(workers, None)`` once every key and part has moved."""
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             err = OperationRefused(
-                f"cannot rescale to {workers!r} workers: give an int >= 1 "
-                "(to end the job, stop it)"
+                f"cannot rescale to {workers!r} workers: give an int >= 1 (to end the job, stop it)"
             )
             if callback is not None:
                 callback(None, err)
@@ -230,9 +229,7 @@ class Coordinator:
         if not self.wanted_workers():
             old = tuple(w for w in sorted(self.workers) if w not in self._joining)
             for w in sorted(self._joining):
-                self.workers[w].send(
-                    StartBuild(old, None, self.peers, self._shipped_persistence())
-                )
+                self.workers[w].send(StartBuild(old, None, self.peers, self._shipped_persistence()))
 
     def cancel_rescale(self, reason: str) -> None:
         """New workers did not come: give the rescale up (nothing has moved yet)."""

@@ -159,6 +159,7 @@ class SourceOp(Operator):
         self._idle = False
         self._cycle: tuple[int, tuple[int, ...], tuple[int, ...], set[int]] | None = None
         self._done_version = -1
+        self._early: set[tuple[int, int]] = set()
         mine = [p for p in parts if rendezvous_select(p, self.workers) == me]
         restored = dict(ctx.restore_keyed(name, rendezvous_select)) if self.stateful else {}
         self.parts: list[_Part] = []
@@ -228,11 +229,14 @@ class SourceOp(Operator):
                     self._add_part(msg.part, msg.state)
                 elif t is PartsMoved:
                     self.finished |= msg.finished
-                    if self._cycle is None or self._cycle[0] != msg.version:
+                    if self._cycle is not None and self._cycle[0] == msg.version:
+                        self._cycle[3].add(w)
+                    elif msg.version > self._done_version:
+                        self._early.add((msg.version, w))  # a peer ahead of our own Rescale
+                    else:
                         raise OperatorError(
                             name, f"worker {w} moved its parts for an unknown rescale"
                         )
-                    self._cycle[3].add(w)
                 else:
                     raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
         cycle = self._cycle
@@ -253,7 +257,8 @@ class SourceOp(Operator):
             raise OperatorError(self.name, "cannot rescale: this runtime has no exchange")
         me, new = self.me, tuple(msg.workers)
         peers = tuple(sorted((set(self.workers) | set(new)) - {me}))
-        self._cycle = (msg.version, new, peers, set())
+        self._cycle = (msg.version, new, peers, {w for v, w in self._early if v == msg.version})
+        self._early.clear()
         staying: list[_Part] = []
         for p in self.parts:
             dest = rendezvous_select(p.key, new)

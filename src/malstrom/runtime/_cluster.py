@@ -19,7 +19,67 @@ from malstrom.snapshot._memory import NoPersistence
 from malstrom.transport._exchange import LocalExchangeHub
 from malstrom.transport._local import local_pair
 
-__all__ = ["run_local_cluster"]
+__all__ = ["LocalCluster", "run_local_cluster"]
+
+
+class LocalCluster:
+    """A job on several in-thread workers, advanced one round of turns at a time.
+
+    ``step()`` runs one round (coordinator poll, then one turn of every worker) and returns
+    False once the job has ended. Workers a rescale asks for are created here; removed ones
+    are dropped once they finished. Dropping the object mid-run is a crash of every worker.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[Any], None],
+        parallelism: int,
+        *,
+        persistence: Persistence | None = None,
+        snapshot_interval: float | None = None,
+    ) -> None:
+        if parallelism < 1:
+            raise ValueError(f"parallelism must be >= 1, got {parallelism}")
+        self.persistence = persistence if persistence is not None else NoPersistence()
+        self.graph = build_graph(build)
+        self.hub = LocalExchangeHub()
+        self.workers: dict[int, Worker] = {}
+        ends = {wid: self._spawn(wid) for wid in range(parallelism)}
+        self.coord = Coordinator(self.persistence, ends, snapshot_interval)
+        self.coord.start()
+        self.turns = 0
+
+    def _spawn(self, wid: int) -> Any:
+        c_end, w_end = local_pair()
+        self.workers[wid] = Worker(
+            self.graph, wid, w_end, self.persistence, services={"exchange": self.hub.endpoint(wid)}
+        )
+        return c_end
+
+    @property
+    def ended(self) -> bool:
+        return self.coord.phase in (JobPhase.FINISHED, JobPhase.STOPPED)
+
+    def step(self) -> bool:
+        """One round; False once the job finished or stopped. Raises if it failed."""
+        coord = self.coord
+        if self.ended:
+            return False
+        self.turns += 1
+        coord.poll()
+        if self.ended:
+            for w in self.workers.values():
+                w.turn()  # they take in Finish
+            return False
+        if coord.phase is JobPhase.FAILED:
+            raise RuntimeError(coord.error)
+        for wid in sorted(coord.wanted_workers()):
+            coord.add_worker(wid, self._spawn(wid))  # a rescale asked for it
+        for wid, w in list(self.workers.items()):
+            w.turn()
+            if wid not in coord.workers and w.phase is WorkerPhase.FINISHED:
+                del self.workers[wid]  # removed by a rescale
+        return True
 
 
 def run_local_cluster(
@@ -33,50 +93,20 @@ def run_local_cluster(
     """Run ``build`` on ``parallelism`` workers to completion; returns the coordinator.
 
     ``on_turn(n, coordinator)`` runs before every round of worker turns (tests use it to
-    inject faults or request snapshots, rescales and stops). Workers a rescale asks for are
-    created here; removed ones are dropped once they finished.
+    inject faults or request snapshots, rescales and stops).
     """
-    if parallelism < 1:
-        raise ValueError(f"parallelism must be >= 1, got {parallelism}")
-    persistence = persistence if persistence is not None else NoPersistence()
-    graph = build_graph(build)
-    hub = LocalExchangeHub()
-    workers: dict[int, Worker] = {}
-    ends = {}
-
-    def spawn(wid: int) -> Any:
-        c_end, w_end = local_pair()
-        workers[wid] = Worker(
-            graph, wid, w_end, persistence, services={"exchange": hub.endpoint(wid)}
-        )
-        return c_end
-
-    for wid in range(parallelism):
-        ends[wid] = spawn(wid)
-    coord = Coordinator(persistence, ends, snapshot_interval)
-    coord.start()
-    if coord.finished:
-        return coord
+    cluster = LocalCluster(
+        build, parallelism, persistence=persistence, snapshot_interval=snapshot_interval
+    )
     threshold = gc.get_threshold()
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
     try:
         n = 0
-        while True:
+        while not cluster.ended:
             if on_turn is not None:
-                on_turn(n, coord)
+                on_turn(n, cluster.coord)
             n += 1
-            coord.poll()
-            if coord.phase in (JobPhase.FINISHED, JobPhase.STOPPED):
-                for w in workers.values():
-                    w.turn()
-                return coord
-            if coord.phase is JobPhase.FAILED:
-                raise RuntimeError(coord.error)
-            for wid in sorted(coord.wanted_workers()):
-                coord.add_worker(wid, spawn(wid))  # a rescale asked for it
-            for wid, w in list(workers.items()):
-                w.turn()
-                if wid not in coord.workers and w.phase is WorkerPhase.FINISHED:
-                    del workers[wid]  # removed by a rescale
+            cluster.step()
+        return cluster.coord
     finally:
         gc.set_threshold(*threshold)

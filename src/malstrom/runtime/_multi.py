@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import queue
 import secrets
 import signal
@@ -67,6 +68,12 @@ class JobHandle:
     def snapshot(self, timeout: float | None = 120) -> int:
         """Take a snapshot now; returns its version once committed."""
         return int(self._sup.request("snapshot").result(timeout))
+
+    def rescale(self, workers: int, timeout: float | None = 300) -> None:
+        """Change the number of worker processes while the job runs (no stop, no restart):
+        new workers start, keys and source parts move, removed workers exit. Returns once
+        the rescale is complete; ``workers`` must be >= 1 (to end a job, use :meth:`stop`)."""
+        self._sup.request("rescale", workers).result(timeout)
 
     def stop(self, timeout: float | None = 120) -> None:
         """Take a final snapshot and shut down; a later start resumes from it."""
@@ -198,26 +205,44 @@ class _LocalLauncher:
         self.rt = rt
         self.procs: dict[int, Any] = {}
 
-    def start(self, address: str, auth: Any) -> None:
+    def start(self, address: str, auth: Any, workers: int) -> None:
+        self.procs = {}
+        self.address, self.auth = address, auth
+        self.add(range(workers))
+
+    def add(self, ids: Any) -> None:
+        """Start worker processes with these ids (at start, and when a rescale asks)."""
         rt = self.rt
         ctx = multiprocessing.get_context("spawn")
-        self.procs = {
-            i: ctx.Process(
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # children inherit it before gRPC loads
+        for i in ids:
+            p = self.procs[i] = ctx.Process(
                 target=worker_process_main,
-                args=(rt.build, i, address, auth, rt.tls, rt.persistence, rt.host, rt.log_level),
+                args=(
+                    rt.build,
+                    i,
+                    self.address,
+                    self.auth,
+                    rt.tls,
+                    rt.persistence,
+                    rt.host,
+                    rt.log_level,
+                ),
                 name=f"malstrom-worker-{i}",
             )
-            for i in range(rt.parallelism)
-        }
-        for p in self.procs.values():
             p.start()
 
-    def check(self) -> None:
-        for i, p in self.procs.items():
+    def check(self, active: Any = None) -> None:
+        for i, p in list(self.procs.items()):
             code = p.exitcode
-            if code is not None:
-                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                raise _AttemptFailed(f"worker {i} died ({how})")
+            if code is None:
+                continue
+            if active is not None and i not in active and code == 0:
+                p.join()
+                del self.procs[i]  # removed by a rescale, exited cleanly
+                continue
+            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            raise _AttemptFailed(f"worker {i} died ({how})")
 
     def finish(self, server: Any, clean: bool) -> None:
         if clean:
@@ -236,10 +261,13 @@ class ClusterLauncher:
     """Workers are started elsewhere (CLI, Kubernetes) and connect by themselves; after a
     failed attempt they are told to abort, and they reconnect for the next one."""
 
-    def start(self, address: str, auth: Any) -> None:
-        log.info("waiting for workers to connect to %s", address)
+    def start(self, address: str, auth: Any, workers: int) -> None:
+        log.info("waiting for %d workers to connect to %s", workers, address)
 
-    def check(self) -> None:
+    def add(self, ids: Any) -> None:
+        log.info("rescale: waiting for workers %s to connect", sorted(ids))
+
+    def check(self, active: Any = None) -> None:
         pass
 
     def finish(self, server: Any, clean: bool) -> None:
@@ -262,7 +290,7 @@ class Supervisor(threading.Thread):
         super().__init__(name="malstrom-supervisor", daemon=True)
         self.settings = settings
         self.launcher = launcher
-        self.requests: queue.Queue[tuple[str, Future[Any]]] = queue.Queue()
+        self.requests: queue.Queue[tuple[str, Any, Future[Any]]] = queue.Queue()
         self.killed = threading.Event()
         self.done = threading.Event()
         self.failure: str | None = None
@@ -284,12 +312,12 @@ class Supervisor(threading.Thread):
         self.address = self.server.address
 
     # ----- API used by handles and the admin service (any thread) ------------------------------
-    def request(self, kind: str) -> Future[Any]:
+    def request(self, kind: str, arg: Any = None) -> Future[Any]:
         fut: Future[Any] = Future()
         if self.done.is_set():
             fut.set_exception(OperationRefused(f"cannot {kind}: the job is {self.phase}"))
         else:
-            self.requests.put((kind, fut))
+            self.requests.put((kind, arg, fut))
         return fut
 
     def status(self) -> dict[str, Any]:
@@ -299,7 +327,7 @@ class Supervisor(threading.Thread):
             out.update(
                 phase=self.phase if coord is None or self.done.is_set() else out["phase"],
                 restarts=self.restarts,
-                pids=dict(self._pids),
+                pids={w: p for w, p in self._pids.items() if coord is None or w in coord.workers},
                 parallelism=self.settings.parallelism,
                 failure=self.failure,
                 address=self.address,
@@ -314,7 +342,10 @@ class Supervisor(threading.Thread):
             result = self.request(command).result(timeout)
             return json.dumps({"version": result}).encode()
         if command == "rescale":
-            raise OperationRefused("rescaling a running job is not supported yet")
+            args = json.loads(payload or b"{}")
+            workers = args.get("workers")
+            self.request("rescale", workers).result(float(args.get("timeout", 300)))
+            return json.dumps({"workers": workers}).encode()
         raise ValueError(f"unknown admin command {command!r}")
 
     # ----- the supervisor loop ------------------------------------------------------------------
@@ -366,7 +397,7 @@ class Supervisor(threading.Thread):
     def _fail_requests(self, err: BaseException) -> None:
         while True:
             try:
-                _, fut = self.requests.get_nowait()
+                _, _, fut = self.requests.get_nowait()
             except queue.Empty:
                 return
             if not fut.done():
@@ -379,7 +410,7 @@ class Supervisor(threading.Thread):
             self._coord = None
         if completed_version(settings.persistence) is not None:
             return JobPhase.FINISHED.value  # completed earlier: nothing to start
-        launcher.start(server.address, settings.auth)
+        launcher.start(server.address, settings.auth, settings.parallelism)
         try:
             deadline = time.monotonic() + settings.connect_timeout
             while len(server.endpoints()) < settings.parallelism:
@@ -408,6 +439,7 @@ class Supervisor(threading.Thread):
             coord.start()
             if self._stop_requested:
                 coord.request_stop()
+            joining: dict[int, float] = {}  # worker id -> deadline to connect
             while True:
                 if self.killed.is_set():
                     raise _AttemptFailed("killed")
@@ -418,8 +450,9 @@ class Supervisor(threading.Thread):
                     return coord.phase.value
                 if coord.phase is JobPhase.FAILED:
                     raise _AttemptFailed(coord.error)
+                self._join_workers(coord, joining)
                 try:
-                    launcher.check()
+                    launcher.check(set(coord.workers) | set(joining))
                 except _AttemptFailed:
                     time.sleep(0.2)  # a dying worker reports its error first: prefer that cause
                     coord.poll()
@@ -427,17 +460,44 @@ class Supervisor(threading.Thread):
                         raise _AttemptFailed(coord.error) from None
                     raise
                 # Lost (broken or silent) or closed: either way no longer an endpoint.
-                gone = set(endpoints) - set(server.endpoints())
+                gone = set(coord.workers) - set(server.endpoints())
                 if gone:
                     raise _AttemptFailed(f"lost connection to worker(s) {sorted(gone)}")
                 time.sleep(0.001)
         finally:
             launcher.finish(server, clean)
 
+    def _join_workers(self, coord: Coordinator, joining: dict[int, float]) -> None:
+        """Start the workers a rescale asks for and hand them to the coordinator."""
+        wanted = coord.wanted_workers()
+        if not wanted:
+            joining.clear()
+            return
+        new = wanted - set(joining)
+        if new:
+            deadline = time.monotonic() + self.settings.connect_timeout
+            joining.update(dict.fromkeys(new, deadline))
+            self.launcher.add(sorted(new))
+        links = self.server.endpoints()
+        hellos = self.server.hellos()
+        for w in sorted(wanted):
+            if w in links and w in hellos:
+                self._pids[w] = hellos[w].pid
+                coord.add_worker(w, links[w], hellos[w].data_address)
+                joining.pop(w, None)
+        late = [w for w, t in joining.items() if time.monotonic() > t]
+        if late:
+            coord.cancel_rescale(
+                f"worker(s) {sorted(late)} did not connect to {self.server.address} within "
+                f"{self.settings.connect_timeout:g} s"
+            )
+            joining.clear()
+            self.settings.parallelism = len(coord.workers)
+
     def _serve_requests(self, coord: Coordinator) -> None:
         while True:
             try:
-                kind, fut = self.requests.get_nowait()
+                kind, arg, fut = self.requests.get_nowait()
             except queue.Empty:
                 return
             if kind == "stop":
@@ -451,5 +511,10 @@ class Supervisor(threading.Thread):
 
             if kind == "snapshot":
                 coord.request_snapshot(done)
+            elif kind == "rescale":
+                if isinstance(arg, int) and not isinstance(arg, bool) and arg >= 1:
+                    # A restart from now on (e.g. a failure mid-rescale) uses the new size.
+                    self.settings.parallelism = arg
+                coord.request_rescale(arg, done)
             else:
                 coord.request_stop(done)

@@ -439,6 +439,10 @@ class GrpcExchange:
         if state is None:
             state = self._inbound.setdefault(peer, _Inbound())
         payload = frame.payload
+        if not payload and frame.seq == 0 and state.expected:
+            # A stream announcing seq 0 after frames were received: a new process has this
+            # worker id (a rescale reused the id of a removed worker). Its pipes start afresh.
+            state = self._inbound[peer] = _Inbound()
         if frame.seq != state.expected:
             error = (
                 f"frames from worker {peer} to worker {self.worker_id} were lost or reordered: "
