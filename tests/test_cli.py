@@ -113,6 +113,18 @@ class Cluster:
             assert time.monotonic() < deadline, "coordinator did not come up"
             time.sleep(0.1)
 
+    def worker_args(self) -> list[str]:
+        return [APP, "--coordinator", self.addr]
+
+    def admin_args(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*MALSTROM, *args, "--coordinator", self.addr],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
     def admin(self, command: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*MALSTROM, command, "--coordinator", self.addr],

@@ -299,6 +299,9 @@ class Supervisor(threading.Thread):
         self._stop_requested = False
         self._coord: Coordinator | None = None
         self._pids: dict[int, int] = {}
+        # Rescales whose attempt failed midway: the restart runs at the new size, and they
+        # complete when it runs.
+        self._deferred: list[Future[Any]] = []
         self._lock = threading.Lock()
         from malstrom.transport._grpc_control import ControlServer
 
@@ -395,6 +398,10 @@ class Supervisor(threading.Thread):
                 return
 
     def _fail_requests(self, err: BaseException) -> None:
+        deferred, self._deferred = self._deferred, []
+        for fut in deferred:
+            if not fut.done():
+                fut.set_exception(err)
         while True:
             try:
                 _, _, fut = self.requests.get_nowait()
@@ -445,6 +452,10 @@ class Supervisor(threading.Thread):
                     raise _AttemptFailed("killed")
                 self._serve_requests(coord)
                 coord.poll()
+                if self._deferred and coord.phase is not JobPhase.BUILDING:
+                    deferred, self._deferred = self._deferred, []
+                    for fut in deferred:
+                        fut.set_result(len(coord.workers))
                 if coord.phase in (JobPhase.FINISHED, JobPhase.STOPPED):
                     clean = True
                     return coord.phase.value
@@ -464,6 +475,10 @@ class Supervisor(threading.Thread):
                 if gone:
                     raise _AttemptFailed(f"lost connection to worker(s) {sorted(gone)}")
                 time.sleep(0.001)
+        except (_AttemptFailed, TransportError) as e:
+            if self._coord is not None:
+                self._coord.fail(str(e))  # answers the operations it was running
+            raise
         finally:
             launcher.finish(server, clean)
 
@@ -509,12 +524,18 @@ class Supervisor(threading.Thread):
                 else:
                     fut.set_result(version)
 
+            def rescaled(workers: Any, err: BaseException | None, fut: Future[Any] = fut) -> None:
+                if err is not None and not isinstance(err, OperationRefused):
+                    self._deferred.append(fut)  # the attempt failed: the restart has the new size
+                else:
+                    done(workers, err, fut)
+
             if kind == "snapshot":
                 coord.request_snapshot(done)
             elif kind == "rescale":
                 if isinstance(arg, int) and not isinstance(arg, bool) and arg >= 1:
                     # A restart from now on (e.g. a failure mid-rescale) uses the new size.
                     self.settings.parallelism = arg
-                coord.request_rescale(arg, done)
+                coord.request_rescale(arg, rescaled)
             else:
                 coord.request_stop(done)
