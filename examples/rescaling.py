@@ -1,35 +1,33 @@
-"""Rescaling: keyed state follows its key when workers are added or removed.
+"""Rescaling: keyed state follows its key when workers join or leave a running job.
 
-The source cycles through 0..100 (three rounds here, so the job ends); numbers are keyed by
-parity and summed per key with ``stateful_map``. Each running sum is printed with the worker
-that computed it. At the end the even sum is ``3 * 2550 = 7650`` and the odd sum
-``3 * 2500 = 7500``, however often the job was rescaled in between: a rescale moves a key's
-state to its new owner without stopping the stream and without losing or repeating an update.
+The source counts through 0..100 three times, slowly; numbers are keyed by parity and summed
+per key with ``stateful_map``. Each running sum is printed with the worker that computed it.
+While the job runs, a side thread rescales it from 2 workers to 3, then to 1, then to 2: new
+worker processes start, the keys (and the source's position) move to their new owners, and
+removed workers exit, all without stopping the stream. At the end the even sum is
+``3 * 2550 = 7650`` and the odd sum ``3 * 2500 = 7500``, with no update lost or repeated,
+however the job was rescaled in between.
 
-Rescaling needs more than one worker. With the multi-process runtime (coming) the same
-``build`` is started non-blocking and rescaled while it runs::
-
-    handle = MultiProcessRuntime(build, parallelism=2).start()
-    handle.rescale(1)   # ... and later
-    handle.rescale(2)
-    handle.wait()
-
-Today the example runs on :class:`~malstrom.SingleThreadRuntime` (one worker, no rescale);
-its output (the sums) is the same.
+    python examples/rescaling.py
 """
 
 import itertools
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from malstrom import OperatorContext, Record, SingleThreadRuntime, StreamProvider
+from malstrom import MultiProcessRuntime, OperatorContext, Record, StreamProvider
 from malstrom.sources import IterSource
 
 ROUNDS = 3
 
 
-def numbers() -> itertools.chain[int]:
-    """0..100, ``ROUNDS`` times; a factory, so the source can replay it on restore."""
-    return itertools.chain.from_iterable(itertools.repeat(range(101), ROUNDS))
+def numbers() -> Iterator[int]:
+    """0..100, ``ROUNDS`` times, one every 10 ms; a factory, so the source can replay it."""
+    for n in itertools.chain.from_iterable(itertools.repeat(range(101), ROUNDS)):
+        time.sleep(0.01)
+        yield n
 
 
 def parity(value: int) -> str:
@@ -42,7 +40,7 @@ def running_sum(_key: Any, value: int, total: int) -> tuple[int, int]:
 
 
 def print_with_worker(record: Record, ctx: OperatorContext) -> None:
-    print(f"{record.key} sum {record.value} @ Worker {ctx.worker_id}")
+    print(f"{record.key} sum {record.value} @ Worker {ctx.worker_id}", flush=True)
 
 
 def build(provider: StreamProvider) -> None:
@@ -55,7 +53,14 @@ def build(provider: StreamProvider) -> None:
     )
 
 
+def rescale_a_few_times(handle: Any) -> None:
+    for workers in (3, 1, 2):
+        time.sleep(0.5)
+        if handle.running:
+            handle.rescale(workers)
+
+
 if __name__ == "__main__":
-    # With MultiProcessRuntime (coming) a side thread would call handle.rescale(n) every few
-    # seconds here; the single-thread runtime has one worker and nothing to rescale.
-    SingleThreadRuntime(build).execute()
+    job = MultiProcessRuntime(build, parallelism=2).start()
+    threading.Thread(target=rescale_a_few_times, args=(job,), daemon=True).start()
+    job.wait()

@@ -329,3 +329,31 @@ def test_epochs_never_overtake_held_or_moved_records(steps: dict[int, int]) -> N
     assert [e for _, e in log] == [None] * len(steps)
     assert len(seen) > 1000
     assert violations == [], violations[:3]
+
+
+def test_scaling_down_a_job_with_state_kept_in_place_is_refused() -> None:
+    """State after key_local stays on its worker: removing workers would lose it, so the
+    coordinator refuses (scaling up is fine)."""
+    out = ListSink()
+    errors: list[Any] = []
+
+    def build(provider: StreamProvider) -> None:
+        (
+            provider.new_stream()
+            .source("numbers", StatefulSource(rj.Parts()))
+            .key_local("local", lambda v: v[0])
+            .stateful_map("count", lambda k, v, s: (s + 1, s + 1), initial=int)
+            .sink("out", out)
+        )
+
+    def on_turn(n: int, coord: Coordinator) -> None:
+        if n == 3:
+            coord.request_rescale(3, lambda v, e: errors.append(e))
+        if n == 10:
+            coord.request_rescale(1, lambda v, e: errors.append(e))
+
+    coord = run_local_cluster(build, 2, on_turn=on_turn)
+    assert errors[0] is None
+    assert isinstance(errors[1], OperationRefused) and "'count'" in str(errors[1])
+    assert sorted(coord.workers) == [0, 1, 2]
+    assert len(out.records) == rj.PARTS * rj.PER_PART

@@ -148,9 +148,11 @@ def _run(args: argparse.Namespace) -> int:
 def _coordinator(args: argparse.Namespace) -> int:
     from malstrom.runtime._app import load_app
     from malstrom.runtime._multi import ClusterLauncher, JobSettings, Supervisor
+    from malstrom.runtime._single import build_graph
     from malstrom.snapshot._url import persistence_from_url
 
-    load_app(args.app)  # fail fast on a bad APP; workers load it themselves
+    graph = build_graph(load_app(args.app))  # fail fast on a bad APP
+
     auth, tls = _auth(args)
     sup = Supervisor(
         JobSettings(
@@ -162,6 +164,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             auth=auth,
             tls=tls,
             listen=args.listen,
+            pinned=graph.pinned(),
         ),
         ClusterLauncher(),
     )

@@ -59,6 +59,7 @@ class _Node:
     is_root: bool = False
     distributes: bool = False  # made by key_distribute: keys here are placed by a partitioner
     co_keyed: bool = False  # several inputs, all keyed by distributors of one partitioner
+    pinned: bool = False  # keeps keyed state in place (not placed by a partitioner): cannot move
 
 
 @dataclass(eq=False)
@@ -66,6 +67,10 @@ class _Graph:
     nodes: list[_Node] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
     roots: int = 0
+
+    def pinned(self) -> list[str]:
+        """Operators whose keyed state stays on its worker (a rescale cannot remove workers)."""
+        return [n.name for n in self.nodes if n.pinned]
 
     def add(
         self,
@@ -123,6 +128,16 @@ def _keyed_by_distribute(node: _Node | None) -> bool:
         return got
 
     return node is not None and walk(node)
+
+
+def _check_timeout(op: str, timeout: Any) -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise BuildError(
+            f"operator {op!r}: idle_timeout must be a number of seconds > 0 (or None), "
+            f"got {timeout!r}"
+        )
 
 
 def _check_positive(op: str, what: str, x: Any) -> None:
@@ -297,9 +312,9 @@ class Stream:
         if initial is not None:
             _check_fn(name, "initial", initial)
         region = self._region
-        return self._out(
-            self._then(name, lambda ctx: StatefulMapOp(name, fn, initial, ctx, region))
-        )
+        node = self._then(name, lambda ctx: StatefulMapOp(name, fn, initial, ctx, region))
+        node.pinned = region is None
+        return self._out(node)
 
     def stateful_op(self, name: str, logic: StatefulLogic[Any, Any, Any, Any]) -> Stream:
         """A custom keyed operator (see :class:`~malstrom.StatefulLogic`)."""
@@ -308,7 +323,9 @@ class Stream:
                 f"operator {name!r}: logic needs an on_data(record, state, output) method"
             )
         region = self._region
-        return self._out(self._then(name, lambda ctx: StatefulOpOp(name, logic, ctx, region)))
+        node = self._then(name, lambda ctx: StatefulOpOp(name, logic, ctx, region))
+        node.pinned = region is None
+        return self._out(node)
 
     def ttl_map(
         self,
@@ -322,7 +339,9 @@ class Stream:
         """
         _check_fn(name, "fn", fn)
         region = self._region
-        return self._out(self._then(name, lambda ctx: TtlMapOp(name, fn, ctx, region)))
+        node = self._then(name, lambda ctx: TtlMapOp(name, fn, ctx, region))
+        node.pinned = region is None
+        return self._out(node)
 
     # ----- event time -------------------------------------------------------------------------
     def assign_timestamps(self, name: str, fn: Callable[[Any], Any]) -> Stream:
@@ -331,25 +350,42 @@ class Stream:
         return self._out(self._then(name, lambda ctx: AssignTimestampsOp(name, fn)))
 
     def generate_epochs(
-        self, name: str, gen: Callable[[Record, Any], Any]
+        self,
+        name: str,
+        gen: Callable[[Record, Any], Any],
+        idle_timeout: float | None = None,
     ) -> tuple[Stream, Stream]:
         """Emit epochs from ``gen(record, prev_epoch) -> timestamp or None``.
 
         Returns ``(on_time, late)``: a record is on time iff no epoch was emitted yet or its
-        timestamp is greater than the last emitted epoch.
+        timestamp is greater than the last emitted epoch. With ``idle_timeout`` (seconds), a
+        worker whose input brought no record for that long is marked idle: it no longer holds
+        back epochs merged downstream (other workers' windows still close) until its next
+        record. Records arriving after that may be late downstream.
         """
         _check_fn(name, "gen", gen)
-        node = self._then(name, lambda ctx: GenerateEpochsOp(name, gen, None, ctx), ports=2)
+        _check_timeout(name, idle_timeout)
+        node = self._then(
+            name, lambda ctx: GenerateEpochsOp(name, gen, None, ctx, idle_timeout), ports=2
+        )
         return self._out(node, 0), self._out(node, 1)
 
-    def limit_out_of_orderness(self, name: str, bound: Any) -> tuple[Stream, Stream]:
-        """Epochs trail the largest timestamp seen by ``bound``; returns ``(on_time, late)``."""
+    def limit_out_of_orderness(
+        self, name: str, bound: Any, idle_timeout: float | None = None
+    ) -> tuple[Stream, Stream]:
+        """Epochs trail the largest timestamp seen by ``bound``; returns ``(on_time, late)``.
+
+        ``idle_timeout``: as for :meth:`generate_epochs`.
+        """
         if bound is None or isinstance(bound, str | bytes | bool):
             raise BuildError(
                 f"operator {name!r}: bound must be a duration in the timestamps' unit "
                 f"(a number, or a timedelta for datetimes), got {bound!r}"
             )
-        node = self._then(name, lambda ctx: GenerateEpochsOp(name, None, bound, ctx), ports=2)
+        _check_timeout(name, idle_timeout)
+        node = self._then(
+            name, lambda ctx: GenerateEpochsOp(name, None, bound, ctx, idle_timeout), ports=2
+        )
         return self._out(node, 0), self._out(node, 1)
 
     # ----- windows and joins ------------------------------------------------------------------
@@ -389,6 +425,7 @@ class Stream:
             lambda ctx: WindowOp(name, assigner, aggregator, allowed_lateness, ctx, region),
             ports=2,
         )
+        node.pinned = region is None
         return self._out(node, 0), self._out(node, 1)
 
     def _join_inputs(self, name: str, right: Stream) -> Any:

@@ -89,6 +89,7 @@ class Coordinator:
         heartbeat_timeout: float | None = None,
         peers: Mapping[int, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        pinned: list[str] | None = None,
     ) -> None:
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
@@ -111,6 +112,8 @@ class Coordinator:
         self._next_snapshot_at = float("inf")
         self._next_version = 0
         self._last_seen: dict[int, float] = {}
+        self.pinned = list(pinned or [])
+        """Operators keeping keyed state in place: the job cannot lose workers."""
         self.config_version = 0
         self._rescale_op: _Op | None = None
         self._target: tuple[int, ...] = ()
@@ -206,6 +209,16 @@ class Coordinator:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             err = OperationRefused(
                 f"cannot rescale to {workers!r} workers: give an int >= 1 (to end the job, stop it)"
+            )
+            if callback is not None:
+                callback(None, err)
+                return
+            raise err
+        if self.pinned and workers < len(self.workers):
+            err = OperationRefused(
+                f"cannot rescale to {workers} workers: operator(s) {self.pinned} keep keyed "
+                "state in place (after key_local or a custom re-keying), which cannot move off "
+                "the workers being removed. Key the stream with key_distribute to rescale"
             )
             if callback is not None:
                 callback(None, err)

@@ -8,13 +8,14 @@ epoch had been emitted.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from itertools import compress
 from typing import Any
 
 from malstrom._errors import OperatorError, short_repr
 from malstrom.operators._util import map_values, user_error
-from malstrom.runtime._engine import Batch, BuildContext, Operator
+from malstrom.runtime._engine import IDLE, Batch, BuildContext, Operator
 from malstrom.types import MAX, Record
 
 __all__ = ["AssignTimestampsOp", "GenerateEpochsOp"]
@@ -51,11 +52,16 @@ class GenerateEpochsOp(Operator):
         gen: Callable[[Record, Any], Any] | None,
         bound: Any,
         ctx: BuildContext,
+        idle_timeout: float | None = None,
     ) -> None:
         super().__init__(name)
         self.gen = gen
         self.bound = bound
         self.set_ports(2)
+        self.idle_timeout = idle_timeout
+        self.wants_schedule = idle_timeout is not None
+        self._last_record = time.monotonic()
+        self._idle = False
         restored = ctx.restore_worker(name)
         if ctx.worker_id in restored:
             self.prev: Any = restored[ctx.worker_id]
@@ -69,7 +75,21 @@ class GenerateEpochsOp(Operator):
     def snapshot(self, writer: Any) -> None:
         writer.put_worker(self.name, self.prev)
 
+    def schedule(self) -> None:
+        """Mark the output idle once no record came for ``idle_timeout`` seconds."""
+        if self._idle or self.done or self.idle_timeout is None:
+            return
+        if time.monotonic() - self._last_record >= self.idle_timeout:
+            self._idle = True
+            self.emit_epoch(IDLE)
+
     def on_batch(self, batch: Batch, port: int) -> None:
+        if self.wants_schedule:
+            self._last_record = time.monotonic()
+            if self._idle:
+                self._idle = False
+                if self.prev is not None:
+                    self.emit_epoch(self.prev)  # active again: merges count this worker again
         prev = start = self.prev
         mask: list[bool] = []
         append = mask.append

@@ -45,7 +45,9 @@ class LocalCluster:
         self.hub = LocalExchangeHub()
         self.workers: dict[int, Worker] = {}
         ends = {wid: self._spawn(wid) for wid in range(parallelism)}
-        self.coord = Coordinator(self.persistence, ends, snapshot_interval)
+        self.coord = Coordinator(
+            self.persistence, ends, snapshot_interval, pinned=self.graph.pinned()
+        )
         self.coord.start()
         self.turns = 0
 

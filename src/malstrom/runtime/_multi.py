@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from malstrom.coordinator._coordinator import (
@@ -130,10 +130,11 @@ class MultiProcessRuntime:
                 "InMemoryPersistence lives in one process; worker processes cannot share it. "
                 "Use LocalDiskPersistence(path) (or NoPersistence) with MultiProcessRuntime"
             )
+        self._pinned: list[str] = []
         if not isinstance(build, str):
             check_importable(build)
             # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
-            build_graph(build)
+            self._pinned = build_graph(build).pinned()
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
         self.build = build
@@ -160,6 +161,7 @@ class MultiProcessRuntime:
             auth=JobAuth(job_id=f"local-{secrets.token_hex(4)}", token=self.token),
             tls=self.tls,
             listen=f"{self.host}:0",
+            pinned=self._pinned,
         )
         sup = Supervisor(settings, _LocalLauncher(self))
         sup.start()
@@ -196,6 +198,7 @@ class JobSettings:
     tls: Any = None
     listen: str = "127.0.0.1:0"
     connect_timeout: float = 120.0
+    pinned: list[str] = field(default_factory=list)  # operators whose keyed state cannot move
 
 
 class _LocalLauncher:
@@ -440,6 +443,7 @@ class Supervisor(threading.Thread):
                 settings.snapshot_interval,
                 heartbeat_timeout=settings.heartbeat_timeout,
                 peers=peers,
+                pinned=settings.pinned,
             )
             with self._lock:
                 self._coord = coord

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
+from typing import Any
 
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
 from malstrom.runtime._worker import Worker, WorkerPhase
@@ -16,7 +17,7 @@ from malstrom.transport._local import local_pair
 __all__ = ["SingleThreadRuntime"]
 
 
-def build_graph(build: Callable[[StreamProvider], None]) -> object:
+def build_graph(build: Callable[[StreamProvider], None]) -> Any:
     """Run the user's ``build`` function and return the graph it described."""
     if not callable(build):
         raise TypeError(f"build must be a function build(provider) -> None, got {build!r}")

@@ -1,0 +1,158 @@
+"""Idle workers and idle_timeout: a worker with no source data must not hold back event time
+merged across workers, so windows keep closing (DESIGN 3.3, ``idle_timeout``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from malstrom import BuildError, StatefulSource, StreamProvider, rendezvous_select
+from malstrom.runtime._cluster import run_local_cluster
+from malstrom.sinks import ListSink
+from malstrom.windows import Count, Tumbling
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class _Parts:
+    """Part ``fast`` yields ``n`` records (ts 0..n-1), 50 per poll and one poll every
+    ``pace`` seconds; part ``slow`` waits ``wait`` seconds first."""
+
+    def __init__(
+        self, fast: int, slow: int | None, n: int, wait: float, pace: float = 0.0
+    ) -> None:
+        self.fast, self.slow, self.n, self.wait, self.pace = fast, slow, n, wait, pace
+
+    def list_parts(self) -> list[int]:
+        return [p for p in (self.fast, self.slow) if p is not None]
+
+    def build_part(self, part: int, state: object | None) -> Any:
+        src = self
+        start = time.monotonic()
+
+        class P:
+            nxt = 0
+
+            def poll(self) -> Any:
+                b = self.poll_batch(1)
+                return b[0] if b else None
+
+            def poll_batch(self, k: int) -> list[Any]:
+                if part == src.slow and time.monotonic() - start < src.wait:
+                    return []
+                if src.pace:
+                    time.sleep(src.pace)
+                out = [(i, i) for i in range(self.nxt, min(src.n, self.nxt + min(k, 50)))]
+                self.nxt += len(out)
+                return out
+
+            def is_finished(self) -> bool:
+                return self.nxt >= src.n
+
+            def snapshot(self) -> object:
+                return self.nxt
+
+            def collect(self) -> object:
+                return self.nxt
+
+        return P()
+
+
+def _parts_on_two_workers() -> tuple[int, int]:
+    """Two part ids that live on different workers of {0, 1}."""
+    a = 0
+    home = rendezvous_select(a, [0, 1])
+    b = next(p for p in range(1, 100) if rendezvous_select(p, [0, 1]) != home)
+    return a, b
+
+
+@pytest.mark.parametrize("idle_timeout", [None, 0.05])
+def test_idle_timeout_lets_windows_close_while_a_worker_has_no_data(
+    idle_timeout: float | None,
+) -> None:
+    fast, slow = _parts_on_two_workers()
+    results, late_records = ListSink(), ListSink()
+    fired_before_slow: list[int] = []
+    slow_started = [False]
+
+    def build(provider: StreamProvider) -> None:
+        src = provider.new_stream().source(
+            "numbers", StatefulSource(_Parts(fast, slow, 2000, wait=1.0, pace=0.01))
+        )
+
+        def note(record: Any, ctx: Any) -> None:
+            if record.key == slow:
+                slow_started[0] = True
+
+        on_time, _late = (
+            src.inspect("note", note)
+            .assign_timestamps("ts", lambda v: v)
+            .limit_out_of_orderness("time", 10, idle_timeout=idle_timeout)
+        )
+        windows, late = on_time.key_distribute("by-key", lambda v: v % 5).window(
+            "win", Tumbling(100), Count()
+        )
+        late.sink("late", late_records)
+
+        def fired(record: Any, ctx: Any) -> None:
+            if not slow_started[0]:
+                fired_before_slow.append(1)
+
+        windows.inspect("fired", fired).sink("out", results)
+
+    run_local_cluster(build, 2)
+    fired = [(r.key, r.value.start) for r in results.records]
+    assert len(fired) == len(set(fired))  # each window fires once
+    total = sum(r.value.value for r in results.records)
+    if idle_timeout is None:
+        # The waiting worker holds every window back: all close whole, nothing is late.
+        assert not fired_before_slow
+        assert total == 4000 and not late_records.records
+    else:
+        # It went idle: the fast part's windows closed without it; what the slow part
+        # brings for them afterwards is late (as in Flink), never lost.
+        assert fired_before_slow
+        assert total + len(late_records.records) == 4000
+        assert late_records.records
+
+
+def test_more_workers_than_source_parts_do_not_stall_event_time() -> None:
+    """Workers that own no source part are idle from the start (no timeout needed)."""
+    results = ListSink()
+    progress = {"records": 0, "fired_at": None}
+
+    def build(provider: StreamProvider) -> None:
+        src = provider.new_stream().source("numbers", StatefulSource(_Parts(0, None, 3000, 0.0)))
+
+        def count(record: Any, ctx: Any) -> None:
+            progress["records"] += 1
+
+        def fired(record: Any, ctx: Any) -> None:
+            if progress["fired_at"] is None:
+                progress["fired_at"] = progress["records"]
+
+        on_time, _ = (
+            src.inspect("count", count)
+            .assign_timestamps("ts", lambda v: v)
+            .limit_out_of_orderness("time", 10)
+        )
+        windows, _ = on_time.key_distribute("by-key", lambda v: v % 7).window(
+            "win", Tumbling(100), Count()
+        )
+        windows.inspect("fired", fired).sink("out", results)
+
+    run_local_cluster(build, 4)  # one source part, four workers
+    assert progress["fired_at"] is not None and progress["fired_at"] < 3000
+    assert sum(r.value.value for r in results.records) == 3000
+
+
+def test_idle_timeout_must_be_positive_seconds() -> None:
+    def build(provider: StreamProvider) -> None:
+        provider.new_stream().source(
+            "numbers", StatefulSource(_Parts(0, 1, 10, 0.0))
+        ).limit_out_of_orderness("time", 1, idle_timeout=0)
+
+    with pytest.raises(BuildError, match="idle_timeout"):
+        run_local_cluster(build, 1)
