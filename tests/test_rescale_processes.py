@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from jobs import mp_sums
-from test_cli import Cluster
+from test_cli import APP, MALSTROM, Cluster
 from test_multiprocess import check_results, children, runtime
 
 from malstrom.coordinator._coordinator import OperationRefused
@@ -120,6 +121,55 @@ def test_cli_rescale_a_cluster_up_and_down(tmp_path: Path) -> None:
         assert down.returncode == 0, down.stderr
         assert json.loads(c.admin("status").stdout)["workers"] == [0]
         assert c.wait() == [0, 0, 0, 0]  # coordinator and all three workers, cleanly
+    finally:
+        c.close()
+    totals, updates = mp_sums.read_results(str(tmp_path))
+    assert totals == mp_sums.expected_totals()
+    assert sum(len(v) for v in updates.values()) == mp_sums.PARTS * mp_sums.PER_PART
+
+
+def test_coordinator_killed_during_a_cli_rescale_workers_rejoin_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """The coordinator dies while keys move: workers abort the attempt and rejoin a new
+    coordinator, which restarts the job from the last committed snapshot; exact results."""
+    c = Cluster(tmp_path, delay=0.05)
+    try:
+        c.start()
+        c.wait_up()
+        c.worker_procs.append(c._spawn("worker", *c.worker_args()))
+        time.sleep(1.0)
+        rescale = subprocess.Popen(
+            [*MALSTROM, "rescale", "3", "--coordinator", c.addr],
+            env=c.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            st = c.admin("status")
+            phase = json.loads(st.stdout)["phase"] if st.returncode == 0 else None
+            if phase in ("joining", "rescaling") or rescale.poll() is not None:
+                break
+            assert time.monotonic() < deadline
+        c.coord.kill()
+        c.coord.wait()
+        c.procs.remove(c.coord)
+        rescale.wait(60)
+        c.coord = c._spawn(
+            "coordinator",
+            APP,
+            "-w",
+            "3",
+            "--listen",
+            c.addr,
+            "--persistence",
+            str(tmp_path / "snap"),
+            "--snapshot-interval",
+            "0.2",
+        )
+        assert c.wait() == [0, 0, 0, 0]
     finally:
         c.close()
     totals, updates = mp_sums.read_results(str(tmp_path))
