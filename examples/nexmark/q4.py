@@ -1,0 +1,164 @@
+"""Nexmark query 4: average closing price per category.
+
+What is the average winning price of the auctions of each category? An auction's winning
+price is its highest bid placed while it was open, ``date_time <= bid.date_time <=
+expires``; auctions without such a bid have no winner. (Beam's version also requires the
+price to reach the reserve; this one follows the Flink-community SQL, which does not.)
+
+SQL::
+
+    SELECT Q.category, AVG(Q.final) AS average, COUNT(*) AS auctions
+    FROM (
+        SELECT A.id, A.category, MAX(B.price) AS final
+        FROM auction AS A INNER JOIN bid AS B ON A.id = B.auction
+        WHERE B.date_time BETWEEN A.date_time AND A.expires
+        GROUP BY A.id, A.category
+    ) AS Q
+    GROUP BY Q.category;
+
+Dataflow:
+
+1. auctions and bids -> ``key_distribute`` by auction id -> ``stateful_op``
+   (:class:`WinningBid`): an auction's state holds its lifetime, category and best price so
+   far. When an epoch reaches ``expires`` no bid of its lifetime can still come, so the
+   auction closes: it emits ``(category, price)`` of its winning bid (timestamp =
+   ``expires``) and its state is deleted. A bid that arrives before its auction is kept
+   until the epoch passes its time: after that, any auction still to come starts later than
+   the bid, which then cannot count.
+2. winning bids -> ``key_distribute`` by category -> ``stateful_map``: a running sum and
+   count per category; every closed auction updates its category's average.
+
+Output: ``(category, average, auctions)`` after every closed auction with a winner: the
+category's average winning price (``total / auctions``, a float) over the ``auctions``
+auctions closed so far. The last update of a category (the most auctions) is the SQL row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from functools import partial
+from typing import Any
+
+from malstrom import Output, Record, StatefulLogic, Stream, StreamProvider
+
+from .common import DEFAULT_CONFIG, Sink, build_query
+from .generator import GeneratorConfig
+from .model import Auction, Bid, Event, Person
+
+__all__ = ["WinningBid", "build", "query", "winning_bids"]
+
+# State of an auction id in WinningBid, a list:
+#   [OPEN, date_time, expires, category, best price or None]  the auction has been seen
+#   [EARLY, [(date_time, price), ...]]                         bids seen before their auction
+OPEN = 0
+EARLY = 1
+
+
+def auction_or_bid(event: Event) -> bool:
+    """Auctions and bids (not people)."""
+    return type(event) is not Person
+
+
+def auction_id(event: Auction | Bid) -> int:
+    """The auction an auction or bid event is about."""
+    return event.id if type(event) is Auction else event.auction  # type: ignore[union-attr]
+
+
+class WinningBid(StatefulLogic[int, Any, list[Any], tuple[int, int]]):
+    """Per auction: the highest bid of its lifetime, emitted once the auction has closed."""
+
+    def on_data(
+        self, record: Record, state: list[Any] | None, output: Output[tuple[int, int]]
+    ) -> list[Any] | None:
+        event = record.value
+        if type(event) is Auction:
+            start, end = event.date_time, event.expires
+            best = None
+            if state is not None:  # bids that arrived before their auction
+                prices = [price for ts, price in state[1] if start <= ts <= end]
+                best = max(prices) if prices else None
+            return [OPEN, start, end, event.category, best]
+        ts = event.date_time
+        if state is None:
+            return [EARLY, [(ts, event.price)]]
+        if state[0] is OPEN:
+            if state[1] <= ts <= state[2] and (state[4] is None or event.price > state[4]):
+                state[4] = event.price
+        else:
+            state[1].append((ts, event.price))
+        return state
+
+    def on_epoch(
+        self, epoch: Any, states: MutableMapping[int, list[Any]], output: Output[tuple[int, int]]
+    ) -> None:
+        done = []
+        for key, state in states.items():
+            if state[0] is OPEN:
+                if state[2] <= epoch:  # closed: no bid of its lifetime can still arrive
+                    done.append(key)
+                    if state[4] is not None:
+                        output.emit((state[3], state[4]), key=key, timestamp=state[2])
+            else:
+                early = [bid for bid in state[1] if bid[0] > epoch]
+                if not early:
+                    done.append(key)
+                elif len(early) < len(state[1]):
+                    state[1] = early
+        for key in done:
+            del states[key]
+
+
+def running_average(
+    category: Any, winner: tuple[int, int], state: tuple[int, int]
+) -> tuple[tuple[int, float, int], tuple[int, int]]:
+    """Adds one winning price to the category's ``(total, auctions)``."""
+    total, n = state
+    total += winner[1]
+    n += 1
+    return (winner[0], total / n, n), (total, n)
+
+
+def zero() -> tuple[int, int]:
+    """No auctions yet."""
+    return (0, 0)
+
+
+def category_of(winner: tuple[int, int]) -> int:
+    """A winning bid's category."""
+    return winner[0]
+
+
+def winning_bids(events: Stream) -> Stream:
+    """``(category, price)`` of every auction's winning bid, at the auction's ``expires``."""
+    return (
+        events.filter("auctions-and-bids", auction_or_bid)
+        .key_distribute("by-auction", auction_id)
+        .stateful_op("winning-bids", WinningBid())
+    )
+
+
+def query(events: Stream) -> Stream:
+    """Winning bids, then a running average per category."""
+    return (
+        winning_bids(events)
+        .key_distribute("by-category", category_of)
+        .stateful_map("average-per-category", running_average, initial=zero)
+    )
+
+
+def build(
+    provider: StreamProvider,
+    *,
+    config: GeneratorConfig = DEFAULT_CONFIG,
+    parts: int = 1,
+    sink: Sink | None = None,
+    late_sink: Sink | None = None,
+) -> None:
+    """The job: generated events -> q4 -> ``sink``."""
+    build_query(query, provider, config, parts, sink, late_sink)
+
+
+if __name__ == "__main__":
+    from malstrom import SingleThreadRuntime
+
+    SingleThreadRuntime(partial(build, config=GeneratorConfig(max_events=10_000))).execute()
