@@ -18,13 +18,16 @@ SQL::
 
 Dataflow:
 
-1. auctions and bids -> ``key_distribute`` by auction id -> ``stateful_op``
+1. auctions, and bids cut down to ``(auction, date_time, price)`` tuples (what crosses
+   processes is pickled: a tuple costs a tenth of a ``Bid``) -> ``key_distribute`` by
+   auction id -> ``stateful_op``
    (:class:`WinningBid`): an auction's state holds its lifetime, category and best price so
    far. When an epoch reaches ``expires`` no bid of its lifetime can still come, so the
    auction closes: it emits ``(category, price)`` of its winning bid (timestamp =
-   ``expires``) and its state is deleted. A bid that arrives before its auction is kept
-   until the epoch passes its time: after that, any auction still to come starts later than
-   the bid, which then cannot count.
+   ``expires``) and its state is deleted. Bids that arrive before their auction are kept
+   until the epoch passes the newest of them: after that, any auction still to come starts
+   later than all of them, so none can count. (Bids for an auction that has already closed
+   take the same path: its state is gone, and they are dropped a little later.)
 2. winning bids -> ``key_distribute`` by category -> ``stateful_map``: a running sum and
    count per category; every closed auction updates its category's average.
 
@@ -43,25 +46,30 @@ from malstrom import Output, Record, StatefulLogic, Stream, StreamProvider
 
 from .common import DEFAULT_CONFIG, Sink, build_query
 from .generator import GeneratorConfig
-from .model import Auction, Bid, Event, Person
+from .model import Auction, Bid, Event
 
 __all__ = ["WinningBid", "build", "query", "winning_bids"]
 
 # State of an auction id in WinningBid, a list:
 #   [OPEN, date_time, expires, category, best price or None]  the auction has been seen
-#   [EARLY, [(date_time, price), ...]]                         bids seen before their auction
+#   [EARLY, newest date_time, [(date_time, price), ...]]       bids seen before their auction
 OPEN = 0
 EARLY = 1
 
 
-def auction_or_bid(event: Event) -> bool:
-    """Auctions and bids (not people)."""
-    return type(event) is not Person
+BidTuple = tuple[int, int, int]  # (auction, date_time, price)
 
 
-def auction_id(event: Auction | Bid) -> int:
-    """The auction an auction or bid event is about."""
-    return event.id if type(event) is Auction else event.auction  # type: ignore[union-attr]
+def auction_or_bid(event: Event) -> Auction | BidTuple | None:
+    """Auctions as they are, bids as ``(auction, date_time, price)``; None for people."""
+    if type(event) is Bid:
+        return (event.auction, event.date_time, event.price)
+    return event if type(event) is Auction else None
+
+
+def auction_id(item: Auction | BidTuple) -> int:
+    """The auction an auction or a bid is about."""
+    return item.id if type(item) is Auction else item[0]  # type: ignore[index]
 
 
 class WinningBid(StatefulLogic[int, Any, list[Any], tuple[int, int]]):
@@ -75,22 +83,25 @@ class WinningBid(StatefulLogic[int, Any, list[Any], tuple[int, int]]):
             start, end = event.date_time, event.expires
             best = None
             if state is not None:  # bids that arrived before their auction
-                prices = [price for ts, price in state[1] if start <= ts <= end]
+                prices = [price for ts, price in state[2] if start <= ts <= end]
                 best = max(prices) if prices else None
             return [OPEN, start, end, event.category, best]
-        ts = event.date_time
+        _, ts, price = event  # a bid
         if state is None:
-            return [EARLY, [(ts, event.price)]]
+            return [EARLY, ts, [(ts, price)]]
         if state[0] is OPEN:
-            if state[1] <= ts <= state[2] and (state[4] is None or event.price > state[4]):
-                state[4] = event.price
+            if state[1] <= ts <= state[2] and (state[4] is None or price > state[4]):
+                state[4] = price
         else:
-            state[1].append((ts, event.price))
+            state[2].append((ts, price))
+            if ts > state[1]:
+                state[1] = ts
         return state
 
     def on_epoch(
         self, epoch: Any, states: MutableMapping[int, list[Any]], output: Output[tuple[int, int]]
     ) -> None:
+        # O(1) per key: this runs for every epoch, over every open auction and early list.
         done = []
         for key, state in states.items():
             if state[0] is OPEN:
@@ -98,12 +109,8 @@ class WinningBid(StatefulLogic[int, Any, list[Any], tuple[int, int]]):
                     done.append(key)
                     if state[4] is not None:
                         output.emit((state[3], state[4]), key=key, timestamp=state[2])
-            else:
-                early = [bid for bid in state[1] if bid[0] > epoch]
-                if not early:
-                    done.append(key)
-                elif len(early) < len(state[1]):
-                    state[1] = early
+            elif state[1] <= epoch:  # an auction arriving now starts after all these bids
+                done.append(key)
         for key in done:
             del states[key]
 
@@ -131,7 +138,7 @@ def category_of(winner: tuple[int, int]) -> int:
 def winning_bids(events: Stream) -> Stream:
     """``(category, price)`` of every auction's winning bid, at the auction's ``expires``."""
     return (
-        events.filter("auctions-and-bids", auction_or_bid)
+        events.filter_map("auctions-and-bids", auction_or_bid)
         .key_distribute("by-auction", auction_id)
         .stateful_op("winning-bids", WinningBid())
     )

@@ -19,8 +19,9 @@ SQL (``HOP`` = sliding windows of 10 s starting every 2 s)::
 
 Dataflow:
 
-1. bids -> ``key_distribute`` by auction -> ``window(Sliding(size, slide), Count())``: bids
-   per auction and window, each result at the window's end;
+1. bids, cut down to their auction id (a small int is all that crosses processes) ->
+   ``key_distribute`` by auction -> ``window(Sliding(size, slide), Count())``: bids per
+   auction and window, each result at the window's end;
 2. a ``stateless_op`` puts the auction (the record's key) into the value, then
    ``key_distribute`` by window end -> ``window(Tumbling(slide), MostBids())``: a result of
    the sliding window ``[s, e)`` has timestamp ``e``, so it lands in the tumbling window
@@ -40,9 +41,9 @@ from typing import Any
 from malstrom import Output, Record, StatelessLogic, Stream, StreamProvider
 from malstrom.windows import Count, Sliding, Tumbling, WindowResult
 
-from .common import DEFAULT_CONFIG, Sink, build_query, is_bid
+from .common import DEFAULT_CONFIG, Sink, build_query
 from .generator import GeneratorConfig
-from .model import Bid
+from .model import Bid, Event
 
 __all__ = ["MostBids", "build", "query"]
 
@@ -52,9 +53,14 @@ SLIDE = 2_000  # ms
 Hot = tuple[int, int, int, int]  # (start, end, auction, bids)
 
 
-def bid_auction(bid: Bid) -> int:
-    """The auction a bid is for."""
-    return bid.auction
+def bid_auction(event: Event) -> int | None:
+    """The auction of a bid; None for other events."""
+    return event.auction if type(event) is Bid else None
+
+
+def itself(auction: int) -> int:
+    """The key of an auction id: the id."""
+    return auction
 
 
 class WithAuction(StatelessLogic):
@@ -108,8 +114,8 @@ def query(events: Stream, size: int = SIZE, slide: int = SLIDE) -> Stream:
     if size % slide:
         raise ValueError(f"q5: size ({size}) must be a multiple of slide ({slide})")
     counts, _ = (
-        events.filter("bids", is_bid)
-        .key_distribute("by-auction", bid_auction)
+        events.filter_map("bid-auctions", bid_auction)
+        .key_distribute("by-auction", itself)
         .window("bids-per-auction", Sliding(size, slide), Count())
     )
     hottest, _ = (
