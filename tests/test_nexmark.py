@@ -31,7 +31,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
 
-from nexmark import common, q0, q1, q2, q3, q4, q5, q7, q8  # noqa: E402
+from nexmark import common, q0, q1, q2, q3, q4, q5, q6, q7, q8  # noqa: E402
 from nexmark.generator import (  # noqa: E402
     EventFactory,
     GeneratorConfig,
@@ -283,8 +283,8 @@ Q4_SQL = """
 """
 
 
-def q4_final(values: list[Any]) -> Counter[tuple[Any, ...]]:
-    """The last update of each category (the one counting the most auctions)."""
+def last_updates(values: list[Any]) -> Counter[tuple[Any, ...]]:
+    """The last update per key (category, seller): the one counting the most auctions."""
     last: dict[int, tuple[int, float, int]] = {}
     for category, average, n in values:
         if category not in last or n > last[category][2]:
@@ -299,13 +299,45 @@ def q4_want(db: Any) -> Counter[tuple[Any, ...]]:
 def test_q4_average_price_per_category(db: Any) -> None:
     values = run_single(q4.build)
     want = q4_want(db)
-    assert q4_final(values) == want
+    assert last_updates(values) == want
     assert len(values) == sum(n for _, _, n in want)  # one update per closed auction
     assert len(want) == 5
 
 
 def test_q4_on_two_workers(db: Any) -> None:
-    assert q4_final(run_cluster(q4.build)) == q4_want(db)
+    assert last_updates(run_cluster(q4.build)) == q4_want(db)
+
+
+Q6_SQL = """
+    WITH winners AS (
+        SELECT A.id, A.seller, A.expires, MAX(B.price) AS final
+        FROM auction AS A JOIN bid AS B ON A.id = B.auction
+        WHERE B.date_time BETWEEN A.date_time AND A.expires
+        GROUP BY A.id, A.seller, A.expires
+    ), ranked AS (
+        SELECT seller, final,
+               ROW_NUMBER() OVER (PARTITION BY seller ORDER BY expires DESC, id DESC) AS rn,
+               COUNT(*) OVER (PARTITION BY seller) AS n
+        FROM winners
+    )
+    SELECT seller, SUM(final), COUNT(*), MAX(n) FROM ranked WHERE rn <= 10 GROUP BY seller
+"""
+
+
+def q6_want(db: Any) -> Counter[tuple[Any, ...]]:
+    return Counter((s, total / k, n) for (s, total, k, n) in sql(db, Q6_SQL))
+
+
+def test_q6_average_price_per_seller(db: Any) -> None:
+    values = run_single(q6.build)
+    want = q6_want(db)
+    assert last_updates(values) == want  # per seller: the update counting the most auctions
+    assert len(values) == sum(n for _, _, n in want)
+    assert len(want) > 100
+
+
+def test_q6_on_two_workers(db: Any) -> None:
+    assert last_updates(run_cluster(q6.build)) == q6_want(db)
 
 
 Q5_SQL = f"""

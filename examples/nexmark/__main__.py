@@ -19,7 +19,7 @@ from malstrom import MultiProcessRuntime, SingleThreadRuntime
 
 from .generator import GeneratorConfig
 
-QUERIES = ("q0", "q1", "q2", "q3", "q4", "q5", "q7", "q8")
+QUERIES = ("q0", "q1", "q2", "q3", "q4", "q5", "q6", "q7", "q8")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,14 +20,14 @@ Dataflow:
 
 1. auctions, and bids cut down to ``(auction, date_time, price)`` tuples (what crosses
    processes is pickled: a tuple costs a tenth of a ``Bid``) -> ``key_distribute`` by
-   auction id -> ``stateful_op``
-   (:class:`WinningBid`): an auction's state holds its lifetime, category and best price so
-   far. When an epoch reaches ``expires`` no bid of its lifetime can still come, so the
-   auction closes: it emits ``(category, price)`` of its winning bid (timestamp =
-   ``expires``) and its state is deleted. Bids that arrive before their auction are kept
-   until the epoch passes the newest of them: after that, any auction still to come starts
-   later than all of them, so none can count. (Bids for an auction that has already closed
-   take the same path: its state is gone, and they are dropped a little later.)
+   auction id -> ``stateful_op`` (:class:`WinningBid`): an auction's state holds its
+   lifetime, category, seller and best price so far. When an epoch reaches ``expires`` no bid of its lifetime can still come, so the
+   auction closes: it emits a :data:`Winner` ``(category, price, seller, auction,
+   expires)`` for its winning bid (timestamp = ``expires``; auctions closed by one epoch in
+   order of ``expires``) and its state is deleted. Bids that arrive before their auction are
+   kept until the epoch passes the newest of them: after that, any auction still to come
+   starts later than all of them, so none can count. (Bids for an auction that has already
+   closed take the same path: its state is gone, and they are dropped a little later.)
 2. winning bids -> ``key_distribute`` by category -> ``stateful_map``: a running sum and
    count per category; every closed auction updates its category's average.
 
@@ -48,16 +48,18 @@ from .common import DEFAULT_CONFIG, Sink, build_query
 from .generator import GeneratorConfig
 from .model import Auction, Bid, Event
 
-__all__ = ["WinningBid", "build", "query", "winning_bids"]
+__all__ = ["Winner", "WinningBid", "build", "query", "winning_bids"]
 
 # State of an auction id in WinningBid, a list:
-#   [OPEN, date_time, expires, category, best price or None]  the auction has been seen
+#   [OPEN, date_time, expires, category, best price or None, seller]  the auction has been seen
 #   [EARLY, newest date_time, [(date_time, price), ...]]       bids seen before their auction
 OPEN = 0
 EARLY = 1
 
 
 BidTuple = tuple[int, int, int]  # (auction, date_time, price)
+Winner = tuple[int, int, int, int, int]
+"""An auction's winning bid: ``(category, price, seller, auction, expires)``."""
 
 
 def auction_or_bid(event: Event) -> Auction | BidTuple | None:
@@ -72,11 +74,11 @@ def auction_id(item: Auction | BidTuple) -> int:
     return item.id if type(item) is Auction else item[0]  # type: ignore[index]
 
 
-class WinningBid(StatefulLogic[int, Any, list[Any], tuple[int, int]]):
+class WinningBid(StatefulLogic[int, Any, list[Any], Winner]):
     """Per auction: the highest bid of its lifetime, emitted once the auction has closed."""
 
     def on_data(
-        self, record: Record, state: list[Any] | None, output: Output[tuple[int, int]]
+        self, record: Record, state: list[Any] | None, output: Output[Winner]
     ) -> list[Any] | None:
         event = record.value
         if type(event) is Auction:
@@ -85,7 +87,7 @@ class WinningBid(StatefulLogic[int, Any, list[Any], tuple[int, int]]):
             if state is not None:  # bids that arrived before their auction
                 prices = [price for ts, price in state[2] if start <= ts <= end]
                 best = max(prices) if prices else None
-            return [OPEN, start, end, event.category, best]
+            return [OPEN, start, end, event.category, best, event.seller]
         _, ts, price = event  # a bid
         if state is None:
             return [EARLY, ts, [(ts, price)]]
@@ -99,24 +101,28 @@ class WinningBid(StatefulLogic[int, Any, list[Any], tuple[int, int]]):
         return state
 
     def on_epoch(
-        self, epoch: Any, states: MutableMapping[int, list[Any]], output: Output[tuple[int, int]]
+        self, epoch: Any, states: MutableMapping[int, list[Any]], output: Output[Winner]
     ) -> None:
         # O(1) per key: this runs for every epoch, over every open auction and early list.
         done = []
+        winners = []
         for key, state in states.items():
             if state[0] is OPEN:
                 if state[2] <= epoch:  # closed: no bid of its lifetime can still arrive
                     done.append(key)
                     if state[4] is not None:
-                        output.emit((state[3], state[4]), key=key, timestamp=state[2])
+                        winners.append((state[2], key, state[3], state[4], state[5]))
             elif state[1] <= epoch:  # an auction arriving now starts after all these bids
                 done.append(key)
         for key in done:
             del states[key]
+        winners.sort()  # in order of closing
+        for expires, key, category, price, seller in winners:
+            output.emit((category, price, seller, key, expires), key=key, timestamp=expires)
 
 
 def running_average(
-    category: Any, winner: tuple[int, int], state: tuple[int, int]
+    category: Any, winner: Winner, state: tuple[int, int]
 ) -> tuple[tuple[int, float, int], tuple[int, int]]:
     """Adds one winning price to the category's ``(total, auctions)``."""
     total, n = state
@@ -130,13 +136,13 @@ def zero() -> tuple[int, int]:
     return (0, 0)
 
 
-def category_of(winner: tuple[int, int]) -> int:
+def category_of(winner: Winner) -> int:
     """A winning bid's category."""
     return winner[0]
 
 
 def winning_bids(events: Stream) -> Stream:
-    """``(category, price)`` of every auction's winning bid, at the auction's ``expires``."""
+    """Every auction's :data:`Winner` (if it has one), at the auction's ``expires``."""
     return (
         events.filter_map("auctions-and-bids", auction_or_bid)
         .key_distribute("by-auction", auction_id)
