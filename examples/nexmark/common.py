@@ -26,6 +26,7 @@ from .model import Auction, Bid, Event, Person
 __all__ = [
     "DEFAULT_CONFIG",
     "Sink",
+    "build_query",
     "event_stream",
     "event_time",
     "finish",

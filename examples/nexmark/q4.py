@@ -21,13 +21,14 @@ Dataflow:
 1. auctions, and bids cut down to ``(auction, date_time, price)`` tuples (what crosses
    processes is pickled: a tuple costs a tenth of a ``Bid``) -> ``key_distribute`` by
    auction id -> ``stateful_op`` (:class:`WinningBid`): an auction's state holds its
-   lifetime, category, seller and best price so far. When an epoch reaches ``expires`` no bid of its lifetime can still come, so the
-   auction closes: it emits a :data:`Winner` ``(category, price, seller, auction,
-   expires)`` for its winning bid (timestamp = ``expires``; auctions closed by one epoch in
-   order of ``expires``) and its state is deleted. Bids that arrive before their auction are
-   kept until the epoch passes the newest of them: after that, any auction still to come
-   starts later than all of them, so none can count. (Bids for an auction that has already
-   closed take the same path: its state is gone, and they are dropped a little later.)
+   lifetime, category, seller and best price so far. When an epoch reaches ``expires`` no
+   bid of its lifetime can still come, so the auction closes: it emits a :data:`Winner`
+   ``(category, price, seller, auction, expires)`` for its winning bid (timestamp =
+   ``expires``; auctions closed by one epoch in order of ``expires``) and its state is
+   deleted. Bids that arrive before their auction are kept until the epoch passes the
+   newest of them: after that, any auction still to come starts later than all of them, so
+   none can count. (Bids for an auction that has already closed take the same path: its
+   state is gone, and they are dropped a little later.)
 2. winning bids -> ``key_distribute`` by category -> ``stateful_map``: a running sum and
    count per category; every closed auction updates its category's average.
 
