@@ -81,6 +81,7 @@ import tempfile
 import threading
 import time
 from array import array
+from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ GAP_TARGET = 3.0  # unmoved-key gap during a rescale <= 3x the steady-state gap
 CTL_EVERY = 0.05  # s between control-file reads of a part
 OBS = struct.Struct("<dii")  # time.time(), outputs of unmoved keys, outputs of moved keys
 OBS_CAP = 1 << 22  # observations per sink file (64 MiB sparse file)
+TICK = 0.0  # s between a part's releases (--tick)
 STEADY = 2.0  # s before an event that count as steady state
 TIMEOUT = 180.0  # s for any blocking call on a job
 
@@ -144,11 +146,27 @@ def write_ctl(path: str, t0: float, end: int | None = None) -> None:
 class GenPart:
     """One part: record ``i`` is key ``(i * parts + p) % keys``, throttled against ``t0``."""
 
-    __slots__ = ("ctl", "end", "keys", "next_check", "p", "parts", "pos", "rate", "t0")
+    __slots__ = (
+        "ctl",
+        "end",
+        "keys",
+        "next_check",
+        "p",
+        "parts",
+        "phase",
+        "pos",
+        "rate",
+        "t0",
+        "tick",
+    )
 
-    def __init__(self, p: int, parts: int, keys: int, rate: float, ctl: str, pos: int) -> None:
+    def __init__(
+        self, p: int, parts: int, keys: int, rate: float, tick: float, ctl: str, pos: int
+    ) -> None:
         self.p, self.parts, self.keys = p, parts, keys
         self.rate = rate  # records/s of this part
+        self.tick = tick  # release what is due every ``tick`` s (0: at every poll)
+        self.phase = tick * p / parts  # parts release at staggered moments
         self.ctl = ctl
         self.pos = pos
         self.t0: float | None = None
@@ -170,7 +188,11 @@ class GenPart:
             self._check(now)
         if self.t0 is None:
             return []
-        due = int(self.rate * (now - self.t0))
+        elapsed = now - self.t0
+        tick = self.tick
+        if tick:
+            elapsed = ((elapsed - self.phase) // tick) * tick + self.phase
+        due = int(self.rate * elapsed)
         if self.end is not None and due > self.end:
             due = self.end
         start = self.pos
@@ -200,15 +222,17 @@ class GenPart:
 class GenSource:
     """StatefulSourceImpl: ``parts`` throttled parts over ``keys`` keys, ``rate`` records/s."""
 
-    def __init__(self, keys: int, parts: int, rate: float, ctl: str) -> None:
-        self.keys, self.parts, self.rate, self.ctl = keys, parts, rate, ctl
+    def __init__(self, keys: int, parts: int, rate: float, tick: float, ctl: str) -> None:
+        self.keys, self.parts, self.rate, self.tick, self.ctl = keys, parts, rate, tick, ctl
 
     def list_parts(self) -> list[int]:
         return list(range(self.parts))
 
     def build_part(self, part: int, state: object | None) -> GenPart:
         pos = int(state or 0)  # type: ignore[call-overload]
-        return GenPart(part, self.parts, self.keys, self.rate / self.parts, self.ctl, pos)
+        return GenPart(
+            part, self.parts, self.keys, self.rate / self.parts, self.tick, self.ctl, pos
+        )
 
 
 def _mapped(path: str, size: int) -> mmap.mmap:
@@ -260,12 +284,20 @@ class ObsSink:
 
 
 def build(
-    p: StreamProvider, *, keys: int, parts: int, rate: float, ctl: str, outdir: str, moved: bytes
+    p: StreamProvider,
+    *,
+    keys: int,
+    parts: int,
+    rate: float,
+    tick: float,
+    ctl: str,
+    outdir: str,
+    moved: bytes,
 ) -> None:
     """The benchmark job (``functools.partial`` it)."""
     (
         p.new_stream()
-        .source("gen", StatefulSource(GenSource(keys, parts, rate, ctl)))
+        .source("gen", StatefulSource(GenSource(keys, parts, rate, tick, ctl)))
         .key_distribute("by_key", key_of)
         .stateful_map("count", running_count, initial=int)
         .sink("obs", StatelessSink(ObsSink(outdir, moved)))
@@ -430,23 +462,35 @@ def wait_running(handle: Any) -> float:
     return time.time()
 
 
+@dataclass(frozen=True)
+class Config:
+    keys: int
+    parts: int
+    rate: float  # records/s, all parts together
+    tick: float  # s between a part's releases (0: release at every poll)
+    warm: float  # s of steady state before the first event
+    phase: float  # s after each event
+
+
 class Run:
     """One job run in a fresh temp dir (control file, sink files, snapshots)."""
 
-    def __init__(self, keys: int, parts: int, rate: float) -> None:
-        self.keys, self.parts, self.rate = keys, parts, rate
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.keys, self.parts, self.rate = cfg.keys, cfg.parts, cfg.rate
         self.tmp = tempfile.mkdtemp(prefix="malstrom-rescale-")
         self.ctl = os.path.join(self.tmp, "ctl")
         self.outdir = os.path.join(self.tmp, "out")
         os.mkdir(self.outdir)
         self.build = functools.partial(
             build,
-            keys=keys,
-            parts=parts,
-            rate=rate,
+            keys=cfg.keys,
+            parts=cfg.parts,
+            rate=cfg.rate,
+            tick=cfg.tick,
             ctl=self.ctl,
             outdir=self.outdir,
-            moved=moved_flags(keys),
+            moved=moved_flags(cfg.keys),
         )
         self.t0 = 0.0
         self.end = 0
@@ -484,6 +528,19 @@ class Run:
 def _children_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
+
+
+def proc_cpu(handle: Any) -> dict[int, float]:
+    """CPU seconds (user + system) each worker process has used so far, by worker id."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for w, pid in handle.status().get("pids", {}).items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[w] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def phase_at(events: list[tuple[float, str]], t: float) -> str:
@@ -547,14 +604,18 @@ def event_figures(obs: Obs, lag: list[float], call: float, ret: float) -> dict[s
     }
 
 
-def run_rescale(keys: int, parts: int, rate: float, warm: float, phase: float) -> dict[str, Any]:
-    run = Run(keys, parts, rate)
+def run_rescale(cfg: Config) -> dict[str, Any]:
+    run = Run(cfg)
+    warm, phase = cfg.warm, cfg.phase
     handle = None
     try:
         handle = run.runtime(2).start()
         started = wait_running(handle)
         run.go()
-        time.sleep(warm)
+        time.sleep(max(warm - STEADY, 0.0))
+        cpu0, t_cpu = proc_cpu(handle), time.time()
+        time.sleep(min(warm, STEADY))
+        cpu1, t_cpu = proc_cpu(handle), time.time() - t_cpu
         up = timed_rescale(handle, 3)
         workers_up = handle.status()["workers"]
         time.sleep(phase)
@@ -568,17 +629,19 @@ def run_rescale(keys: int, parts: int, rate: float, warm: float, phase: float) -
         if handle is not None and handle.running:
             handle.kill()
         run.close()
-    lag = obs.lag_ms(run.t0, rate, run.end * parts)
+    lag = obs.lag_ms(run.t0, cfg.rate, run.end * cfg.parts)
     out: dict[str, Any] = {"t0": run.t0, "started": started, "obs": obs, "lag": lag}
     out["cpu"], out["wall"] = run.cpu, run.wall
+    out["steady_cpu"] = {w: (cpu1[w] - cpu0[w]) / t_cpu for w in cpu1 if w in cpu0}
     for name, ev in (("up", up), ("down", down)):
         out[name] = {**ev, **event_figures(obs, lag, ev["call"], ev["ret"])}
         out[name]["call_s"] = ev["ret"] - ev["call"]
     return out
 
 
-def run_restart(keys: int, parts: int, rate: float, warm: float, phase: float) -> dict[str, Any]:
-    run = Run(keys, parts, rate)
+def run_restart(cfg: Config) -> dict[str, Any]:
+    run = Run(cfg)
+    warm, phase = cfg.warm, cfg.phase
     persistence = LocalDiskPersistence(os.path.join(run.tmp, "snap"))
     h2 = h3 = None
     try:
@@ -600,7 +663,7 @@ def run_restart(keys: int, parts: int, rate: float, warm: float, phase: float) -
             if h is not None and h.running:
                 h.kill()
         run.close()
-    lag = obs.lag_ms(run.t0, rate, run.end * parts)
+    lag = obs.lag_ms(run.t0, cfg.rate, run.end * cfg.parts)
     last = obs.last_before(stop_ret)
     first = obs.first_after(stop_ret)
     fig = event_figures(obs, lag, stop_call, first)
@@ -698,6 +761,12 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=None, help=f"keys (default {KEYS:,})")
     ap.add_argument("--rate", type=float, default=RATE, help=f"records/s (default {RATE:,})")
     ap.add_argument("--parts", type=int, default=PARTS, help=f"source parts (default {PARTS})")
+    ap.add_argument(
+        "--tick",
+        type=float,
+        default=TICK,
+        help=f"s between a part's releases, 0 = at every poll (default {TICK:g})",
+    )
     ap.add_argument("--warm", type=float, default=None, help="s before the first event (3)")
     ap.add_argument("--phase", type=float, default=None, help="s after each event (3)")
     ap.add_argument(
@@ -711,12 +780,14 @@ def main() -> None:
     phase = args.phase if args.phase is not None else (2.0 if args.quick else 3.0)
     parts_run = args.only or ["rescale", "restart"]
     rate = args.rate
+    cfg = Config(keys, args.parts, rate, args.tick, warm, phase)
     print(
         f"malstrom rescale benchmark: python {sys.version.split()[0]}, "
         f"{'quick' if args.quick else 'full'} mode, {rounds} round(s), {os.cpu_count()} CPUs, "
         f"load average at start {os.getloadavg()[0]:.2f}\n"
         f"job: {args.parts} source parts -> key_distribute -> stateful_map(running count) -> "
-        f"sink; {keys:,} keys, offered {rate:,.0f} records/s; warm-up {warm:g} s, "
+        f"sink; {keys:,} keys, offered {rate:,.0f} records/s (each part releases every "
+        f"{args.tick * 1000:g} ms); warm-up {warm:g} s, "
         f"{phase:g} s after each event"
     )
     moved = moved_flags(keys)
@@ -732,7 +803,7 @@ def main() -> None:
     restarts: list[dict[str, Any]] = []
     for r in range(rounds):
         if "rescale" in parts_run:
-            res = run_rescale(keys, args.parts, rate, warm, phase)
+            res = run_rescale(cfg)
             ups.append(res["up"])
             downs.append(res["down"])
             obs = res["obs"]
@@ -740,7 +811,7 @@ def main() -> None:
             print(
                 f"round {r + 1}: rescale run checked ({obs.total:,} outputs, {obs.files} sink "
                 f"files; worker CPU {res['cpu']:.1f} s in {res['wall']:.1f} s wall); steady "
-                f"output {steady:,.0f}/s"
+                f"output {steady:,.0f}/s, {obs.total / len(obs.t):.0f} outputs per sink batch"
             )
             for name in ("up", "down"):
                 ev = res[name]
@@ -750,13 +821,15 @@ def main() -> None:
                     f"({phase_at(ev['events'], ev['call'] + ev['gap_at'])}) vs steady "
                     f"{ev['steady_gap_ms']:.1f} ms: {ev['gap_ratio']:.2f}x"
                 )
+            busy = ", ".join(f"w{w} {100 * c:.0f}%" for w, c in sorted(res["steady_cpu"].items()))
+            print(f"  steady state at 2 workers: CPU per worker process (of one core): {busy}")
             if steady < 0.95 * rate:
                 print(f"  NOTE: steady-state output {steady:,.0f}/s is below the offered rate")
             if args.timeline or r == rounds - 1:
                 print_timeline(res, "2->3", res["up"], rate)
                 print_timeline(res, "3->2", res["down"], rate)
         if "restart" in parts_run:
-            res = run_restart(keys, args.parts, rate, warm, phase)
+            res = run_restart(cfg)
             f = res["restart"]
             restarts.append(f)
             print(

@@ -211,6 +211,10 @@ class StatelessOpOp(Operator):
         super().__init__(name)
         self.logic = logic
         self.output: Output[Any] = Output(name)
+        self._emits_on_epoch = type(logic).on_epoch is not StatelessLogic.on_epoch
+
+    def forwards_idle(self) -> bool:
+        return not self._emits_on_epoch  # a user on_epoch may emit when time moves on
 
     def on_batch(self, batch: Batch, port: int) -> None:
         out = self.output

@@ -127,6 +127,9 @@ class StatefulOpOp(_KeyedStateOp):
         self.has_epoch = _overrides(logic, "on_epoch")
         self.wants_schedule = _overrides(logic, "on_schedule")
 
+    def forwards_idle(self) -> bool:
+        return not self.has_epoch  # a user on_epoch may emit when time moves on
+
     def on_batch(self, batch: Batch, port: int) -> None:
         states = self.states
         get = states.get

@@ -78,6 +78,9 @@ class WindowOp(Operator):
         self.migrates = owner is not None
         self.install(dict(ctx.restore_keyed(name, owner)))
 
+    def forwards_idle(self) -> bool:
+        return not self.by_end  # open windows fire on a later epoch
+
     # ----- state ---------------------------------------------------------------------------
     def state_size(self) -> int:
         """Number of (key, window) accumulators held."""

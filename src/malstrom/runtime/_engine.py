@@ -296,6 +296,12 @@ class Operator:
         """Whether this operator finished its part of rescale ``version``."""
         return True
 
+    def forwards_idle(self) -> bool:
+        """Whether an idle input makes this operator's output idle. Not while it holds
+        records it will emit on a later epoch (pending windows, user ``on_epoch`` hooks):
+        downstream merges must keep waiting for them."""
+        return True
+
     def snapshot(self, writer: Any) -> None:
         """Persist this operator's state (stateful operators override)."""
 
@@ -358,7 +364,7 @@ class Operator:
                         f"cannot merge epochs of incomparable timestamps {short_repr(epochs)}",
                     ) from e
         if merged is IDLE:
-            if not self._idle_out:
+            if not self._idle_out and self.forwards_idle():
                 self._idle_out = True
                 self.emit_epoch(IDLE)
             return
