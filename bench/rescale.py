@@ -114,7 +114,7 @@ GAP_TARGET = 3.0  # unmoved-key gap during a rescale <= 3x the steady-state gap
 CTL_EVERY = 0.05  # s between control-file reads of a part
 OBS = struct.Struct("<dii")  # time.time(), outputs of unmoved keys, outputs of moved keys
 OBS_CAP = 1 << 22  # observations per sink file (64 MiB sparse file)
-TICK = 0.0  # s between a part's releases (--tick)
+TICK = 0.005  # s between a part's releases (--tick)
 STEADY = 2.0  # s before an event that count as steady state
 TIMEOUT = 180.0  # s for any blocking call on a job
 
@@ -675,7 +675,7 @@ def run_restart(cfg: Config) -> dict[str, Any]:
         start_running_s=running - stop_ret,
         running_first_s=first - running,
         downtime_s=first - last,
-        events=[(stop_call, "stop()"), (stop_ret, "start()"), (running, "running")],
+        events=[(stop_ret, "stop() returned, start()"), (running, "running")],
         end="first output",
     )
     return {"t0": run.t0, "obs": obs, "lag": lag, "restart": fig, "cpu": run.cpu, "wall": run.wall}

@@ -357,3 +357,43 @@ def test_scaling_down_a_job_with_state_kept_in_place_is_refused() -> None:
     assert isinstance(errors[1], OperationRefused) and "'count'" in str(errors[1])
     assert sorted(coord.workers) == [0, 1, 2]
     assert len(out.records) == rj.PARTS * rj.PER_PART
+
+
+@pytest.mark.parametrize("shape", ["two-distributors", "cloned"])
+def test_state_after_a_keyed_union_moves_whole(shape: str) -> None:
+    """A union of keyed streams feeding keyed state: its inputs' Collect and Installed align,
+    so a key's state and its records from every input move together."""
+    out = ListSink()
+    n = 1_500
+
+    def build(provider: StreamProvider) -> None:
+        def side(name: str, mult: int) -> Any:
+            return (
+                provider.new_stream()
+                .source(name, StatefulSource(_Numbers(n, mult)))
+                .key_distribute(f"{name}-by-key", lambda v: v[0])
+            )
+
+        if shape == "two-distributors":
+            a, b = side("left", 1), side("right", 2)
+        else:
+            a, b = side("left", 1).cloned("fan", 2)
+        (
+            a.union("both", b)
+            .stateful_map("count", lambda k, v, s: (s + 1, s + 1), initial=int)
+            .sink("out", out)
+        )
+
+    log: list[Any] = []
+    run_local_cluster(build, 2, on_turn=plan({5: 3, 15: 1, 25: 4}, log))
+    assert [e for _, e in log] == [None] * 3
+    per_key: dict[Any, list[int]] = {}
+    for r in out.records:
+        per_key.setdefault(r.key, []).append(r.value)
+    want: dict[Any, int] = {}
+    inputs = _Numbers(n, 1).all() * 2 if shape == "cloned" else []
+    for k, _ in inputs or _Numbers(n, 1).all() + _Numbers(n, 2).all():
+        want[k] = want.get(k, 0) + 1
+    assert {k: sorted(v) for k, v in per_key.items()} == {
+        k: list(range(1, c + 1)) for k, c in want.items()
+    }

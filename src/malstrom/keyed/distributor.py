@@ -353,7 +353,7 @@ class DistributorOp(Operator):
         recv = self.exchange.recv
         name = self.name
         for w in cycle.peers:
-            while (msg := recv(w, name)) is not None:
+            while self._cycle is cycle and (msg := recv(w, name)) is not None:
                 t = type(msg)
                 if t is Batch:
                     if w in cycle.marks:
@@ -376,7 +376,8 @@ class DistributorOp(Operator):
                         cycle.received.add(w)
                 else:
                     raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
-        self._advance(cycle)
+        if self._cycle is cycle:
+            self._advance(cycle)
 
     def _advance(self, cycle: Cycle) -> None:
         """Move the cycle on as far as it can go now."""
