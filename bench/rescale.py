@@ -2,9 +2,10 @@
 """Live rescale benchmark: a keyed job with 100,000 keys rescaled 2 -> 3 -> 2 while it runs,
 against stop-with-snapshot-and-restart.
 
-    .venv/bin/python bench/rescale.py              # full: 100,000 keys, 3 rounds (~2 min)
-    .venv/bin/python bench/rescale.py --quick      # 20,000 keys, shorter phases, 1 round
+    .venv/bin/python bench/rescale.py              # full: 100,000 keys, 3 rounds (~1 min)
+    .venv/bin/python bench/rescale.py --quick      # 20,000 keys, shorter phases, 1 round (~17 s)
     .venv/bin/python bench/rescale.py --rate 100000 --rounds 5 --only rescale
+    .venv/bin/python bench/rescale.py --tick 0     # parts release records at every poll
     .venv/bin/python bench/rescale.py --timeline   # 0.25-s buckets around every event, every round
 
 The job (every round builds it fresh, ``max_restarts=0``, so a failure cannot hide as a slow run):
@@ -14,9 +15,12 @@ The job (every round builds it fresh, ``max_restarts=0``, so a failure cannot hi
 
 - Source: part ``p``'s record ``i`` has the key ``(i * parts + p) % keys`` (ints), so the parts
   together go round-robin over all keys. Each part is throttled to ``rate / parts`` records/s
-  against a shared wall-clock origin ``t0`` (not emitted before ``t0``; a part that was paused,
-  e.g. while it moved to another worker or while the job was down, catches up afterwards, as a
-  source with a backlog would). Its state is its position. ``t0`` and, at the end, the final
+  (``--rate``, default 150,000 in all) against a shared wall-clock origin ``t0`` (nothing before
+  ``t0``; a part that was paused, e.g. while it moved to another worker or while the job was
+  down, catches up afterwards, as a source with a backlog would). A part releases what is due
+  every ``--tick`` (5 ms; the parts' moments are staggered over the tick), like a producer
+  with a 5-ms linger: at every poll, batches would be ~3 records and per-batch costs would
+  dominate. Its state is its position. ``t0`` and, at the end, the final
   position (the same for every part) are given to the parts through a small control file they
   re-read every 50 ms, so the job runs as long as the benchmark wants and then ends by itself.
 - Sink: per output batch, it notes ``(time.time(), outputs of unmoved keys, outputs of moved
@@ -26,9 +30,9 @@ The job (every round builds it fresh, ``max_restarts=0``, so a failure cannot hi
   shared mapping is in the page cache at once and costs no system call. The cost per batch
   and per record is the same in every phase.
 - "Moved" keys are those whose owner ``rendezvous_select(key, [0, 1])`` differs from
-  ``rendezvous_select(key, [0, 1, 2])`` (about a third; for 3 -> 2 the reverse comparison gives
-  the same set, which the script checks). All other keys are "unmoved": they never change
-  worker, and a live rescale should not stop them.
+  ``rendezvous_select(key, [0, 1, 2])`` (about a third): they move to worker 2 in 2 -> 3 and
+  back in 3 -> 2 (the script checks that they are exactly worker 2's keys). All other keys are
+  "unmoved": they never change worker, and a live rescale should not stop them.
 
 Rescale run: start at 2 workers, write ``t0`` once the job runs, ``--warm`` s (3) steady state,
 ``handle.rescale(3)``, ``--phase`` s (3), ``handle.rescale(2)``, ``--phase`` s, then end the
@@ -309,12 +313,14 @@ def build(
 # ----------------------------------------------------------------------------------------------
 @functools.cache
 def moved_flags(keys: int) -> bytes:
+    """moved[k] == 1: key k's owner differs between workers [0, 1] and [0, 1, 2] (so it moves
+    in 2->3 and back in 3->2; the relation is symmetric)."""
     sel = rendezvous_select
-    up = bytes(sel(k, [0, 1]) != sel(k, [0, 1, 2]) for k in range(keys))  # owner changes 2->3
-    down = bytes(sel(k, [0, 1, 2]) != sel(k, [0, 1]) for k in range(keys))  # and 3->2
-    if up != down:
-        raise SystemExit("moved keys of 2->3 and 3->2 differ: the gap figures would be wrong")
-    return up
+    moved = bytes(sel(k, [0, 1]) != sel(k, [0, 1, 2]) for k in range(keys))
+    # Rendezvous hashing moves exactly the keys the added (removed) worker 2 owns.
+    if moved != bytes(sel(k, [0, 1, 2]) == 2 for k in range(keys)):
+        raise SystemExit("keys that move are not exactly worker 2's: gap figures would be wrong")
+    return moved
 
 
 class Obs:
@@ -455,9 +461,11 @@ class PhaseWatch(threading.Thread):
 def wait_running(handle: Any) -> float:
     deadline = time.monotonic() + TIMEOUT
     while handle.status().get("phase") != "running":
-        if not handle.running or time.monotonic() > deadline:
-            handle.wait(0)
-            raise SystemExit(f"job did not start running: {handle.status()}")
+        if not handle.running:
+            handle.wait(0)  # raises JobFailed with the cause
+            raise SystemExit(f"job ended before it ran: {handle.status()}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"job not running after {TIMEOUT:g} s: {handle.status()}")
         time.sleep(0.002)
     return time.time()
 
