@@ -183,11 +183,12 @@ class Coordinator:
                 self._begin_snapshot(JobPhase.SNAPSHOTTING, None)
         if self.heartbeat_timeout is not None and self.phase not in (
             JobPhase.BUILDING,
-            JobPhase.JOINING,
             *_ENDED,
         ):
             now = self.clock()
             for w, seen in self._last_seen.items():
+                if w in self._joining and w not in self._joined_built:
+                    continue  # still building: a big restore or import may take a while
                 if now - seen > self.heartbeat_timeout:
                     self._fail(
                         f"worker {w} sent nothing for {now - seen:.1f}s "
