@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from malstrom._errors import OperatorError, short_repr
-from malstrom.runtime._engine import IDLE, Batch, Collect
+from malstrom.keyed.partitioners import KEY_GROUPS, group_owner, key_group, rendezvous_select
+from malstrom.runtime._engine import IDLE, Batch, Collect, Interrogate
 
 __all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "split_transfers"]
 
@@ -80,6 +81,14 @@ class Cycle:
         self.partitioner = partitioner
         self.operator = operator
         self.cache: dict[Any, int] = {}
+        # The default partitioner places key groups: one table lookup per key instead of a
+        # rendezvous over every worker (collecting walks every key a worker holds).
+        default = partitioner is rendezvous_select
+        self._by_group = [group_owner(g, self.new) for g in range(KEY_GROUPS)] if default else None
+        self._old_by_group = (
+            [group_owner(g, self.old) for g in range(KEY_GROUPS)] if default and old else None
+        )
+        self.old_cache: dict[Any, int] = {}
         self.local = False
         self.my_frontier: Any = None
         self.marks: dict[int, Any] = {}
@@ -87,13 +96,21 @@ class Cycle:
         self.sent = False
         self.received: set[int] = set()
         self.held: list[Batch] = []
+        self.interrogate: Interrogate | None = None  # asks the region which keys it holds
+        self.to_warm: list[Any] | None = None  # held keys whose new owner is still unknown
+        self.staying: set[Any] = set()  # held keys known to stay ours
+        self.leaving: set[Any] = set()  # held keys known to leave
+        self.leaving_to: dict[int, set[Any]] = {}  # the same, by new owner
 
     def owner(self, key: Any) -> int:
         """The key's worker in the new configuration."""
         w = self.cache.get(key)
         if w is None:
             try:
-                w = self.partitioner(key, self.new)
+                if self._by_group is not None:
+                    w = self._by_group[key_group(key)]
+                else:
+                    w = self.partitioner(key, self.new)
             except Exception as e:
                 raise OperatorError(
                     self.operator, f"partitioner failed for key {short_repr(key)}: {e}"
@@ -111,6 +128,27 @@ class Cycle:
         owner = self.owner
         return [owner(k) for k in keys]
 
+    def old_owners(self, keys: Sequence[Any]) -> list[int]:
+        """The keys' workers in the old configuration."""
+        cache = self.old_cache
+        table = self._old_by_group
+        out = []
+        for k in keys:
+            w = cache.get(k)
+            if w is None:
+                if table is not None:
+                    w = table[key_group(k)]
+                else:
+                    try:
+                        w = self.partitioner(k, self.old)
+                    except Exception as e:
+                        raise OperatorError(
+                            self.operator, f"partitioner failed for key {short_repr(k)}: {e}"
+                        ) from e
+                cache[k] = w
+            out.append(w)
+        return out
+
     def moving(self, key: Any) -> bool:
         """Whether ``key``'s state leaves this worker."""
         return self.owner(key) != self.me
@@ -118,6 +156,41 @@ class Cycle:
     def aligned(self) -> bool:
         """Every record of the old configuration has reached us (ours and every peer's)."""
         return self.local and len(self.marks) == len(self.peers)
+
+    def warm(self, budget: int) -> bool:
+        """Work out the new owners of up to ``budget`` more held keys; True once done.
+
+        Collecting asks every stateful operator which of its keys leave. With the owners of
+        the keys the region reported (:class:`Interrogate`) worked out beforehand, a few
+        thousand per worker loop turn while the peers' markers come in, the keys known to
+        stay are skipped at C speed (:attr:`staying`), so the worker's other keys keep
+        flowing instead of stalling behind one long walk over every key."""
+        if self.to_warm is None:
+            ask = self.interrogate
+            if ask is None or ask.token.pending:
+                return False
+            self.to_warm = list(ask.keys)
+            self.interrogate = None
+        todo = self.to_warm
+        if not todo:
+            return True
+        if budget <= 0:
+            return False
+        owner, me, staying, leaving = self.owner, self.me, self.staying, self.leaving
+        to = self.leaving_to
+        for k in todo[-budget:]:
+            w = owner(k)
+            if w == me:
+                staying.add(k)
+            else:
+                leaving.add(k)
+                dest = to.get(w)
+                if dest is None:
+                    to[w] = {k}
+                else:
+                    dest.add(k)
+        del todo[-budget:]
+        return not todo
 
 
 def agreed_epoch(cycle: Cycle) -> Any:
@@ -135,24 +208,22 @@ def agreed_epoch(cycle: Cycle) -> Any:
 def split_transfers(
     cycle: Cycle, collection: dict[str, dict[Any, Any]]
 ) -> Iterator[tuple[int, Transfer]]:
-    """The transfers carrying ``collection`` to the keys' new owners, then a last one to every
-    peer."""
-    per_peer: dict[int, dict[str, dict[Any, Any]]] = {}
+    """The transfers carrying ``collection`` to the keys' new owners (at most
+    :data:`TRANSFER_KEYS` keys each), then a last one to every peer."""
+    owner = cycle.owner
     for op, states in collection.items():
-        for k, st in states.items():
-            w = cycle.owner(k)
-            per_peer.setdefault(w, {}).setdefault(op, {})[k] = st
-    for w, ops in per_peer.items():
-        chunk: dict[str, dict[Any, Any]] = {}
-        n = 0
-        for op, states in ops.items():
-            for k, st in states.items():
-                chunk.setdefault(op, {})[k] = st
-                n += 1
-                if n >= TRANSFER_KEYS:
-                    yield w, Transfer(cycle.version, chunk, False)
-                    chunk, n = {}, 0
-        if chunk:
-            yield w, Transfer(cycle.version, chunk, False)
+        groups: dict[int, list[Any]] = {}
+        rest = set(states)
+        for w, known in cycle.leaving_to.items():  # grouped while warming: set operations
+            mine = rest & known
+            if mine:
+                rest -= mine
+                groups[w] = list(mine)
+        for k in rest:  # keys that appeared after the region was interrogated
+            groups.setdefault(owner(k), []).append(k)
+        for w, keys in groups.items():
+            for i in range(0, len(keys), TRANSFER_KEYS):
+                chunk = {k: states[k] for k in keys[i : i + TRANSFER_KEYS]}
+                yield w, Transfer(cycle.version, {op: chunk}, False)
     for w in cycle.peers:
         yield w, Transfer(cycle.version, {}, True)

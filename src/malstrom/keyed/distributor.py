@@ -54,6 +54,7 @@ from malstrom.runtime._engine import (
     Control,
     Epoch,
     Installed,
+    Interrogate,
     Operator,
     Rescale,
     Token,
@@ -62,6 +63,8 @@ from malstrom.runtime._engine import (
 __all__ = ["BARRIER_MARKER", "DistributorOp"]
 
 _CACHE_LIMIT = 500_000
+WARM_KEYS = 2048
+"""Keys whose new owner a rescale works out per loop turn before collecting."""
 
 
 class _BarrierMarker:
@@ -310,7 +313,7 @@ class DistributorOp(Operator):
             assert isinstance(msg, Rescale)
             self._on_local_rescale(msg)
             self.forward(msg)
-        elif t is Collect or t is Acquire or t is Installed:
+        elif t is Collect or t is Acquire or t is Installed or t is Interrogate:
             msg.token.pending -= 1  # the upstream key region ends here
         else:
             self.forward(msg)
@@ -325,6 +328,8 @@ class DistributorOp(Operator):
             self._cycle = Cycle(
                 version, self.workers, tuple(workers), self.me, self.partitioner, self.name
             )
+            ask = self._cycle.interrogate = Interrogate(Token(1))
+            self.forward(ask)
         elif self._cycle.version != version:
             raise OperatorError(
                 self.name,
@@ -377,17 +382,17 @@ class DistributorOp(Operator):
                 else:
                     raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
         if self._cycle is cycle:
-            self._advance(cycle)
+            self._advance(cycle, WARM_KEYS)  # once per loop turn
 
-    def _advance(self, cycle: Cycle) -> None:
-        """Move the cycle on as far as it can go now."""
-        if cycle.collect is None and cycle.aligned():
+    def _advance(self, cycle: Cycle, warm: int = 0) -> None:
+        """Move the cycle on as far as it can go now (working out up to ``warm`` owners)."""
+        if cycle.collect is None and cycle.warm(warm) and cycle.aligned():
             g = agreed_epoch(cycle)
             if g is not None and (self._out_frontier is None or g > self._out_frontier):
                 self._out_frontier = g
                 self._idle_out = False
                 self.emit_epoch(g)
-            cycle.collect = Collect(Token(1), cycle.moving)
+            cycle.collect = Collect(Token(1), cycle.moving, cycle.staying, cycle.leaving)
             self.forward(cycle.collect)
         if cycle.collect is not None and not cycle.sent and cycle.collect.token.pending == 0:
             for w, msg in split_transfers(cycle, cycle.collect.collection):
@@ -413,7 +418,7 @@ class DistributorOp(Operator):
     def _route_new(self, batch: Batch, cycle: Cycle) -> None:
         """Local records after our Rescale: routed by the new worker set."""
         route = self._route_keys(batch)
-        old = self._owners(route)
+        old = cycle.old_owners(route)
         new = cycle.owners(route)
         me = self.me
         mine: list[int] = []
@@ -438,7 +443,7 @@ class DistributorOp(Operator):
 
     def _deliver_new(self, batch: Batch, cycle: Cycle) -> None:
         """A peer's record of the new configuration: ours, but held while its state moves."""
-        old = self._owners(self._route_keys(batch))
+        old = cycle.old_owners(self._route_keys(batch))
         me = self.me
         if all(o == me for o in old):
             self.emit(batch)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import repeat
 from typing import Any
 
@@ -17,6 +17,7 @@ from malstrom.runtime._engine import (
     Control,
     Operator,
     Rescale,
+    Select,
     make_record,
 )
 from malstrom.sinks._protocols import RecordBatch, StatelessSinkImpl
@@ -362,9 +363,12 @@ class StatefulSinkOp(Operator):
         if ts is MAX:
             self.done = True
 
-    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
+    def held_keys(self, into: set[Any]) -> None:
+        into.update(self.parts)
+
+    def extract(self, select: Select) -> dict[Any, Any]:
         out = {}
-        for part in [k for k in self.parts if moving(k)]:
+        for part in select(self.parts.keys()):
             p = self.parts.pop(part)
             fn = getattr(p, "collect", None) or p.snapshot
             try:

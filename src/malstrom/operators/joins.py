@@ -25,7 +25,7 @@ from typing import Any
 from malstrom._errors import OperatorError
 from malstrom.operators._util import user_error
 from malstrom.operators.windows import restore_frontier
-from malstrom.runtime._engine import Batch, BuildContext, Operator, make_record
+from malstrom.runtime._engine import Batch, BuildContext, Operator, Select, make_record
 from malstrom.windows import WindowAssigner
 
 __all__ = ["IntervalJoinOp", "WindowJoinOp"]
@@ -112,10 +112,14 @@ class WindowJoinOp(_JoinOp):
                     heappush(self.pending, end)
                 by_end[end][key] = (lefts, rights)
 
-    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
+    def held_keys(self, into: set[Any]) -> None:
+        for bucket in self.by_end.values():
+            into.update(bucket)
+
+    def extract(self, select: Select) -> dict[Any, Any]:
         per_key: dict[Any, list[Any]] = {}
         for e, bucket in self.by_end.items():
-            for k in [k for k in bucket if moving(k)]:
+            for k in select(bucket.keys()):
                 lefts, rights = bucket.pop(k)
                 per_key.setdefault(k, []).append((e, lefts, rights))
         return per_key
@@ -208,9 +212,12 @@ class IntervalJoinOp(_JoinOp):
                     self.heap.append((self._expiry(t, side), next(self._seq), key, side))
         heapify(self.heap)
 
-    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
+    def held_keys(self, into: set[Any]) -> None:
+        into.update(self.state)
+
+    def extract(self, select: Select) -> dict[Any, Any]:
         state = self.state
-        out = {k: state.pop(k) for k in [k for k in state if moving(k)]}
+        out = {k: state.pop(k) for k in select(state.keys())}
         if out:
             # Their expiry entries go too (the heap is rebuilt without them).
             self.heap = [h for h in self.heap if h[2] not in out]

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from malstrom.operators._util import user_error
 from malstrom.operators.output import _UNSET, Output
-from malstrom.runtime._engine import Batch, BuildContext, Operator, make_record
+from malstrom.runtime._engine import Batch, BuildContext, Operator, Select, make_record
 from malstrom.types import Record
 
 __all__ = ["ExpireMap", "StatefulLogic", "StatefulMapOp", "StatefulOpOp", "TtlMapOp"]
@@ -36,9 +36,12 @@ class _KeyedStateOp(Operator):
     def snapshot(self, writer: Any) -> None:
         writer.put_keyed(self.name, self.states)
 
-    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
+    def held_keys(self, into: set[Any]) -> None:
+        into.update(self.states)
+
+    def extract(self, select: Select) -> dict[Any, Any]:
         states = self.states
-        return {k: states.pop(k) for k in [k for k in states if moving(k)]}
+        return {k: states.pop(k) for k in select(states.keys())}
 
     def install(self, states: dict[Any, Any]) -> None:
         self.states.update(states)

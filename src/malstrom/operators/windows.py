@@ -24,7 +24,7 @@ from typing import Any
 
 from malstrom._errors import OperatorError
 from malstrom.operators._util import user_error
-from malstrom.runtime._engine import Batch, BuildContext, Operator, make_record
+from malstrom.runtime._engine import Batch, BuildContext, Operator, Select, make_record
 from malstrom.windows import Count, Session, Tumbling, WindowAssigner, WindowResult
 
 __all__ = ["WindowOp", "restore_frontier"]
@@ -86,20 +86,19 @@ class WindowOp(Operator):
         """Number of (key, window) accumulators held."""
         return sum(map(len, self.by_end.values()))
 
-    def _per_key(self, moving: Callable[[Any], bool] | None) -> dict[Any, list[Any]]:
-        """Each key's windows ``[(start, end, acc), ...]`` (only keys ``moving`` selects)."""
+    def _per_key(self, select: Select | None) -> dict[Any, list[Any]]:
+        """Each key's windows ``[(start, end, acc), ...]`` (only the keys ``select`` picks)."""
         per_key: dict[Any, list[Any]] = {}
         if self.session:
-            for k, lst in self.sessions.items():
-                if moving is None or moving(k):
-                    per_key[k] = [(s[0], s[1], s[2]) for s in lst]
+            sessions = self.sessions
+            for k in sessions if select is None else select(sessions.keys()):
+                per_key[k] = [(s[0], s[1], s[2]) for s in sessions[k]]
         else:
             begin = self.begin
             for e, bucket in self.by_end.items():
                 s = begin[e]
-                for k, acc in bucket.items():
-                    if moving is not None and not moving(k):
-                        continue
+                for k in bucket if select is None else select(bucket.keys()):
+                    acc = bucket[k]
                     w = per_key.get(k)
                     if w is None:
                         per_key[k] = [(s, e, acc)]
@@ -111,8 +110,15 @@ class WindowOp(Operator):
         writer.put_keyed(self.name, self._per_key(None))
         writer.put_worker(self._frontier_name, self.frontier)
 
-    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
-        per_key = self._per_key(moving)
+    def held_keys(self, into: set[Any]) -> None:
+        if self.session:
+            into.update(self.sessions)
+        else:
+            for bucket in self.by_end.values():
+                into.update(bucket)
+
+    def extract(self, select: Select) -> dict[Any, Any]:
+        per_key = self._per_key(select)
         if self.session:
             for k in per_key:
                 for sess in self.sessions.pop(k):

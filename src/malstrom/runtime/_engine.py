@@ -10,7 +10,8 @@ explicit :class:`Token` counter (DESIGN invariant 4), never with reference count
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import repeat
@@ -30,6 +31,7 @@ __all__ = [
     "Control",
     "Epoch",
     "Installed",
+    "Interrogate",
     "Operator",
     "Rescale",
     "Token",
@@ -148,16 +150,53 @@ class Rescale(Control):
         self.workers = workers
 
 
+class Interrogate(Control):
+    """Sent by a distributor into its key region when a rescale starts: every keyed operator
+    adds the keys it holds state for to ``keys`` (so their new owners can be worked out
+    ahead of the Collect, a few at a time)."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, token: Token) -> None:
+        super().__init__(token)
+        self.keys: set[Any] = set()
+
+
+Select = Callable[[Iterable[Any]], list[Any]]
+"""``select(keys)``: those of ``keys`` that leave this worker (see :class:`Collect`)."""
+
+
 class Collect(Control):
-    """Sent by a distributor into its key region: hand over the state of every key for which
-    ``moving(key)`` is true into ``collection[operator name]`` (the keys leave this worker)."""
+    """Sent by a distributor into its key region: hand over the state of every key that
+    leaves this worker into ``collection[operator name]``.
 
-    __slots__ = ("collection", "moving")
+    Operators find their leaving keys with :meth:`select`: the keys known to stay or to
+    leave (``staying``, ``leaving``) are sorted out with set operations at C speed, and
+    ``moving(key)`` decides the rest."""
 
-    def __init__(self, token: Token, moving: Callable[[Any], bool]) -> None:
+    __slots__ = ("collection", "leaving", "moving", "staying")
+
+    def __init__(
+        self,
+        token: Token,
+        moving: Callable[[Any], bool],
+        staying: AbstractSet[Any] = frozenset(),
+        leaving: AbstractSet[Any] = frozenset(),
+    ) -> None:
         super().__init__(token)
         self.moving = moving
+        self.staying = staying
+        self.leaving = leaving
         self.collection: dict[str, dict[Any, Any]] = {}
+
+    def select(self, keys: Iterable[Any]) -> list[Any]:
+        """The keys among ``keys`` that leave this worker."""
+        rest = (keys if isinstance(keys, AbstractSet) else set(keys)) - self.staying
+        known = rest & self.leaving
+        if known:
+            rest -= known
+        moving = self.moving
+        return [*known, *[k for k in rest if moving(k)]]
 
 
 class Acquire(Control):
@@ -275,8 +314,10 @@ class Operator:
     def on_control(self, msg: Control) -> None:
         t = type(msg)
         if self.migrates:
-            if t is Collect:
-                got = self.extract(msg.moving)  # type: ignore[attr-defined]
+            if t is Interrogate:
+                self.held_keys(msg.keys)  # type: ignore[attr-defined]
+            elif t is Collect:
+                got = self.extract(msg.select)  # type: ignore[attr-defined]
                 if got:
                     msg.collection[self.name] = got  # type: ignore[attr-defined]
             elif t is Acquire:
@@ -285,8 +326,11 @@ class Operator:
                     self.install(got)
         self.forward(msg)
 
-    def extract(self, moving: Callable[[Any], bool]) -> dict[Any, Any]:
-        """Remove and return the per-key state of every key for which ``moving(key)``."""
+    def held_keys(self, into: set[Any]) -> None:
+        """Add the keys this operator holds state for to ``into``."""
+
+    def extract(self, select: Select) -> dict[Any, Any]:
+        """Remove and return the per-key state of the keys ``select(keys)`` picks."""
         return {}
 
     def install(self, states: dict[Any, Any]) -> None:
