@@ -397,3 +397,25 @@ def test_state_after_a_keyed_union_moves_whole(shape: str) -> None:
     assert {k: sorted(v) for k, v in per_key.items()} == {
         k: list(range(1, c + 1)) for k, c in want.items()
     }
+
+
+def test_a_rescale_whose_new_workers_never_come_is_abandoned_cleanly() -> None:
+    """The runtime gives up waiting for new workers: the request fails, nothing moved, the
+    job runs on and completes exactly once."""
+    s = Sinks()
+    p = InMemoryPersistence()
+    cluster = LocalCluster(s.build(), 2, persistence=p)
+    answers: list[Any] = []
+    for _ in range(5):
+        cluster.step()
+    cluster.coord.request_rescale(4, lambda v, e: answers.append((v, e)))
+    cluster.coord.poll()
+    assert cluster.coord.wanted_workers() == {2, 3}
+    cluster.coord.cancel_rescale("workers 2, 3 did not connect")
+    assert answers and answers[0][0] is None and "did not connect" in str(answers[0][1])
+    assert cluster.coord.phase is JobPhase.RUNNING
+    cluster.coord.request_snapshot()  # the next operation runs normally
+    while cluster.step():
+        pass
+    assert sorted(cluster.coord.workers) == [0, 1]
+    s.check()
