@@ -17,7 +17,7 @@ from jobs import mp_sums
 from test_cli import APP, MALSTROM, Cluster
 from test_multiprocess import check_results, children, runtime
 
-from malstrom.coordinator._coordinator import OperationRefused
+from malstrom import OperationRefused
 from malstrom.snapshot import LocalDiskPersistence
 
 pytestmark = pytest.mark.timeout(240)

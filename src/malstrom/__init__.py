@@ -17,6 +17,7 @@ with a runtime::
 """
 
 from malstrom._errors import BuildError, OperatorError
+from malstrom.coordinator._coordinator import OperationRefused
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators.basic import OperatorContext, StatelessLogic
 from malstrom.operators.output import Output
@@ -37,6 +38,7 @@ __all__ = [
     "JobHandle",
     "MultiProcessRuntime",
     "NoKey",
+    "OperationRefused",
     "OperatorContext",
     "OperatorError",
     "Output",

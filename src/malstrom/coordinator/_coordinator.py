@@ -43,7 +43,8 @@ Callback = Callable[[Any, BaseException | None], None]
 
 
 class OperationRefused(RuntimeError):
-    """A snapshot or stop was requested while the job cannot take it (it ended, or failed)."""
+    """A snapshot, rescale or stop the job cannot take: it ended or failed, the request is
+    invalid (rescale to 0 workers), or new workers never came."""
 
 
 def completed_version(persistence: Persistence) -> int | None:
