@@ -642,6 +642,121 @@ def bench_snap(n: int, rounds: int, gc_threshold: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# 4. CPU per record, per thread
+# ----------------------------------------------------------------------------------------------
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of every live thread of ``pid`` (schedstat: ns resolution), by name/tid."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        out[f"{name}/{tid}"] = ns / 1e9
+    return out
+
+
+def run_watched(n: int, parallelism: int) -> tuple[float, float, dict[str, float]]:
+    """One checked MultiProcessRuntime run; (wall s, worker CPU s, CPU s per thread kind).
+
+    Worker CPU comes from RUSAGE_CHILDREN (exact, all threads). The per-thread split polls
+    /proc/<pid>/task/*/schedstat every 2 ms and keeps each thread's last value (threads end
+    with their process, so up to ~2 ms of each is missed); threads are grouped by name, the
+    main thread as "main".
+    """
+    tmp = tempfile.mkdtemp(prefix="malstrom-bench-")
+    try:
+        outdir = os.path.join(tmp, "out")
+        os.mkdir(outdir)
+        build = functools.partial(build_b, n=n, parts=PARTS, outdir=outdir)
+        gc.collect()
+        rc0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        handle = MultiProcessRuntime(build, parallelism=parallelism, max_restarts=0).start()
+        last: dict[tuple[int, str], float] = {}
+        pids: dict[int, int] = {}
+        while handle.running:
+            if len(pids) < parallelism:
+                pids = handle.status().get("pids") or {}
+            for pid in pids.values():
+                for name, sec in _thread_cpu(pid).items():
+                    last[(pid, name)] = sec
+            time.sleep(0.002)
+        handle.wait()
+        dt = time.perf_counter() - t0
+        rc1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = rc1.ru_utime + rc1.ru_stime - rc0.ru_utime - rc0.ru_stime
+        got = read_sinks(outdir)[:2]
+        if n and got != expected(n, PARTS):
+            raise SystemExit(f"p={parallelism}: WRONG RESULT {got} != {expected(n, PARTS)}")
+        kinds: dict[str, float] = {}
+        for (pid, name), sec in last.items():
+            comm, _, tid = name.rpartition("/")
+            kind = "main" if tid == str(pid) else comm
+            kinds[kind] = kinds.get(kind, 0.0) + sec
+        return dt, cpu, kinds
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_cpu(n: int, rounds: int) -> None:
+    """Worker CPU per record at p=1 and p=2 (net of a 0-record job), and per thread kind."""
+    runs: dict[tuple[int, int], list[tuple[float, float, dict[str, float]]]] = {}
+    run_watched(0, 2)  # warm-up
+    for r in range(rounds):
+        order = [(1, n), (1, 0), (2, n), (2, 0)]
+        for p, m in order if r % 2 == 0 else order[::-1]:
+            runs.setdefault((p, m), []).append(run_watched(m, p))
+    print(
+        f"\n4. Worker CPU per record: pipeline (b), {n:,} words, MultiProcessRuntime, "
+        f"median of {rounds} rounds; net = minus the same job over 0 records (same round)"
+    )
+    hdr = (
+        f"{'parallelism':<12} {'wall s':>7} {'net wall s':>10} {'CPU s':>7} {'net CPU s':>10} "
+        f"{'net CPU us/rec':>15}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    net_cpu: dict[int, list[float]] = {}
+    net_wall: dict[int, list[float]] = {}
+    for p in (1, 2):
+        full, empty = runs[(p, n)], runs[(p, 0)]
+        net_cpu[p] = [a[1] - b[1] for a, b in zip(full, empty, strict=True)]
+        net_wall[p] = [a[0] - b[0] for a, b in zip(full, empty, strict=True)]
+        print(
+            f"{p:<12} {med([a[0] for a in full]):>7.3f} {med(net_wall[p]):>10.3f} "
+            f"{med([a[1] for a in full]):>7.3f} {med(net_cpu[p]):>10.3f} "
+            f"{med(net_cpu[p]) / n * 1e6:>15.3f}"
+        )
+    cr = [b / a for a, b in zip(net_cpu[1], net_cpu[2], strict=True)]
+    wr = [a / b for a, b in zip(net_wall[1], net_wall[2], strict=True)]
+    print(
+        f"net worker CPU p=2 / p=1: {med(cr):.3f}x (<= ~1.33x needed for a 1.5x speedup); "
+        f"net wall speedup p=2 vs p=1: {med(wr):.3f}x; per round CPU "
+        + " ".join(f"{x:.2f}" for x in cr)
+        + "; wall "
+        + " ".join(f"{x:.2f}" for x in wr)
+    )
+    for p in (1, 2):
+        kinds: dict[str, list[float]] = {}
+        for _, _, k in runs[(p, n)]:
+            for name, sec in k.items():
+                kinds.setdefault(name, []).append(sec)
+        top = sorted(kinds.items(), key=lambda kv: -med(kv[1]))[:8]
+        print(
+            f"p={p} CPU s by thread (all workers, median): "
+            + ", ".join(f"{name} {med(v):.3f}" for name, v in top)
+        )
+
+
+# ----------------------------------------------------------------------------------------------
 # py-spy on the workers of one 2-process run
 # ----------------------------------------------------------------------------------------------
 def pyspy_workers(outdir: str, n: int, gc_threshold: int, extra: list[str]) -> None:
@@ -710,7 +825,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 rounds, smaller inputs")
     ap.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     ap.add_argument(
-        "--only", action="append", choices=["scale", "wire", "snap"], help="run only these parts"
+        "--only",
+        action="append",
+        choices=["scale", "wire", "snap", "cpu"],
+        help="run only these parts (cpu: per-record worker CPU and per-thread split; not in "
+        "the default set)",
     )
     ap.add_argument(
         "--worker-gc",
@@ -751,6 +870,10 @@ def main() -> None:
         bench_scale(n, rounds, args.worker_gc)
     if "wire" in parts:
         bench_wire(n)
+    if "cpu" in parts:
+        n_cpu = 4 * n
+        expected(n_cpu, PARTS)
+        bench_cpu(n_cpu, rounds)
     if "snap" in parts:
         expected(n_snap, PARTS)
         bench_snap(n_snap, args.rounds or (3 if args.quick else 5), args.worker_gc)
