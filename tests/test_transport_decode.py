@@ -71,13 +71,23 @@ def test_frames_wait_undecoded_until_recv_and_keep_fifo_per_operator() -> None:
 
 def test_undecodable_frame_fails_recv_and_flush() -> None:
     with GrpcExchange(1, AUTH) as x1:
-        push(x1, [encode_frames([("op", "ok")])[0], b"\x80\x05not a pickle"])
-        wait_frames(x1, 2)
+        push(
+            x1,
+            [
+                encode_frames([("op", "ok")])[0],
+                b"\x80\x05not a pickle",
+                encode_frames([("op", "after")])[0],
+            ],
+        )
+        wait_frames(x1, 3)
         assert x1.recv(7, "op") == "ok"
         with pytest.raises(TransportError, match=r"undecodable frame #1 from worker 7"):
             x1.recv(7, "op")
         with pytest.raises(TransportError, match="undecodable frame"):
             x1.flush()
+        # The pipe stays failed: nothing after the bad frame is delivered as if it were next.
+        with pytest.raises(TransportError, match="undecodable frame #1"):
+            x1.recv(7, "op")
 
 
 def test_encode_decode_round_trip_cuts_frames() -> None:

@@ -243,9 +243,19 @@ class _Inbound:
     in the receive thread made the worker loop wait for the GIL.
     """
 
-    __slots__ = ("cond", "consumed", "expected", "frames", "partial", "received", "waiting")
+    __slots__ = (
+        "broken",
+        "cond",
+        "consumed",
+        "expected",
+        "frames",
+        "partial",
+        "received",
+        "waiting",
+    )
 
     def __init__(self) -> None:
+        self.broken: str | None = None  # set when a frame could not be decoded (worker thread)
         self.expected = 0
         self.partial: list[bytes] = []
         self.frames: deque[tuple[int, bytes]] = deque()  # appended by the servicer thread
@@ -445,6 +455,8 @@ class GrpcExchange:
     # ----- worker thread: decoding ----------------------------------------------------------
     def _decode_until(self, peer: int, state: _Inbound, operator: str) -> deque[tuple[Any, int]]:
         """Decode ``peer``'s queued frames, in order, until ``operator`` has a message."""
+        if state.broken is not None:  # never skip past a frame that could not be decoded
+            raise TransportError(state.broken)
         inbox = self._inbox
         key = (peer, operator)
         frames = state.frames
@@ -459,6 +471,7 @@ class GrpcExchange:
                 )
                 log.error("%s", error)
                 self._errors.append(error)
+                state.broken = error
                 raise TransportError(error) from e
             # What each message holds of the frame's bytes until recv takes it (backpressure).
             n = len(pairs)
