@@ -4,6 +4,7 @@
     .venv/bin/python bench/distributed.py            # full: 7 rounds (snapshots: 5)
     .venv/bin/python bench/distributed.py --quick    # 3 rounds, smaller inputs
     .venv/bin/python bench/distributed.py --only scale --only wire   # parts: scale, wire, snap
+    .venv/bin/python bench/distributed.py --only cpu [--work 50]     # worker CPU per record
     .venv/bin/python bench/distributed.py --worker-gc 50000          # every job's build() raises
                                                                       # the workers' gc threshold
     .venv/bin/python bench/distributed.py --pyspy /tmp/prof --pyspy-args=--gil
@@ -27,6 +28,9 @@ boundary; only what key_distribute routes to the other worker does.
    CPU cost of the distributor's routing.
 3. snap: 2 processes, LocalDiskPersistence, snapshot_interval=1.0 vs no interval (only the
    final snapshot every completed job takes), on a job of several seconds. Target >= 0.9.
+4. cpu (only with ``--only cpu``): net worker CPU per record at p=1 and p=2 (all threads of
+   all workers, minus a 0-record job), their ratio (<= ~1.33x is what a 1.5x speedup needs),
+   and the CPU split by thread kind; ``--work K`` adds sum(range(K)) per record.
 
 Correctness: every framework run writes, per sink instance (one per worker), the number of
 records it saw and the sum of the running counts it saw to a file; the parent sums them and
@@ -182,7 +186,22 @@ class FileCountSink:
         os.pwrite(self.fd, f"{self.n} {self.s}\n".ljust(48).encode(), 0)
 
 
-def build_b(p: StreamProvider, *, n: int, parts: int, outdir: str, gc_threshold: int = 0) -> None:
+def worked_count(work: range, key: Any, value: Any, state: int) -> tuple[int, int]:
+    """running_count plus ``sum(work)``: more CPU per record (the cpu part's ``--work``)."""
+    sum(work)
+    n = state + 1
+    return n, n
+
+
+def build_b(
+    p: StreamProvider,
+    *,
+    n: int,
+    parts: int,
+    outdir: str,
+    gc_threshold: int = 0,
+    work: int = 0,
+) -> None:
     """Pipeline (b) over the partitioned word source (``functools.partial`` it)."""
     if gc_threshold:  # diagnostic (--worker-gc): what SingleThreadRuntime does for its run
         g = gc.get_threshold()
@@ -191,7 +210,11 @@ def build_b(p: StreamProvider, *, n: int, parts: int, outdir: str, gc_threshold:
         p.new_stream()
         .source("words", StatefulSource(WordsSource(n, parts)))
         .key_distribute(DISTRIBUTOR, word_key)
-        .stateful_map("count", running_count, initial=int)
+        .stateful_map(
+            "count",
+            functools.partial(worked_count, range(work)) if work else running_count,
+            initial=int,
+        )
         .sink("out", StatelessSink(FileCountSink(outdir)))
     )
 
@@ -666,7 +689,7 @@ def _thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-def run_watched(n: int, parallelism: int) -> tuple[float, float, dict[str, float]]:
+def run_watched(n: int, parallelism: int, work: int = 0) -> tuple[float, float, dict[str, float]]:
     """One checked MultiProcessRuntime run; (wall s, worker CPU s, CPU s per thread kind).
 
     Worker CPU comes from RUSAGE_CHILDREN (exact, all threads). The per-thread split polls
@@ -678,7 +701,7 @@ def run_watched(n: int, parallelism: int) -> tuple[float, float, dict[str, float
     try:
         outdir = os.path.join(tmp, "out")
         os.mkdir(outdir)
-        build = functools.partial(build_b, n=n, parts=PARTS, outdir=outdir)
+        build = functools.partial(build_b, n=n, parts=PARTS, outdir=outdir, work=work)
         gc.collect()
         rc0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
@@ -709,17 +732,18 @@ def run_watched(n: int, parallelism: int) -> tuple[float, float, dict[str, float
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def bench_cpu(n: int, rounds: int) -> None:
+def bench_cpu(n: int, rounds: int, work: int = 0) -> None:
     """Worker CPU per record at p=1 and p=2 (net of a 0-record job), and per thread kind."""
     runs: dict[tuple[int, int], list[tuple[float, float, dict[str, float]]]] = {}
     run_watched(0, 2)  # warm-up
     for r in range(rounds):
         order = [(1, n), (1, 0), (2, n), (2, 0)]
         for p, m in order if r % 2 == 0 else order[::-1]:
-            runs.setdefault((p, m), []).append(run_watched(m, p))
+            runs.setdefault((p, m), []).append(run_watched(m, p, work))
     print(
         f"\n4. Worker CPU per record: pipeline (b), {n:,} words, MultiProcessRuntime, "
         f"median of {rounds} rounds; net = minus the same job over 0 records (same round)"
+        + (f"; the count also computes sum(range({work})) per record (--work)" if work else "")
     )
     hdr = (
         f"{'parallelism':<12} {'wall s':>7} {'net wall s':>10} {'CPU s':>7} {'net CPU s':>10} "
@@ -842,6 +866,14 @@ def main() -> None:
         help="diagnostic: the build function raises gen-0 gc threshold to N in every worker",
     )
     ap.add_argument("--parts", type=int, default=PARTS, help=f"source parts (default {PARTS})")
+    ap.add_argument(
+        "--work",
+        type=int,
+        default=0,
+        metavar="K",
+        help="cpu part only: the count also computes sum(range(K)) per record (more work per "
+        "record, to see how the p=2 / p=1 ratio depends on it); fewer records as K grows",
+    )
     ap.add_argument("--pyspy", metavar="DIR", help="py-spy the workers of one 2-process run")
     ap.add_argument(
         "--pyspy-args", default="", help="extra py-spy record arguments, e.g. '--gil --idle'"
@@ -876,7 +908,7 @@ def main() -> None:
     if "cpu" in parts:
         n_cpu = 4 * n
         expected(n_cpu, PARTS)
-        bench_cpu(n_cpu, rounds)
+        bench_cpu(n_cpu // (1 + args.work // 25), rounds, args.work)
     if "snap" in parts:
         expected(n_snap, PARTS)
         bench_snap(n_snap, args.rounds or (3 if args.quick else 5), args.worker_gc)
