@@ -236,29 +236,13 @@ class _Sender:
 
 
 class _Inbound:
-    """One peer's inbound side: expected seq, partial chunks, and the bytes awaiting recv.
+    """One peer's inbound side: expected seq, partial chunks, and the bytes awaiting recv."""
 
-    Frames are queued undecoded (``frames``, with their seq) by the gRPC thread that receives
-    them; the worker thread decodes them in ``recv``. Unpickling holds the GIL, and doing it
-    in the receive thread made the worker loop wait for the GIL.
-    """
-
-    __slots__ = (
-        "broken",
-        "cond",
-        "consumed",
-        "expected",
-        "frames",
-        "partial",
-        "received",
-        "waiting",
-    )
+    __slots__ = ("cond", "consumed", "expected", "partial", "received", "waiting")
 
     def __init__(self) -> None:
-        self.broken: str | None = None  # set when a frame could not be decoded (worker thread)
         self.expected = 0
         self.partial: list[bytes] = []
-        self.frames: deque[tuple[int, bytes]] = deque()  # appended by the servicer thread
         self.received = 0  # written by the servicer thread
         self.consumed = 0  # written by the worker thread (recv)
         self.waiting = False
@@ -316,6 +300,11 @@ class GrpcExchange:
         self._senders: dict[int, _Sender] = {}
         self._inbox: dict[tuple[int, str], deque[tuple[Any, int]]] = {}
         self._inbound: dict[int, _Inbound] = {}
+        # Frames received and not decoded yet, per peer, with their seq: the gRPC thread that
+        # receives a frame only queues it; the worker thread unpickles it in ``recv`` (doing
+        # it in the receive thread made the worker loop wait for the GIL).
+        self._undecoded: dict[int, deque[tuple[int, bytes]]] = {}
+        self._broken: dict[int, str] = {}  # peer -> why a frame of it could not be decoded
         self._errors: list[str] = []
         self._closed = False
         self._server, self.address = make_server(auth, tls, listen, rejections=self.rejections)
@@ -368,10 +357,9 @@ class GrpcExchange:
         """
         q = self._inbox.get((peer, operator))
         if not q:
-            state = self._inbound.get(peer)
-            if state is None or not state.frames:
+            if not self._undecoded.get(peer):
                 return None
-            q = self._decode_until(peer, state, operator)
+            q = self._decode_until(peer, operator)
             if not q:
                 return None
         msg, size = q.popleft()
@@ -453,13 +441,14 @@ class GrpcExchange:
         return 0 if sender is None else sender.frames_sent
 
     # ----- worker thread: decoding ----------------------------------------------------------
-    def _decode_until(self, peer: int, state: _Inbound, operator: str) -> deque[tuple[Any, int]]:
+    def _decode_until(self, peer: int, operator: str) -> deque[tuple[Any, int]]:
         """Decode ``peer``'s queued frames, in order, until ``operator`` has a message."""
-        if state.broken is not None:  # never skip past a frame that could not be decoded
-            raise TransportError(state.broken)
+        broken = self._broken.get(peer)
+        if broken is not None:  # never skip past a frame that could not be decoded
+            raise TransportError(broken)
         inbox = self._inbox
         key = (peer, operator)
-        frames = state.frames
+        frames = self._undecoded[peer]
         while frames:
             seq, payload = frames.popleft()
             try:
@@ -471,7 +460,7 @@ class GrpcExchange:
                 )
                 log.error("%s", error)
                 self._errors.append(error)
-                state.broken = error
+                self._broken[peer] = error
                 raise TransportError(error) from e
             # What each message holds of the frame's bytes until recv takes it (backpressure).
             n = len(pairs)
@@ -485,7 +474,7 @@ class GrpcExchange:
                 q.append((msg, size + extra))
                 extra = 0
             if not n:
-                state.consumed += len(payload)
+                self._inbound[peer].consumed += len(payload)
             q = inbox.get(key)
             if q:
                 return q
@@ -524,7 +513,10 @@ class GrpcExchange:
             state.partial.append(payload)
             payload = b"".join(state.partial)
             state.partial = []
-        state.frames.append((frame.seq, payload))
+        frames = self._undecoded.get(peer)
+        if frames is None:
+            frames = self._undecoded.setdefault(peer, deque())
+        frames.append((frame.seq, payload))
         state.received += len(payload)
         # Backpressure: do not read this peer's next frame while too much awaits recv().
         bound = self.recv_buffer_bytes
