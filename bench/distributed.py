@@ -784,6 +784,131 @@ def bench_cpu(n: int, rounds: int, work: int = 0) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# 5. in-process: what distribution costs in CPU, by operator, without gRPC or threads
+# ----------------------------------------------------------------------------------------------
+class _PicklingExchange:
+    """run_local_cluster's exchange, but what goes to another worker is framed, pickled and
+    unpickled by encode_frames/decode_frame as GrpcExchange does, timing both."""
+
+    def __init__(self, hub: Any, me: int, clock: Counter[str]) -> None:
+        self.hub = hub
+        self.me = me
+        self.clock = clock
+        self.out: dict[int, list[tuple[str, Any]]] = {}
+
+    def send(self, peer: int, operator: str, msg: Any) -> None:
+        if peer == self.me:
+            self.hub.pipe(peer, peer, operator).append(msg)
+        else:
+            self.out.setdefault(peer, []).append((operator, msg))
+
+    def recv(self, peer: int, operator: str) -> Any | None:
+        q = self.hub.pipe(peer, self.me, operator)
+        return q.popleft() if q else None
+
+    def flush(self) -> None:
+        clock = self.clock
+        for peer, box in self.out.items():
+            t0 = time.perf_counter()
+            payloads = encode_frames(box)
+            t1 = time.perf_counter()
+            for payload in payloads:
+                for operator, msg in decode_frame(payload):
+                    self.hub.pipe(self.me, peer, operator).append(msg)
+            clock["decode_frame"] += time.perf_counter() - t1
+            clock["encode_frames"] += t1 - t0
+        self.out = {}
+
+    def backlogged(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def bench_inproc(n: int, rounds: int) -> None:
+    """Both workers in one thread (run_local_cluster): CPU per record by operator, p=1 vs p=2."""
+    from malstrom.keyed.distributor import DistributorOp
+    from malstrom.operators.io import SourceOp, StatelessSinkOp
+    from malstrom.operators.stateful import StatefulMapOp
+    from malstrom.runtime import _cluster
+    from malstrom.transport._exchange import LocalExchangeHub
+
+    clock: Counter[str] = Counter()
+
+    class Hub(LocalExchangeHub):
+        def endpoint(self, worker_id: int) -> Any:
+            return _PicklingExchange(self, worker_id, clock)
+
+    timed = [
+        (SourceOp, "poll"),
+        (DistributorOp, "on_batch"),
+        (DistributorOp, "schedule"),
+        (StatefulMapOp, "on_batch"),
+        (StatelessSinkOp, "on_batch"),
+    ]
+    saved = [(cls, name, cls.__dict__[name]) for cls, name in timed]
+
+    def timer(label: str, fn: Any) -> Any:
+        def run(*a: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                clock[label] += time.perf_counter() - t0
+
+        return run
+
+    results: dict[int, list[tuple[float, dict[str, float]]]] = {1: [], 2: []}
+    real_hub = _cluster.LocalExchangeHub
+    _cluster.LocalExchangeHub = Hub  # type: ignore[misc]
+    for cls, name, fn in saved:
+        setattr(cls, name, timer(f"{cls.__name__}.{name}", fn))
+    try:
+        for _ in range(rounds):
+            for p in (1, 2):
+                tmp = tempfile.mkdtemp(prefix="malstrom-bench-")
+                try:
+                    build = functools.partial(build_b, n=n, parts=PARTS, outdir=tmp)
+                    clock.clear()
+                    gc.collect()
+                    t0 = time.process_time()
+                    _cluster.run_local_cluster(build, p)
+                    cpu = time.process_time() - t0
+                    if read_sinks(tmp)[:2] != expected(n, PARTS):
+                        raise SystemExit(f"in-process p={p}: WRONG RESULT {read_sinks(tmp)}")
+                    results[p].append((cpu, dict(clock)))
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        _cluster.LocalExchangeHub = real_hub  # type: ignore[misc]
+        for cls, name, fn in saved:
+            setattr(cls, name, fn)
+    print(
+        f"\n5. In-process: pipeline (b), {n:,} words, both workers in one thread "
+        f"(run_local_cluster), messages to the other worker through encode_frames/decode_frame; "
+        f"ns per record, median of {rounds} rounds (no gRPC, no threads)"
+    )
+    labels = sorted({k for p in (1, 2) for _, c in results[p] for k in c})
+    hdr = f"{'':<28} {'p=1':>8} {'p=2':>8} {'p=2 - p=1':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    tot = {p: med([c for c, _ in results[p]]) / n * 1e9 for p in (1, 2)}
+    for label in [*labels, "total CPU"]:
+        v = {
+            p: tot[p]
+            if label == "total CPU"
+            else med([c.get(label, 0.0) for _, c in results[p]]) / n * 1e9
+            for p in (1, 2)
+        }
+        print(f"{label:<28} {v[1]:>8.0f} {v[2]:>8.0f} {v[2] - v[1]:>+10.0f}")
+    print(
+        f"p=2 / p=1 total CPU in one thread: {tot[2] / tot[1]:.3f}x (DistributorOp.on_batch "
+        f"includes key_fn, which p=1 runs too; encode/decode run inside the workers' flush)"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # py-spy on the workers of one 2-process run
 # ----------------------------------------------------------------------------------------------
 def pyspy_workers(outdir: str, n: int, gc_threshold: int, extra: list[str]) -> None:
@@ -854,9 +979,9 @@ def main() -> None:
     ap.add_argument(
         "--only",
         action="append",
-        choices=["scale", "wire", "snap", "cpu"],
-        help="run only these parts (cpu: per-record worker CPU and per-thread split; not in "
-        "the default set)",
+        choices=["scale", "wire", "snap", "cpu", "inproc"],
+        help="run only these parts (cpu: per-record worker CPU and per-thread split; inproc: "
+        "CPU by operator with both workers in one thread; neither is in the default set)",
     )
     ap.add_argument(
         "--worker-gc",
@@ -909,6 +1034,9 @@ def main() -> None:
         n_cpu = 4 * n
         expected(n_cpu, PARTS)
         bench_cpu(n_cpu // (1 + args.work // 25), rounds, args.work)
+    if "inproc" in parts:
+        expected(4 * n, PARTS)
+        bench_inproc(4 * n, rounds)
     if "snap" in parts:
         expected(n_snap, PARTS)
         bench_snap(n_snap, args.rounds or (3 if args.quick else 5), args.worker_gc)
