@@ -4,6 +4,7 @@
     .venv/bin/python bench/distributed.py            # full: 7 rounds (snapshots: 5)
     .venv/bin/python bench/distributed.py --quick    # 3 rounds, smaller inputs
     .venv/bin/python bench/distributed.py --only scale --only wire   # parts: scale, wire, snap
+    .venv/bin/python bench/distributed.py --only cpu [--work 50]     # worker CPU per record
     .venv/bin/python bench/distributed.py --worker-gc 50000          # every job's build() raises
                                                                       # the workers' gc threshold
     .venv/bin/python bench/distributed.py --pyspy /tmp/prof --pyspy-args=--gil
@@ -27,6 +28,9 @@ boundary; only what key_distribute routes to the other worker does.
    CPU cost of the distributor's routing.
 3. snap: 2 processes, LocalDiskPersistence, snapshot_interval=1.0 vs no interval (only the
    final snapshot every completed job takes), on a job of several seconds. Target >= 0.9.
+4. cpu (only with ``--only cpu``): net worker CPU per record at p=1 and p=2 (all threads of
+   all workers, minus a 0-record job), their ratio (<= ~1.33x is what a 1.5x speedup needs),
+   and the CPU split by thread kind; ``--work K`` adds sum(range(K)) per record.
 
 Correctness: every framework run writes, per sink instance (one per worker), the number of
 records it saw and the sum of the running counts it saw to a file; the parent sums them and
@@ -182,7 +186,22 @@ class FileCountSink:
         os.pwrite(self.fd, f"{self.n} {self.s}\n".ljust(48).encode(), 0)
 
 
-def build_b(p: StreamProvider, *, n: int, parts: int, outdir: str, gc_threshold: int = 0) -> None:
+def worked_count(work: range, key: Any, value: Any, state: int) -> tuple[int, int]:
+    """running_count plus ``sum(work)``: more CPU per record (the cpu part's ``--work``)."""
+    sum(work)
+    n = state + 1
+    return n, n
+
+
+def build_b(
+    p: StreamProvider,
+    *,
+    n: int,
+    parts: int,
+    outdir: str,
+    gc_threshold: int = 0,
+    work: int = 0,
+) -> None:
     """Pipeline (b) over the partitioned word source (``functools.partial`` it)."""
     if gc_threshold:  # diagnostic (--worker-gc): what SingleThreadRuntime does for its run
         g = gc.get_threshold()
@@ -191,7 +210,11 @@ def build_b(p: StreamProvider, *, n: int, parts: int, outdir: str, gc_threshold:
         p.new_stream()
         .source("words", StatefulSource(WordsSource(n, parts)))
         .key_distribute(DISTRIBUTOR, word_key)
-        .stateful_map("count", running_count, initial=int)
+        .stateful_map(
+            "count",
+            functools.partial(worked_count, range(work)) if work else running_count,
+            initial=int,
+        )
         .sink("out", StatelessSink(FileCountSink(outdir)))
     )
 
@@ -558,13 +581,15 @@ def bench_wire(n_total: int) -> None:
     print(
         f"per-frame overhead (estimate): Frame fields ~{pb_overhead(1000)} B + gRPC message "
         f"prefix 5 B + HTTP/2 DATA header 9 B per 16 KiB = ~{one} B for a small frame; an "
-        f"Epoch alone pickles to {ep} B. Frames are cut at ~{FRAME_BYTES // 1024} KiB: a "
-        f"larger box is pickled whole, then again in pieces (encode vs 1 pickle above)"
+        f"Epoch alone pickles to {ep} B. Frames are cut at ~{FRAME_BYTES // 1024} KiB: each "
+        f"message is pickled once, then each frame's list of those pickles (encode vs 1 pickle "
+        f"above)"
     )
     split = split_cost_us()
     print(
         f"CPU of routing a {BATCH_SIZE}-record batch to 2 workers the way DistributorOp."
-        f"on_batch does (owners from its cache, a mask and 3 compress per worker): "
+        f"on_batch does (owners from its cache as bytes, a translate mask and 3 compress per "
+        f"worker): "
         f"{split:.3f} us/record (p=1 skips it)"
     )
 
@@ -575,14 +600,15 @@ def split_cost_us() -> float:
     words = part_words(0, BATCH_SIZE)
     b = Batch(list(words), words, list(range(BATCH_SIZE)))
     cache = {k: rendezvous_select(k, workers) for k in set(words)}
+    select = [bytes(i == w for i in range(256)) for w in workers]
 
     def route() -> list[Batch]:
-        owners = [cache[k] for k in b.keys]
+        codes = bytearray(list(map(cache.__getitem__, b.keys)))
         out = []
         for w in workers:
-            mask = [o == w for o in owners]
-            if not any(mask):
+            if not codes.count(w):
                 continue
+            mask = codes.translate(select[w])
             out.append(
                 Batch(
                     list(compress(b.keys, mask)),
@@ -638,6 +664,247 @@ def bench_snap(n: int, rounds: int, gc_threshold: int) -> None:
     print(
         f"snapshots/run counts committed versions incl. the final one; last snapshot "
         f"{every.snapshot_bytes / 1024:.0f} KiB on disk; results checked as in 1."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. CPU per record, per thread
+# ----------------------------------------------------------------------------------------------
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of every live thread of ``pid`` (schedstat: ns resolution), by name/tid."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        out[f"{name}/{tid}"] = ns / 1e9
+    return out
+
+
+def run_watched(n: int, parallelism: int, work: int = 0) -> tuple[float, float, dict[str, float]]:
+    """One checked MultiProcessRuntime run; (wall s, worker CPU s, CPU s per thread kind).
+
+    Worker CPU comes from RUSAGE_CHILDREN (exact, all threads). The per-thread split polls
+    /proc/<pid>/task/*/schedstat every 2 ms and keeps each thread's last value (threads end
+    with their process, so up to ~2 ms of each is missed); threads are grouped by name, the
+    main thread as "main".
+    """
+    tmp = tempfile.mkdtemp(prefix="malstrom-bench-")
+    try:
+        outdir = os.path.join(tmp, "out")
+        os.mkdir(outdir)
+        build = functools.partial(build_b, n=n, parts=PARTS, outdir=outdir, work=work)
+        gc.collect()
+        rc0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        handle = MultiProcessRuntime(build, parallelism=parallelism, max_restarts=0).start()
+        last: dict[tuple[int, str], float] = {}
+        pids: dict[int, int] = {}
+        while handle.running:
+            if len(pids) < parallelism:
+                pids = handle.status().get("pids") or {}
+            for pid in pids.values():
+                for name, sec in _thread_cpu(pid).items():
+                    last[(pid, name)] = sec
+            time.sleep(0.002)
+        handle.wait()
+        dt = time.perf_counter() - t0
+        rc1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = rc1.ru_utime + rc1.ru_stime - rc0.ru_utime - rc0.ru_stime
+        got = read_sinks(outdir)[:2]
+        if n and got != expected(n, PARTS):
+            raise SystemExit(f"p={parallelism}: WRONG RESULT {got} != {expected(n, PARTS)}")
+        kinds: dict[str, float] = {}
+        for (pid, name), sec in last.items():
+            comm, _, tid = name.rpartition("/")
+            kind = "main" if tid == str(pid) else comm
+            kinds[kind] = kinds.get(kind, 0.0) + sec
+        return dt, cpu, kinds
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_cpu(n: int, rounds: int, work: int = 0) -> None:
+    """Worker CPU per record at p=1 and p=2 (net of a 0-record job), and per thread kind."""
+    runs: dict[tuple[int, int], list[tuple[float, float, dict[str, float]]]] = {}
+    run_watched(0, 2)  # warm-up
+    for r in range(rounds):
+        order = [(1, n), (1, 0), (2, n), (2, 0)]
+        for p, m in order if r % 2 == 0 else order[::-1]:
+            runs.setdefault((p, m), []).append(run_watched(m, p, work))
+    print(
+        f"\n4. Worker CPU per record: pipeline (b), {n:,} words, MultiProcessRuntime, "
+        f"median of {rounds} rounds; net = minus the same job over 0 records (same round)"
+        + (f"; the count also computes sum(range({work})) per record (--work)" if work else "")
+    )
+    hdr = (
+        f"{'parallelism':<12} {'wall s':>7} {'net wall s':>10} {'CPU s':>7} {'net CPU s':>10} "
+        f"{'net CPU us/rec':>15}"
+    )
+    print(hdr)
+    print("-" * len(hdr))
+    net_cpu: dict[int, list[float]] = {}
+    net_wall: dict[int, list[float]] = {}
+    for p in (1, 2):
+        full, empty = runs[(p, n)], runs[(p, 0)]
+        net_cpu[p] = [a[1] - b[1] for a, b in zip(full, empty, strict=True)]
+        net_wall[p] = [a[0] - b[0] for a, b in zip(full, empty, strict=True)]
+        print(
+            f"{p:<12} {med([a[0] for a in full]):>7.3f} {med(net_wall[p]):>10.3f} "
+            f"{med([a[1] for a in full]):>7.3f} {med(net_cpu[p]):>10.3f} "
+            f"{med(net_cpu[p]) / n * 1e6:>15.3f}"
+        )
+    cr = [b / a for a, b in zip(net_cpu[1], net_cpu[2], strict=True)]
+    wr = [a / b for a, b in zip(net_wall[1], net_wall[2], strict=True)]
+    print(
+        f"net worker CPU p=2 / p=1: {med(cr):.3f}x (<= ~1.33x needed for a 1.5x speedup); "
+        f"net wall speedup p=2 vs p=1: {med(wr):.3f}x; per round CPU "
+        + " ".join(f"{x:.2f}" for x in cr)
+        + "; wall "
+        + " ".join(f"{x:.2f}" for x in wr)
+    )
+    for p in (1, 2):
+        kinds: dict[str, list[float]] = {}
+        for _, _, k in runs[(p, n)]:
+            for name, sec in k.items():
+                kinds.setdefault(name, []).append(sec)
+        top = sorted(kinds.items(), key=lambda kv: -med(kv[1]))[:8]
+        print(
+            f"p={p} CPU s by thread (all workers, median): "
+            + ", ".join(f"{name} {med(v):.3f}" for name, v in top)
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. in-process: what distribution costs in CPU, by operator, without gRPC or threads
+# ----------------------------------------------------------------------------------------------
+class _PicklingExchange:
+    """run_local_cluster's exchange, but what goes to another worker is framed, pickled and
+    unpickled by encode_frames/decode_frame as GrpcExchange does, timing both."""
+
+    def __init__(self, hub: Any, me: int, clock: Counter[str]) -> None:
+        self.hub = hub
+        self.me = me
+        self.clock = clock
+        self.out: dict[int, list[tuple[str, Any]]] = {}
+
+    def send(self, peer: int, operator: str, msg: Any) -> None:
+        if peer == self.me:
+            self.hub.pipe(peer, peer, operator).append(msg)
+        else:
+            self.out.setdefault(peer, []).append((operator, msg))
+
+    def recv(self, peer: int, operator: str) -> Any | None:
+        q = self.hub.pipe(peer, self.me, operator)
+        return q.popleft() if q else None
+
+    def flush(self) -> None:
+        clock = self.clock
+        for peer, box in self.out.items():
+            t0 = time.perf_counter()
+            payloads = encode_frames(box)
+            t1 = time.perf_counter()
+            for payload in payloads:
+                for operator, msg in decode_frame(payload):
+                    self.hub.pipe(self.me, peer, operator).append(msg)
+            clock["decode_frame"] += time.perf_counter() - t1
+            clock["encode_frames"] += t1 - t0
+        self.out = {}
+
+    def backlogged(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def bench_inproc(n: int, rounds: int) -> None:
+    """Both workers in one thread (run_local_cluster): CPU per record by operator, p=1 vs p=2."""
+    from malstrom.keyed.distributor import DistributorOp
+    from malstrom.operators.io import SourceOp, StatelessSinkOp
+    from malstrom.operators.stateful import StatefulMapOp
+    from malstrom.runtime import _cluster
+    from malstrom.transport._exchange import LocalExchangeHub
+
+    clock: Counter[str] = Counter()
+
+    class Hub(LocalExchangeHub):
+        def endpoint(self, worker_id: int) -> Any:
+            return _PicklingExchange(self, worker_id, clock)
+
+    timed = [
+        (SourceOp, "poll"),
+        (DistributorOp, "on_batch"),
+        (DistributorOp, "schedule"),
+        (StatefulMapOp, "on_batch"),
+        (StatelessSinkOp, "on_batch"),
+    ]
+    saved = [(cls, name, cls.__dict__[name]) for cls, name in timed]
+
+    def timer(label: str, fn: Any) -> Any:
+        def run(*a: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                clock[label] += time.perf_counter() - t0
+
+        return run
+
+    results: dict[int, list[tuple[float, dict[str, float]]]] = {1: [], 2: []}
+    real_hub = _cluster.LocalExchangeHub
+    _cluster.LocalExchangeHub = Hub  # type: ignore[misc]
+    for cls, name, fn in saved:
+        setattr(cls, name, timer(f"{cls.__name__}.{name}", fn))
+    try:
+        for _ in range(rounds):
+            for p in (1, 2):
+                tmp = tempfile.mkdtemp(prefix="malstrom-bench-")
+                try:
+                    build = functools.partial(build_b, n=n, parts=PARTS, outdir=tmp)
+                    clock.clear()
+                    gc.collect()
+                    t0 = time.process_time()
+                    _cluster.run_local_cluster(build, p)
+                    cpu = time.process_time() - t0
+                    if read_sinks(tmp)[:2] != expected(n, PARTS):
+                        raise SystemExit(f"in-process p={p}: WRONG RESULT {read_sinks(tmp)}")
+                    results[p].append((cpu, dict(clock)))
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        _cluster.LocalExchangeHub = real_hub  # type: ignore[misc]
+        for cls, name, fn in saved:
+            setattr(cls, name, fn)
+    print(
+        f"\n5. In-process: pipeline (b), {n:,} words, both workers in one thread "
+        f"(run_local_cluster), messages to the other worker through encode_frames/decode_frame; "
+        f"ns per record, median of {rounds} rounds (no gRPC, no threads)"
+    )
+    labels = sorted({k for p in (1, 2) for _, c in results[p] for k in c})
+    hdr = f"{'':<28} {'p=1':>8} {'p=2':>8} {'p=2 - p=1':>10}"
+    print(hdr)
+    print("-" * len(hdr))
+    tot = {p: med([c for c, _ in results[p]]) / n * 1e9 for p in (1, 2)}
+    for label in [*labels, "total CPU"]:
+        v = {
+            p: tot[p]
+            if label == "total CPU"
+            else med([c.get(label, 0.0) for _, c in results[p]]) / n * 1e9
+            for p in (1, 2)
+        }
+        print(f"{label:<28} {v[1]:>8.0f} {v[2]:>8.0f} {v[2] - v[1]:>+10.0f}")
+    print(
+        f"p=2 / p=1 total CPU in one thread: {tot[2] / tot[1]:.3f}x (DistributorOp.on_batch "
+        f"includes key_fn, which p=1 runs too; encode/decode run inside the workers' flush)"
     )
 
 
@@ -710,7 +977,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 rounds, smaller inputs")
     ap.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
     ap.add_argument(
-        "--only", action="append", choices=["scale", "wire", "snap"], help="run only these parts"
+        "--only",
+        action="append",
+        choices=["scale", "wire", "snap", "cpu", "inproc"],
+        help="run only these parts (cpu: per-record worker CPU and per-thread split; inproc: "
+        "CPU by operator with both workers in one thread; neither is in the default set)",
     )
     ap.add_argument(
         "--worker-gc",
@@ -720,6 +991,14 @@ def main() -> None:
         help="diagnostic: the build function raises gen-0 gc threshold to N in every worker",
     )
     ap.add_argument("--parts", type=int, default=PARTS, help=f"source parts (default {PARTS})")
+    ap.add_argument(
+        "--work",
+        type=int,
+        default=0,
+        metavar="K",
+        help="cpu part only: the count also computes sum(range(K)) per record (more work per "
+        "record, to see how the p=2 / p=1 ratio depends on it); fewer records as K grows",
+    )
     ap.add_argument("--pyspy", metavar="DIR", help="py-spy the workers of one 2-process run")
     ap.add_argument(
         "--pyspy-args", default="", help="extra py-spy record arguments, e.g. '--gil --idle'"
@@ -751,6 +1030,13 @@ def main() -> None:
         bench_scale(n, rounds, args.worker_gc)
     if "wire" in parts:
         bench_wire(n)
+    if "cpu" in parts:
+        n_cpu = 4 * n
+        expected(n_cpu, PARTS)
+        bench_cpu(n_cpu // (1 + args.work // 25), rounds, args.work)
+    if "inproc" in parts:
+        expected(4 * n, PARTS)
+        bench_inproc(4 * n, rounds)
     if "snap" in parts:
         expected(n_snap, PARTS)
         bench_snap(n_snap, args.rounds or (3 if args.quick else 5), args.worker_gc)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from itertools import compress
-from operator import not_
 from typing import Any
 
 from malstrom._errors import BuildError, OperatorError, short_repr
@@ -82,7 +81,11 @@ class _BarrierMarker:
 BARRIER_MARKER = _BarrierMarker()
 
 
-def _take(batch: Batch, mask: list[bool]) -> Batch:
+#: ``_SELECT[w]``: a bytes.translate table mapping byte ``w`` to 1 and every other byte to 0.
+_SELECT = [bytes(i == w for i in range(256)) for w in range(256)]
+
+
+def _take(batch: Batch, mask: Sequence[Any]) -> Batch:
     return Batch(
         list(compress(batch.keys, mask)),
         list(compress(batch.values, mask)),
@@ -177,26 +180,25 @@ class DistributorOp(Operator):
         owners = self._owners(route)
         me = self.me
         n = len(owners)
-        n_local = owners.count(me)
+        # Worker ids 0..255 (the usual case): owners as bytes, so counting and the 0/1 mask of
+        # each destination run at C speed (bytes.translate) instead of a map() per record.
+        small = min(self.workers) >= 0 and max(self.workers) < 256
+        codes: Sequence[int] = bytearray(owners) if small else owners
+        n_local = codes.count(me)
         if n_local == n:
             self.emit(batch)
             return
-        if len(self.workers) == 2:
-            # Two workers: one mask splits the batch; its complement is the other worker's.
-            peer = self.remotes[0]
-            if n_local == 0:
-                self.exchange.send(peer, self.name, batch)
-                return
-            mask = list(map(me.__eq__, owners))
-            self.emit(_take(batch, mask))
-            self.exchange.send(peer, self.name, _take(batch, list(map(not_, mask))))
-            return
         remaining = n
         for w in self.workers:
-            count = n_local if w == me else owners.count(w)
+            count = n_local if w == me else codes.count(w)
             if not count:
                 continue
-            part = batch if count == n else _take(batch, list(map(w.__eq__, owners)))
+            if count == n:
+                part = batch
+            elif small:
+                part = _take(batch, codes.translate(_SELECT[w]))  # type: ignore[attr-defined]
+            else:
+                part = _take(batch, list(map(w.__eq__, owners)))
             remaining -= count
             if w == me:
                 self.emit(part)

@@ -2,10 +2,13 @@
 
 Per ordered pair of workers there is one client-streaming ``DataPlane.Push`` RPC, fed by one
 sender thread. Everything the worker loop sends to a peer during one turn is pickled at
-:meth:`GrpcExchange.flush` into frames of about 64 KiB (Python gRPC costs ~100 us per message
-whatever its size, so records never travel one per message). Frames carry a per-pair
-sequence number: the receiver checks it, so FIFO per (peer, operator) holds across frames
-and reconnections, and a lost frame is an error, never silent (DESIGN invariant 1).
+:meth:`GrpcExchange.flush` into frames of about 256 KiB (Python gRPC costs ~100 us per
+message whatever its size, so records never travel one per message, and a busy turn's output
+usually leaves as one frame). Frames carry a per-pair sequence number: the receiver checks it,
+so FIFO per (peer, operator) holds across frames and reconnections, and a lost frame is an
+error, never silent (DESIGN invariant 1). The gRPC thread that receives a frame only queues
+its bytes; the worker thread unpickles it when ``recv`` reaches it, so the receive threads
+hardly ever hold the GIL the worker loop needs.
 
 Backpressure (invariant 3): the sender's per-peer queue reports ``backlogged()`` above its
 byte bound, and the worker stops its sources; the receiver stops reading a peer's stream
@@ -44,7 +47,7 @@ __all__ = ["FRAME_BYTES", "GrpcExchange", "decode_frame", "encode_frames"]
 log = logging.getLogger(__name__)
 
 #: Target size of one data frame (a frame holding one huge message may be larger).
-FRAME_BYTES = 64 * 1024
+FRAME_BYTES = 256 * 1024
 #: Payloads above this travel as several chunks (gRPC refuses messages above 8 MiB).
 CHUNK_BYTES = 4 * 1024 * 1024
 _PICKLE_PROTOCOL = 5
@@ -280,8 +283,8 @@ class GrpcExchange:
         *,
         connect_timeout: float = 30.0,
         frame_bytes: int = FRAME_BYTES,
-        send_buffer_bytes: int = 64 * FRAME_BYTES,
-        recv_buffer_bytes: int = 64 * FRAME_BYTES,
+        send_buffer_bytes: int = 4 * 1024 * 1024,
+        recv_buffer_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.worker_id = worker_id
         self.auth = auth
@@ -297,6 +300,11 @@ class GrpcExchange:
         self._senders: dict[int, _Sender] = {}
         self._inbox: dict[tuple[int, str], deque[tuple[Any, int]]] = {}
         self._inbound: dict[int, _Inbound] = {}
+        # Frames received and not decoded yet, per peer, with their seq: the gRPC thread that
+        # receives a frame only queues it; the worker thread unpickles it in ``recv`` (doing
+        # it in the receive thread made the worker loop wait for the GIL).
+        self._undecoded: dict[int, deque[tuple[int, bytes]]] = {}
+        self._broken: dict[int, str] = {}  # peer -> why a frame of it could not be decoded
         self._errors: list[str] = []
         self._closed = False
         self._server, self.address = make_server(auth, tls, listen, rejections=self.rejections)
@@ -343,10 +351,17 @@ class GrpcExchange:
         box.append((operator, msg))
 
     def recv(self, peer: int, operator: str) -> Any | None:
-        """The next message ``peer`` sent to ``operator`` here, or None. Never blocks."""
+        """The next message ``peer`` sent to ``operator`` here, or None. Never blocks.
+
+        Raises TransportError if a frame from ``peer`` cannot be decoded.
+        """
         q = self._inbox.get((peer, operator))
         if not q:
-            return None
+            if not self._undecoded.get(peer):
+                return None
+            q = self._decode_until(peer, operator)
+            if not q:
+                return None
         msg, size = q.popleft()
         if size:
             state = self._inbound[peer]
@@ -425,6 +440,46 @@ class GrpcExchange:
         sender = self._senders.get(peer)
         return 0 if sender is None else sender.frames_sent
 
+    # ----- worker thread: decoding ----------------------------------------------------------
+    def _decode_until(self, peer: int, operator: str) -> deque[tuple[Any, int]]:
+        """Decode ``peer``'s queued frames, in order, until ``operator`` has a message."""
+        broken = self._broken.get(peer)
+        if broken is not None:  # never skip past a frame that could not be decoded
+            raise TransportError(broken)
+        inbox = self._inbox
+        key = (peer, operator)
+        frames = self._undecoded[peer]
+        while frames:
+            seq, payload = frames.popleft()
+            try:
+                pairs = decode_frame(payload)
+            except Exception as e:  # never drop a frame silently: fail the pipe, loudly
+                error = (
+                    f"undecodable frame #{seq} from worker {peer} to worker {self.worker_id}: "
+                    f"{type(e).__name__}: {e}"
+                )
+                log.error("%s", error)
+                self._errors.append(error)
+                self._broken[peer] = error
+                raise TransportError(error) from e
+            # What each message holds of the frame's bytes until recv takes it (backpressure).
+            n = len(pairs)
+            size = len(payload) // n if n else 0
+            extra = len(payload) - size * n  # the remainder goes to the first message
+            for operator_, msg in pairs:
+                k = (peer, operator_)
+                q = inbox.get(k)
+                if q is None:
+                    q = inbox[k] = deque()
+                q.append((msg, size + extra))
+                extra = 0
+            if not n:
+                self._inbound[peer].consumed += len(payload)
+            q = inbox.get(key)
+            if q:
+                return q
+        return inbox.get(key) or deque()
+
     # ----- server side (gRPC threads) ------------------------------------------------------
     def _deliver_local(self, operator: str, msg: Any) -> None:
         key = (self.worker_id, operator)
@@ -462,25 +517,11 @@ class GrpcExchange:
             state.partial.append(payload)
             payload = b"".join(state.partial)
             state.partial = []
-        try:
-            pairs = decode_frame(payload)
-        except Exception as e:  # never drop a frame silently: fail the pipe, loudly
-            error = (
-                f"undecodable frame #{frame.seq} from worker {peer} to worker {self.worker_id}: "
-                f"{type(e).__name__}: {e}"
-            )
-            log.error("%s", error)
-            self._errors.append(error)
-            context.abort(grpc.StatusCode.DATA_LOSS, error)
-        size = max(1, len(payload) // len(pairs))
-        inbox = self._inbox
-        for operator, msg in pairs:
-            key = (peer, operator)
-            q = inbox.get(key)
-            if q is None:
-                q = inbox.setdefault(key, deque())
-            q.append((msg, size))
-        state.received += size * len(pairs)
+        frames = self._undecoded.get(peer)
+        if frames is None:
+            frames = self._undecoded.setdefault(peer, deque())
+        frames.append((frame.seq, payload))
+        state.received += len(payload)
         # Backpressure: do not read this peer's next frame while too much awaits recv().
         bound = self.recv_buffer_bytes
         if state.received - state.consumed > bound:
