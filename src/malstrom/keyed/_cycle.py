@@ -13,12 +13,14 @@ from typing import Any
 
 from malstrom._errors import OperatorError, short_repr
 from malstrom.keyed.partitioners import KEY_GROUPS, group_owner, key_group, rendezvous_select
-from malstrom.runtime._engine import IDLE, Batch, Collect, Interrogate
+from malstrom.runtime._engine import IDLE, Batch, Collect, Interrogate, Token
 
 __all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "split_transfers"]
 
 TRANSFER_KEYS = 1000
 """Keys per transfer message: large state moves in many bounded frames, not one huge one."""
+COLLECT_KEYS = 2048
+"""Keys collected per worker loop turn: the worker's other keys keep flowing meanwhile."""
 
 
 class RescaleMarker:
@@ -92,7 +94,8 @@ class Cycle:
         self.local = False
         self.my_frontier: Any = None
         self.marks: dict[int, Any] = {}
-        self.collect: Collect | None = None
+        self.collect: Collect | None = None  # the Collect travelling through the region now
+        self.chunks: list[set[Any] | None] | None = None  # Collects to come (None: the rest)
         self.sent = False
         self.received: set[int] = set()
         self.held: list[Batch] = []
@@ -153,6 +156,23 @@ class Cycle:
         """Whether ``key``'s state leaves this worker."""
         return self.owner(key) != self.me
 
+    def next_collect(self) -> Collect | None:
+        """The next Collect to send into the region (None once all were sent)."""
+        if self.chunks is None:
+            keys = list(self.leaving)
+            self.chunks = [
+                set(keys[i : i + COLLECT_KEYS]) for i in range(0, len(keys), COLLECT_KEYS)
+            ]
+            self.chunks.append(None)
+            self.chunks.reverse()
+        if not self.chunks:
+            return None
+        only = self.chunks.pop()
+        if only is not None:
+            return Collect(Token(1), self.moving, only=only)
+        # The rest: keys that appeared after the region was interrogated.
+        return Collect(Token(1), self.moving, self.staying, self.leaving)
+
     def aligned(self) -> bool:
         """Every record of the old configuration has reached us (ours and every peer's)."""
         return self.local and len(self.marks) == len(self.peers)
@@ -206,10 +226,10 @@ def agreed_epoch(cycle: Cycle) -> Any:
 
 
 def split_transfers(
-    cycle: Cycle, collection: dict[str, dict[Any, Any]]
+    cycle: Cycle, collection: dict[str, dict[Any, Any]], last: bool
 ) -> Iterator[tuple[int, Transfer]]:
     """The transfers carrying ``collection`` to the keys' new owners (at most
-    :data:`TRANSFER_KEYS` keys each), then a last one to every peer."""
+    :data:`TRANSFER_KEYS` keys each); with ``last``, then a last one to every peer."""
     owner = cycle.owner
     for op, states in collection.items():
         groups: dict[int, list[Any]] = {}
@@ -225,5 +245,6 @@ def split_transfers(
             for i in range(0, len(keys), TRANSFER_KEYS):
                 chunk = {k: states[k] for k in keys[i : i + TRANSFER_KEYS]}
                 yield w, Transfer(cycle.version, {op: chunk}, False)
-    for w in cycle.peers:
-        yield w, Transfer(cycle.version, {}, True)
+    if last:
+        for w in cycle.peers:
+            yield w, Transfer(cycle.version, {}, True)

@@ -388,19 +388,26 @@ class DistributorOp(Operator):
 
     def _advance(self, cycle: Cycle, warm: int = 0) -> None:
         """Move the cycle on as far as it can go now (working out up to ``warm`` owners)."""
-        if cycle.collect is None and cycle.warm(warm) and cycle.aligned():
+        if cycle.chunks is None and cycle.warm(warm) and cycle.aligned():
             g = agreed_epoch(cycle)
             if g is not None and (self._out_frontier is None or g > self._out_frontier):
                 self._out_frontier = g
                 self._idle_out = False
                 self.emit_epoch(g)
-            cycle.collect = Collect(Token(1), cycle.moving, cycle.staying, cycle.leaving)
+            cycle.collect = cycle.next_collect()
+            assert cycle.collect is not None
             self.forward(cycle.collect)
-        if cycle.collect is not None and not cycle.sent and cycle.collect.token.pending == 0:
-            for w, msg in split_transfers(cycle, cycle.collect.collection):
+        collect = cycle.collect
+        if collect is not None and collect.token.pending == 0:
+            # That chunk is out of the region: ship it, and start the next one (one a turn).
+            cycle.collect = nxt = cycle.next_collect()
+            for w, msg in split_transfers(cycle, collect.collection, last=nxt is None):
                 self.exchange.send(w, self.name, msg)
-            cycle.sent = True
-            cycle.collect.collection = {}
+            collect.collection = {}
+            if nxt is None:
+                cycle.sent = True
+            else:
+                self.forward(nxt)
         if cycle.sent and len(cycle.received) == len(cycle.peers):
             self._finish_cycle(cycle)
 

@@ -170,11 +170,12 @@ class Collect(Control):
     """Sent by a distributor into its key region: hand over the state of every key that
     leaves this worker into ``collection[operator name]``.
 
-    Operators find their leaving keys with :meth:`select`: the keys known to stay or to
-    leave (``staying``, ``leaving``) are sorted out with set operations at C speed, and
-    ``moving(key)`` decides the rest."""
+    Operators find their leaving keys with :meth:`select`. A distributor collects the keys it
+    knows to leave in chunks (``only``: just these keys, one chunk per loop turn), then once
+    more for the rest: then the keys known to stay or to leave (``staying``, ``leaving``) are
+    sorted out with set operations at C speed, and ``moving(key)`` decides the others."""
 
-    __slots__ = ("collection", "leaving", "moving", "staying")
+    __slots__ = ("collection", "leaving", "moving", "only", "staying")
 
     def __init__(
         self,
@@ -182,15 +183,21 @@ class Collect(Control):
         moving: Callable[[Any], bool],
         staying: AbstractSet[Any] = frozenset(),
         leaving: AbstractSet[Any] = frozenset(),
+        only: set[Any] | None = None,
     ) -> None:
         super().__init__(token)
         self.moving = moving
         self.staying = staying
         self.leaving = leaving
+        self.only = only
         self.collection: dict[str, dict[Any, Any]] = {}
 
     def select(self, keys: Iterable[Any]) -> list[Any]:
-        """The keys among ``keys`` that leave this worker."""
+        """The keys among ``keys`` that leave this worker (in this collect)."""
+        only = self.only
+        if only is not None:
+            # Iterates the smaller side in C when handed the dict behind a keys view.
+            return list(only.intersection(getattr(keys, "mapping", keys)))
         rest = (keys if isinstance(keys, AbstractSet) else set(keys)) - self.staying
         known = rest & self.leaving
         if known:
@@ -218,9 +225,6 @@ class Installed(Control):
     def __init__(self, token: Token, version: int) -> None:
         super().__init__(token)
         self.version = version
-
-
-_REGION_ALIGNED = (Collect, Installed)
 
 
 @dataclass
@@ -313,6 +317,11 @@ class Operator:
 
     def on_control(self, msg: Control) -> None:
         t = type(msg)
+        if t is Collect and self.aligns_region and msg.only is not None:  # type: ignore[attr-defined]
+            # One input's chunk: the key's records from the other inputs may still come.
+            # This operator and everything after it hand keys over in the final, aligned one.
+            msg.token.pending -= 1
+            return
         if self.migrates:
             if t is Interrogate:
                 self.held_keys(msg.keys)  # type: ignore[attr-defined]
@@ -520,4 +529,8 @@ class Operator:
         """Control messages aligned across input channels: barriers and rescales always; a
         key region's Collect/Installed where every input belongs to that region."""
         t = type(msg)
-        return t is Barrier or t is Rescale or (self.aligns_region and t in _REGION_ALIGNED)
+        if t is Barrier or t is Rescale:
+            return True
+        if not self.aligns_region:
+            return False
+        return t is Installed or (t is Collect and msg.only is None)  # type: ignore[attr-defined]
