@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
@@ -130,6 +131,16 @@ class PartsMoved:
         return (PartsMoved, (self.version, self.finished))
 
 
+@dataclass
+class _PartsCycle:
+    """A source's progress through one rescale: which peers have sent their moved parts."""
+
+    version: int
+    workers: tuple[int, ...]  # the new worker set
+    peers: tuple[int, ...]  # every old and new worker but this one
+    moved: set[int]  # peers whose PartsMoved arrived
+
+
 class SourceOp(Operator):
     """Builds the parts this worker owns and polls them.
 
@@ -158,7 +169,7 @@ class SourceOp(Operator):
         self.wants_schedule = self.exchange is not None
         self.finished: set[Any] = set()
         self._idle = False
-        self._cycle: tuple[int, tuple[int, ...], tuple[int, ...], set[int]] | None = None
+        self._cycle: _PartsCycle | None = None
         self._done_version = -1
         self._early: set[tuple[int, int]] = set()
         mine = [p for p in parts if rendezvous_select(p, self.workers) == me]
@@ -216,7 +227,7 @@ class SourceOp(Operator):
             self.exchange.send(w, self.name, PartDone(key))
 
     def _peers(self) -> Sequence[int]:
-        return self._cycle[2] if self._cycle is not None else self.remotes
+        return self._cycle.peers if self._cycle is not None else self.remotes
 
     def schedule(self) -> None:
         recv = self.exchange.recv
@@ -230,8 +241,8 @@ class SourceOp(Operator):
                     self._add_part(msg.part, msg.state)
                 elif t is PartsMoved:
                     self.finished |= msg.finished
-                    if self._cycle is not None and self._cycle[0] == msg.version:
-                        self._cycle[3].add(w)
+                    if self._cycle is not None and self._cycle.version == msg.version:
+                        self._cycle.moved.add(w)
                     elif msg.version > self._done_version:
                         self._early.add((msg.version, w))  # a peer ahead of our own Rescale
                     else:
@@ -241,10 +252,10 @@ class SourceOp(Operator):
                 else:
                     raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
         cycle = self._cycle
-        if cycle is not None and len(cycle[3]) == len(cycle[2]):
-            self.workers = cycle[1]
-            self.remotes = [w for w in cycle[1] if w != self.me]
-            self._done_version = cycle[0]
+        if cycle is not None and len(cycle.moved) == len(cycle.peers):
+            self.workers = cycle.workers
+            self.remotes = [w for w in cycle.workers if w != self.me]
+            self._done_version = cycle.version
             self._cycle = None
 
     def on_control(self, msg: Control) -> None:
@@ -258,7 +269,8 @@ class SourceOp(Operator):
             raise OperatorError(self.name, "cannot rescale: this runtime has no exchange")
         me, new = self.me, tuple(msg.workers)
         peers = tuple(sorted((set(self.workers) | set(new)) - {me}))
-        self._cycle = (msg.version, new, peers, {w for v, w in self._early if v == msg.version})
+        early = {w for v, w in self._early if v == msg.version}
+        self._cycle = _PartsCycle(msg.version, new, peers, early)
         self._early.clear()
         staying: list[_Part] = []
         for p in self.parts:
