@@ -55,6 +55,14 @@ def completed_version(persistence: Persistence) -> int | None:
     return manifest.version if manifest is not None and manifest.meta.get("final") else None
 
 
+def _refuse(reason: str, callback: Callback | None) -> None:
+    """Answer a request the job cannot take: through its callback, else by raising."""
+    err = OperationRefused(reason)
+    if callback is None:
+        raise err
+    callback(None, err)
+
+
 class JobPhase(enum.Enum):
     BUILDING = "building"
     RUNNING = "running"
@@ -209,24 +217,20 @@ class Coordinator:
         """Queue a rescale to ``workers`` workers (ids ``0..workers-1``) while the job runs;
         ``callback(workers, None)`` once every key and part has moved."""
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            err = OperationRefused(
-                f"cannot rescale to {workers!r} workers: give an int >= 1 (to end the job, stop it)"
+            _refuse(
+                f"cannot rescale to {workers!r} workers: give an int >= 1 "
+                "(to end the job, stop it)",
+                callback,
             )
-            if callback is not None:
-                callback(None, err)
-                return
-            raise err
-        if self.pinned and workers < len(self.workers):
-            err = OperationRefused(
+        elif self.pinned and workers < len(self.workers):
+            _refuse(
                 f"cannot rescale to {workers} workers: operator(s) {self.pinned} keep keyed "
                 "state in place (after key_local or a custom re-keying), which cannot move off "
-                "the workers being removed. Key the stream with key_distribute to rescale"
+                "the workers being removed. Key the stream with key_distribute to rescale",
+                callback,
             )
-            if callback is not None:
-                callback(None, err)
-                return
-            raise err
-        self._request("rescale", callback, workers)
+        else:
+            self._request("rescale", callback, workers)
 
     def wanted_workers(self) -> set[int]:
         """New worker ids a rescale waits for (the runtime starts them and calls
@@ -279,12 +283,9 @@ class Coordinator:
     # ----- internals -----------------------------------------------------------------------
     def _request(self, kind: str, callback: Callback | None, workers: int = 0) -> None:
         if self.phase in _ENDED or self.phase in (JobPhase.FINISHING, JobPhase.STOPPING):
-            err = OperationRefused(f"cannot {kind}: the job is {self.phase.value}")
-            if callback is not None:
-                callback(None, err)
-                return
-            raise err
-        self._ops.append(_Op(kind, callback, workers))
+            _refuse(f"cannot {kind}: the job is {self.phase.value}", callback)
+        else:
+            self._ops.append(_Op(kind, callback, workers))
 
     def _answer_leftovers(self, version: int) -> None:
         """Requests still queued when the job ended: a stop is done, anything else refused."""
