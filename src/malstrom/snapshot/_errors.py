@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["StoreUnavailableError"]
+__all__ = ["StoreUnavailableError", "unavailable"]
 
 
 class StoreUnavailableError(RuntimeError):
@@ -15,6 +15,22 @@ class StoreUnavailableError(RuntimeError):
     about whether a snapshot is damaged, so restoring never skips a version because of it
     (it would silently fall back to an older snapshot); the job fails and is retried instead.
     """
+
+
+def _brief(e: BaseException) -> str:
+    """The first line of a store client's error (they append long debug dumps), bounded."""
+    lines = str(e).strip().splitlines()
+    first = lines[0] if lines else type(e).__name__
+    return first if len(first) <= 400 else first[:397] + "..."
+
+
+def unavailable(store: str, what: str, e: BaseException) -> StoreUnavailableError:
+    """A :class:`StoreUnavailableError` naming ``store``, saying plainly when the cause is a
+    rejected credential (HTTP 401/403)."""
+    text = str(e)
+    if any(code in text for code in ("401 Unauthorized", "403 Forbidden")):
+        return StoreUnavailableError(f"{store} refused the credentials while {what}: {_brief(e)}")
+    return StoreUnavailableError(f"{store} failed while {what}: {_brief(e)}")
 
 
 class _UnavailableIsNotDamage:

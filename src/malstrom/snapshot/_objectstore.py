@@ -47,7 +47,12 @@ from pathlib import Path
 from typing import Any
 
 from malstrom.snapshot._backend import BlobInfo, Persistence
-from malstrom.snapshot._errors import StoreUnavailableError, _UnavailableIsNotDamage
+from malstrom.snapshot._errors import (
+    StoreUnavailableError,
+    _brief,
+    _UnavailableIsNotDamage,
+    unavailable,
+)
 from malstrom.snapshot._local import _BLOB_NAME, _VERSION_DIGITS, _check_range, _fsync_dir
 
 __all__ = ["ObjectStorePersistence"]
@@ -74,13 +79,6 @@ def _import_obstore() -> Any:
             "pip install 'malstrom[objectstore]'"
         ) from e
     return obstore
-
-
-def _brief(e: BaseException) -> str:
-    """The first line of an obstore error (they append a long debug dump)."""
-    text = str(e).strip().splitlines()
-    first = text[0] if text else type(e).__name__
-    return first if len(first) <= 400 else first[:397] + "..."
 
 
 def _remove_staging_leftovers(directory: Path) -> None:
@@ -180,9 +178,7 @@ class ObjectStorePersistence(_UnavailableIsNotDamage, Persistence):
                 f"object store {self.url} refused the credentials while {what}: {_brief(e)}"
             ) from e
         except (exc.BaseError, OSError) as e:
-            raise StoreUnavailableError(
-                f"object store {self.url} failed while {what}: {_brief(e)}"
-            ) from e
+            raise unavailable(f"object store {self.url}", what, e) from e
 
     def _sync_local(self, key: str) -> None:
         """For ``file://`` stores: make a just-written object durable (obstore does not fsync)."""

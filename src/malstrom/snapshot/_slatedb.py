@@ -63,8 +63,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from malstrom.snapshot._backend import BlobInfo, Persistence
-from malstrom.snapshot._errors import StoreUnavailableError, _UnavailableIsNotDamage
+from malstrom.snapshot._backend import BlobInfo, Manifest, Persistence
+from malstrom.snapshot._errors import StoreUnavailableError, _UnavailableIsNotDamage, unavailable
 from malstrom.snapshot._local import _BLOB_NAME, _VERSION_DIGITS, _check_range
 
 __all__ = ["SlateDbPersistence"]
@@ -76,6 +76,9 @@ T = TypeVar("T")
 REMOTE_SCHEMES = ("s3", "gs", "az")
 CHUNK = 1 << 20  # bytes per value: blobs are split so range reads fetch little
 _BATCH_BYTES = 64 << 20  # bytes per write batch (bounded memory for large blobs)
+# SlateDB retries failed object store calls forever by default: a rejected credential would
+# hang every call until the timeout. Give up after a few (the store client retries beneath).
+_RETRIES = 3
 
 
 def _sdb() -> Any:
@@ -166,21 +169,34 @@ class _Process:
             fut.cancel()
             raise StoreUnavailableError(f"{what}: no answer within {timeout:g} s") from None
 
-    def close_all(self) -> None:
-        """Shut every handle down (at exit): writers finish their background work cleanly."""
+    def close_handles(
+        self, keep: Callable[[tuple[Any, str]], bool] = lambda key: False, timeout: float = 10.0
+    ) -> None:
+        """Shut down the writers and readers whose key ``keep`` rejects (all by default).
+
+        Every write was already awaited to durability, so this loses nothing; it stops the
+        handles' background work and releases the databases.
+        """
         with self.lock:
-            handles = list(self.writers.values()) + [r for r, _ in self.readers.values()]
-            self.writers.clear()
-            self.readers.clear()
+            handles = [self.writers.pop(k) for k in list(self.writers) if not keep(k)]
+            handles += [self.readers.pop(k)[0] for k in list(self.readers) if not keep(k)]
+        if not handles:
+            return
 
         async def shut() -> None:
-            for h in handles:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(h.shutdown(), 5)
+            await asyncio.wait_for(
+                asyncio.gather(*(h.shutdown() for h in handles), return_exceptions=True),
+                timeout,
+            )
 
         with contextlib.suppress(Exception):
-            self.run(shut(), 30, "closing SlateDB")
+            self.run(shut(), timeout + 5, "closing SlateDB")
+
+    def close_all(self) -> None:
+        """At exit: shut every handle down, then stop the loop."""
+        self.close_handles()
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
 
 
 _proc: _Process | None = None
@@ -218,6 +234,32 @@ async def _durable(db: Any, handles: list[Any]) -> None:
     await db.flush_with_options(sdb.FlushOptions(flush_type=sdb.FlushType.WAL))
     for h in handles:
         await h.await_durable()
+
+
+def _reader_builder(db_path: str, store: Any) -> Any:
+    """A read-only reader that follows the latest state and never writes (no checkpoints)."""
+    sdb = _sdb()
+    builder = sdb.DbReaderBuilder(db_path, store)
+    builder.with_reader_mode(sdb.ReaderMode.FOLLOW_LATEST())
+    builder.with_options(
+        sdb.ReaderOptions(
+            manifest_poll_interval_ms=1_000,
+            checkpoint_lifetime_ms=600_000,
+            max_memtable_bytes=64 << 20,
+            skip_wal_replay=False,  # the WAL holds what writers flushed since their last L0
+            object_store_max_retries=_RETRIES,
+        )
+    )
+    return builder
+
+
+def _writer_builder(db_path: str, store: Any) -> Any:
+    sdb = _sdb()
+    builder = sdb.DbBuilder(db_path, store)
+    settings = sdb.Settings.default()
+    settings.set("object_store_max_retries", json.dumps(_RETRIES))
+    builder.with_settings(settings)
+    return builder
 
 
 def _is_missing_db(e: BaseException) -> bool:
@@ -292,13 +334,23 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
                 f"SlateDbPersistence {text!r}: use a directory, file:///PATH or s3://BUCKET/PREFIX"
             )
         self._committed: set[int] = set()
+        self._rows_memo: list[tuple[bytes, bytes]] | None = None
 
     def __repr__(self) -> str:
         return f"SlateDbPersistence({self.location!r}, retain={self.retain})"
 
+    def close(self) -> None:
+        """Release this process's writers and readers of this location (they reopen when
+        used again). Not needed for durability: every write is durable when it returns."""
+        store, manifests, blobs = self._store_key, self._manifests, self._path("blobs") + "/"
+        _process().close_handles(
+            lambda key: key[0] != store or not (key[1] == manifests or key[1].startswith(blobs))
+        )
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_committed"] = set()
+        state["_rows_memo"] = None
         return state
 
     # -- databases ----------------------------------------------------------------------------
@@ -345,7 +397,7 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
         return proc.run(coro, self.timeout, f"SlateDB at {self.location} while {what}")
 
     def _unavailable(self, e: BaseException, what: str) -> StoreUnavailableError:
-        return StoreUnavailableError(f"SlateDB at {self.location} failed while {what}: {e}")
+        return unavailable(f"SlateDB at {self.location}", what, e)
 
     def _writer(self, proc: _Process, db_path: str, what: str) -> Any:
         """This process's writer of ``db_path`` (opened once: a second would fence the first)."""
@@ -353,7 +405,7 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
         with proc.lock:
             db = proc.writers.get(key)
             if db is None:
-                builder = _sdb().DbBuilder(db_path, self._store(proc))
+                builder = _writer_builder(db_path, self._store(proc))
                 try:
                     db = self._run(proc, builder.build(), what)
                 except _sdb().Error as e:
@@ -397,10 +449,8 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
 
         async def go() -> T | None:
             sdb = _sdb()
-            builder = sdb.DbReaderBuilder(db_path, store)
-            builder.with_reader_mode(sdb.ReaderMode.FOLLOW_LATEST())
             try:
-                reader = await builder.build()
+                reader = await _reader_builder(db_path, store).build()
             except sdb.Error as e:
                 if _is_missing_db(e):
                     return None
@@ -428,10 +478,8 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
 
         async def open_reader() -> Any:
             sdb = _sdb()
-            builder = sdb.DbReaderBuilder(db_path, store)
-            builder.with_reader_mode(sdb.ReaderMode.FOLLOW_LATEST())
             try:
-                return await builder.build()
+                return await _reader_builder(db_path, store).build()
             except sdb.Error as e:
                 if _is_missing_db(e):
                     return None
@@ -447,9 +495,36 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
             asyncio.run_coroutine_threadsafe(old[0].shutdown(), proc.loop)
         return reader
 
+    def _forget_readers(self) -> None:
+        """Close this store's cached blob readers: the next reads see the databases afresh."""
+        proc = _process()
+        with proc.lock:
+            mine = [k for k in proc.readers if k[0] == self._store_key]
+            stale = [proc.readers.pop(k)[0] for k in mine]
+        for reader in stale:
+            asyncio.run_coroutine_threadsafe(reader.shutdown(), proc.loop)
+
     # -- Persistence --------------------------------------------------------------------------
 
+    def verify(self, version: int) -> Manifest:
+        """Check every blob of ``version`` against its manifest, reading the databases afresh
+        (never through a reader cached before), so damage done since is seen."""
+        self._forget_readers()
+        result: Manifest = super().verify(version)
+        return result
+
+    def prune(self) -> None:
+        """As :meth:`Persistence.prune`, reading the manifests database once, not twice."""
+        self._rows_memo = self._manifest_rows()
+        try:
+            super().prune()
+        finally:
+            self._rows_memo = None
+
     def _manifest_rows(self) -> list[tuple[bytes, bytes]]:
+        memo = getattr(self, "_rows_memo", None)
+        if memo is not None:
+            return memo
         what = "listing committed versions"
         try:
             rows = self._with_fresh_reader(self._manifests, lambda r: _scan(r, b"m/"), what)
@@ -506,7 +581,7 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
 
         self._write(db_path, op, f"writing blob {name!r} of version {version}")
         try:
-            self._collect_own(db_path)
+            self._collect_own(db_path, writing=version)
         except Exception as e:  # the blob is written; pruning catches up at the next write
             log.warning("SlateDB %s: pruning %s failed: %s", self.location, db_path, e)
         return BlobInfo(size, crc)
@@ -517,9 +592,11 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
         newest = committed[-1] if committed else -1
         return {v for v in versions if v not in keep and (v in committed or v < newest)}
 
-    def _collect_own(self, db_path: str) -> None:
-        """Delete the versions of a blob database this process writes that pruning retired."""
+    def _collect_own(self, db_path: str, writing: int) -> None:
+        """Delete the versions of a blob database this process writes that pruning retired
+        (never ``writing``, the version just written: it is not committed yet)."""
         doomed = self._doomed(set(self._own_versions(db_path)), self.committed_versions())
+        doomed.discard(writing)
         if doomed:
             self._delete_blob_versions(db_path, doomed)
 
