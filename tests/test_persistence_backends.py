@@ -649,8 +649,6 @@ def test_two_worker_processes_stop_then_resume(
     "contract",
     [
         test_write_commit_read_round_trip,
-        test_uncommitted_version_is_never_committed,
-        test_prune_drops_old_partial_keeps_newer_partial,
         test_restart_sees_commits_and_never_reads_a_partial_version,
         test_pickle_round_trip,
         test_range_reads_of_a_large_blob,

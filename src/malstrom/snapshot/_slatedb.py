@@ -23,10 +23,15 @@ worker does.
 
 Guarantees:
 
-- A blob write is one or more atomic write batches followed by a WAL flush awaited to
-  durability; ``write_blob`` returns only then. The manifest is one ``put`` flushed and awaited
-  likewise, so a version is committed exactly when ``m/<version>`` exists, and its blobs were
-  durable before. Uncommitted versions are never read.
+- The databases run without a write-ahead log: a write is made durable by flushing the
+  memtable into an SST in the store, and awaited. A blob write is one or more atomic write
+  batches, then that flush; ``write_blob`` returns only after it. The manifest is one ``put``
+  made durable likewise, so a version is committed exactly when ``m/<version>`` exists, and
+  its blobs were durable before. Uncommitted versions are never read. (With a WAL, every
+  snapshot would add WAL files that each newly opened reader replays, up to thousands: an
+  L0 flush per write keeps opening a reader cheap.)
+- Uncommitting a version (pruning deletes its manifest) is durable before its blobs go;
+  blob deletions ride along with the database's next flush.
 - Range reads fetch only the chunks that cover the range.
 - A reader sees a database as of when it was opened. Readers are cached per process and
   reopened whenever a version is asked for that was not known to be committed when the reader
@@ -230,8 +235,8 @@ async def _scan(handle: Any, prefix: bytes) -> list[tuple[bytes, bytes]]:
 
 
 async def _durable(db: Any, handles: list[Any]) -> None:
-    sdb = _sdb()
-    await db.flush_with_options(sdb.FlushOptions(flush_type=sdb.FlushType.WAL))
+    sdb = _sdb()  # no WAL (see _WRITER_SETTINGS): durable once the memtable is in L0
+    await db.flush_with_options(sdb.FlushOptions(flush_type=sdb.FlushType.MEM_TABLE))
     for h in handles:
         await h.await_durable()
 
@@ -246,18 +251,41 @@ def _reader_builder(db_path: str, store: Any) -> Any:
             manifest_poll_interval_ms=1_000,
             checkpoint_lifetime_ms=600_000,
             max_memtable_bytes=64 << 20,
-            skip_wal_replay=False,  # the WAL holds what writers flushed since their last L0
+            skip_wal_replay=False,  # writers keep no WAL; replay in case a database has one
             object_store_max_retries=_RETRIES,
         )
     )
     return builder
 
 
-def _writer_builder(db_path: str, store: Any) -> Any:
+# Writer settings. Without a WAL, a write is made durable by flushing the memtable into an
+# L0 table: readers then open from the manifest and read only the tables holding the keys
+# they ask for. (With the WAL, every snapshot would add WAL files that each new reader
+# replays in full until the next L0 flush, up to 4096 of them: readers get slower with every
+# snapshot.) L0 may hold 32 tables, so that flushes rarely wait for a compaction.
+_WRITER_SETTINGS: dict[str, Any] = {
+    "wal_enabled": False,
+    "l0_max_ssts": 32,
+    "object_store_max_retries": _RETRIES,
+}
+# On a local directory polling is free: compact and notice compactions within 100 ms, so a
+# flush never waits long for the manifest a compaction changed. On an object store every
+# poll is a request, so SlateDB's defaults (seconds) stay.
+_LOCAL_WRITER_SETTINGS: dict[str, Any] = {
+    "compactor_options.poll_interval": "100ms",
+    "compactor_options.worker.compactions_poll_interval": "100ms",
+    "compactor_options.commit_compacted_interval": "100ms",
+    "manifest_poll_interval": "100ms",
+}
+
+
+def _writer_builder(db_path: str, store: Any, local: bool) -> Any:
     sdb = _sdb()
     builder = sdb.DbBuilder(db_path, store)
     settings = sdb.Settings.default()
-    settings.set("object_store_max_retries", json.dumps(_RETRIES))
+    chosen = {**_WRITER_SETTINGS, **(_LOCAL_WRITER_SETTINGS if local else {})}
+    for key, value in chosen.items():
+        settings.set(key, json.dumps(value))
     builder.with_settings(settings)
     return builder
 
@@ -405,7 +433,7 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
         with proc.lock:
             db = proc.writers.get(key)
             if db is None:
-                builder = _writer_builder(db_path, self._store(proc))
+                builder = _writer_builder(db_path, self._store(proc), self._store_url == "file:///")
                 try:
                     db = self._run(proc, builder.build(), what)
                 except _sdb().Error as e:
@@ -609,15 +637,21 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
         return self._write(db_path, op, f"listing versions of {db_path}")
 
     def _delete_blob_versions(self, db_path: str, versions: set[int]) -> None:
+        """Delete versions of a blob database this process writes, in one atomic batch.
+
+        Not flushed: the deletion becomes durable with the next write (or at exit). Until
+        then a crash only brings retired data back, and the next pruning deletes it again.
+        """
+
         async def op(db: Any) -> None:
             batch = _sdb().WriteBatch()
             for v in sorted(versions):
                 vkey = _version_part(v)
                 old = await db.get(b"h/" + vkey)
-                batch.delete(b"h/" + vkey)  # header first: the blob is gone for readers
+                batch.delete(b"h/" + vkey)
                 for i in range(_header_chunks(old) if old is not None else 0):
                     batch.delete(_chunk_key(v, i))
-            await _durable(db, [await db.write(batch)])
+            await db.write(batch)
 
         self._write(db_path, op, f"deleting versions {sorted(versions)} of {db_path}")
 
