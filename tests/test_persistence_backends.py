@@ -467,6 +467,22 @@ def test_slatedb_fenced_writer_reopens(tmp_path: Path, caplog: pytest.LogCapture
     assert p.read_blob(2, "w0") == b"state-0-of-2"
 
 
+def test_slatedb_close_releases_and_reopens(tmp_path: Path) -> None:
+    from malstrom.snapshot._slatedb import _process
+
+    p = SlateDbPersistence(tmp_path / "s")
+    write_version(p, 1)
+    other = SlateDbPersistence(tmp_path / "other")
+    write_version(other, 1)
+    p.close()
+    held = {path for _, path in _process().writers}
+    assert not any(path.startswith(p._base + "/") for path in held)  # p's writers released
+    assert any(path.startswith(other._base + "/") for path in held)  # not other's
+    assert p.read_blob(1, "w0") == b"state-0-of-1"
+    write_version(p, 2)  # reopens its writers when used again
+    assert p.committed_versions() == [1, 2]
+
+
 def test_slatedb_unreachable_store_times_out_with_a_clear_error() -> None:
     p = SlateDbPersistence(
         "s3://snapshots/job",
@@ -617,7 +633,16 @@ def check_mp_results(work: Path) -> None:
     }
 
 
-@pytest.mark.parametrize("kind", ["objectstore-file", "objectstore-s3", "slatedb-local"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "objectstore-file",
+        "objectstore-s3",
+        "slatedb-local",
+        # SlateDB's per-database polling makes this take several seconds against moto
+        pytest.param("slatedb-s3", marks=pytest.mark.slow),
+    ],
+)
 def test_two_worker_processes_stop_then_resume(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -28,7 +28,11 @@ Guarantees:
   (the version is not committed yet), in a manifest it is detected (unreadable manifest) and
   the previous version is restored.
 - Blob reads use ranged GETs, so a restoring worker fetches a blob's index and only the
-  segments it owns.
+  segments it owns. Blobs over 5 MB are uploaded in parts (multipart upload, completed
+  atomically); a process killed mid-upload can leave an incomplete upload in the bucket,
+  invisible to readers: a lifecycle rule that aborts incomplete uploads cleans those up.
+- Tested against S3 (a loopback S3 server) and local files; ``gs://`` and ``az://`` go through
+  the same obstore calls but were not run against those services.
 - A store that cannot be reached (network, timeout, bad credentials, missing bucket) raises
   :class:`~malstrom.snapshot._errors.StoreUnavailableError` naming the URL; restoring never
   mistakes that for a damaged snapshot.
