@@ -57,7 +57,7 @@ from malstrom.snapshot import (  # noqa: E402
     StoreUnavailableError,
 )
 from malstrom.snapshot._backend import Manifest  # noqa: E402
-from malstrom.snapshot._slatedb import _scan  # noqa: E402
+from malstrom.snapshot._slatedb import _durable, _scan  # noqa: E402
 from malstrom.snapshot._url import persistence_from_url  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -172,8 +172,13 @@ def overwrite_manifest(p: Persistence, version: int, data: bytes) -> None:
     """Replace a committed manifest behind the backend's back."""
     if isinstance(p, ObjectStorePersistence):
         obstore.put(p._store, f"v{version:020d}/MANIFEST", data)  # plain put: no create-once
-    else:
-        p._store_manifest(version, data)
+        return
+    assert isinstance(p, SlateDbPersistence)
+
+    async def put(db: Any) -> None:  # straight through the writer: no create-once check
+        await _durable(db, [await db.put(b"m/%020d" % version, data)])
+
+    p._write(p._manifests, put, "damaging a manifest")
 
 
 # -- the contract, beyond the imported tests ---------------------------------------------------
@@ -277,17 +282,17 @@ def test_bad_blob_names_and_versions_are_refused(tmp_path: Path, cls: Any, name:
     assert p._all_versions() == []
 
 
-# -- ObjectStorePersistence --------------------------------------------------------------------
-
-
-def test_object_store_commit_is_create_once(s3: S3) -> None:
-    p = ObjectStorePersistence(f"s3://{s3.bucket()}/j", **s3.obstore_options())
+def test_commit_is_create_once(make: Factory) -> None:
+    p = make()
     m = write_version(p, 1)
     p._store_manifest(1, m.to_bytes())  # the same manifest again (a retried put): fine
     m.meta["other"] = True
     with pytest.raises(RuntimeError, match="already committed"):
         p._store_manifest(1, m.to_bytes())  # another manifest for a committed version: refused
     assert p.manifest(1).meta == {"workers": 2, "v": 1}
+
+
+# -- ObjectStorePersistence --------------------------------------------------------------------
 
 
 def test_object_store_layout_matches_local_disk(tmp_path: Path) -> None:

@@ -30,6 +30,8 @@ Guarantees:
   its blobs were durable before. Uncommitted versions are never read. (With a WAL, every
   snapshot would add WAL files that each newly opened reader replays, up to thousands: an
   L0 flush per write keeps opening a reader cheap.)
+- A version is committed at most once: a second, different manifest for it is refused, even
+  from a process that took the manifests database over by fencing.
 - Uncommitting a version (pruning deletes its manifest) is durable before its blobs go;
   blob deletions ride along with the database's next flush.
 - Range reads fetch only the chunks that cover the range.
@@ -165,8 +167,12 @@ class _Process:
         self.stores: dict[Any, Any] = {}
         self.writers: dict[tuple[Any, str], Any] = {}
         self.readers: dict[tuple[Any, str], tuple[Any, frozenset[int]]] = {}
+        self.closed = False
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+        if self.closed:
+            coro.close()
+            raise StoreUnavailableError(f"{what}: SlateDB was shut down (the process is exiting)")
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return fut.result(timeout)
@@ -200,6 +206,7 @@ class _Process:
     def close_all(self) -> None:
         """At exit: shut every handle down, then stop the loop."""
         self.close_handles()
+        self.closed = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
 
@@ -707,11 +714,25 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _store_manifest(self, version: int, data: bytes) -> None:
-        """Commit ``version``: one durable ``put`` of its manifest."""
+        """Commit ``version``: one durable ``put`` of its manifest, at most once.
+
+        The writer is the database's only one (SlateDB fences any other), so reading before
+        writing is race-free: a second, different manifest for a committed version (from a
+        coordinator that lost its writer to another one and reopened) is refused.
+        """
         key = b"m/" + _version_part(version)
         payload = bytes(data)
 
         async def op(db: Any) -> None:
+            existing = await db.get(key)
+            if existing is not None:
+                if bytes(existing) == payload:
+                    return  # a retry of a commit that landed
+                raise RuntimeError(
+                    f"snapshot version {version} is already committed in {self.location} with "
+                    "another manifest; refusing to replace a committed snapshot (is another "
+                    "coordinator writing to this store?)"
+                )
             await _durable(db, [await db.put(key, payload)])
 
         self._write(self._manifests, op, f"committing version {version}")
