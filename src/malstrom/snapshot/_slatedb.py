@@ -209,6 +209,8 @@ class _Process:
 
     def close_all(self) -> None:
         """At exit: shut every handle down, then stop the loop."""
+        if os.getpid() != self.pid:  # a forked child: the loop thread and handles are not ours
+            return
         self.close_handles()
         self.closed = True
         self.loop.call_soon_threadsafe(self.loop.stop)
