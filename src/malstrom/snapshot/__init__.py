@@ -7,6 +7,17 @@ Pick a backend and pass it to the runtime (``persistence=...``):
   runs in tests to resume a job.
 - :class:`LocalDiskPersistence` keeps them in a directory (created if missing) that survives
   restarts; every worker process must see the same directory.
+- :class:`ObjectStorePersistence` keeps them in an object store: ``s3://``, ``gs://``,
+  ``az://`` or ``file://`` URLs, one object per blob, a version committed by putting its
+  manifest object (``pip install 'malstrom[objectstore]'``).
+- :class:`SlateDbPersistence` keeps them in SlateDB databases in a directory or on S3: one
+  database per writer, since SlateDB allows a single writer per database
+  (``pip install 'malstrom[slatedb]'``).
+
+The command line's ``--persistence URL`` picks one: ``none``, a directory or ``file://PATH``
+(LocalDisk), ``s3://``, ``gs://``, ``az://`` (ObjectStore), ``slatedb://PATH`` or
+``slatedb+s3://BUCKET/PREFIX`` (SlateDB). The last two load their optional dependency on
+first use; a store that cannot be reached raises ``StoreUnavailableError`` naming its URL.
 
 Each snapshot is a *version*: the workers write their blobs, then the coordinator commits a
 manifest atomically. Only committed versions are ever restored, so a crash mid-snapshot
@@ -16,6 +27,8 @@ After each commit only the newest ``retain`` versions (default 3) are kept.
 
 Subclass :class:`Persistence` to add another storage backend.
 """
+
+from typing import Any
 
 from malstrom.snapshot._backend import Persistence, SnapshotCorruptError, SnapshotFormatError
 from malstrom.snapshot._local import LocalDiskPersistence
@@ -29,3 +42,26 @@ __all__ = [
     "SnapshotCorruptError",
     "SnapshotFormatError",
 ]
+
+# Backends with optional dependencies load on first use, so importing malstrom.snapshot
+# never needs obstore or slatedb. They are importable from here like the others.
+_LAZY = {
+    "ObjectStorePersistence": "malstrom.snapshot._objectstore",
+    "SlateDbPersistence": "malstrom.snapshot._slatedb",
+    "StoreUnavailableError": "malstrom.snapshot._errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
