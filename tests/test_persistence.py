@@ -457,6 +457,9 @@ def test_public_exports() -> None:
         "LocalDiskPersistence",
         "SnapshotFormatError",
         "SnapshotCorruptError",
+        "ObjectStorePersistence",
+        "SlateDbPersistence",
+        "StoreUnavailableError",
     }
     assert snapshot.__doc__
     for name in snapshot.__all__:

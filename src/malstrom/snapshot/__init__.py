@@ -38,9 +38,12 @@ __all__ = [
     "InMemoryPersistence",
     "LocalDiskPersistence",
     "NoPersistence",
+    "ObjectStorePersistence",
     "Persistence",
+    "SlateDbPersistence",
     "SnapshotCorruptError",
     "SnapshotFormatError",
+    "StoreUnavailableError",
 ]
 
 # Backends with optional dependencies load on first use, so importing malstrom.snapshot
