@@ -19,7 +19,7 @@ __all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "split_transfer
 
 TRANSFER_KEYS = 1000
 """Keys per transfer message: large state moves in many bounded frames, not one huge one."""
-COLLECT_KEYS = 2048
+COLLECT_KEYS = 1024
 """Keys collected per worker loop turn: the worker's other keys keep flowing meanwhile."""
 
 

@@ -62,7 +62,7 @@ from malstrom.runtime._engine import (
 __all__ = ["BARRIER_MARKER", "DistributorOp"]
 
 _CACHE_LIMIT = 500_000
-WARM_KEYS = 2048
+WARM_KEYS = 1024
 """Keys whose new owner a rescale works out per loop turn before collecting."""
 
 
