@@ -15,12 +15,34 @@ from malstrom._errors import OperatorError, short_repr
 from malstrom.keyed.partitioners import KEY_GROUPS, group_owner, key_group, rendezvous_select
 from malstrom.runtime._engine import IDLE, Batch, Collect, Interrogate, Token
 
-__all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "split_transfers"]
+__all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "place", "split_transfers"]
 
 TRANSFER_KEYS = 1000
 """Keys per transfer message: large state moves in many bounded frames, not one huge one."""
 COLLECT_KEYS = 1024
 """Keys collected per worker loop turn: the worker's other keys keep flowing meanwhile."""
+
+
+def place(
+    partitioner: Callable[[Any, Sequence[int]], int],
+    key: Any,
+    workers: Sequence[int],
+    operator: str,
+    by_group: list[int] | None = None,
+) -> int:
+    """``partitioner(key, workers)`` (a table lookup when ``by_group`` holds the default
+    partitioner's owner per key group), with errors that name the operator and the key."""
+    try:
+        w = by_group[key_group(key)] if by_group is not None else partitioner(key, workers)
+    except Exception as e:
+        raise OperatorError(operator, f"partitioner failed for key {short_repr(key)}: {e}") from e
+    if w not in workers:
+        raise OperatorError(
+            operator,
+            f"partitioner returned worker {w!r} for key {short_repr(key)}, "
+            f"which is not one of the workers {list(workers)}",
+        )
+    return w
 
 
 class RescaleMarker:
@@ -109,22 +131,9 @@ class Cycle:
         """The key's worker in the new configuration."""
         w = self.cache.get(key)
         if w is None:
-            try:
-                if self._by_group is not None:
-                    w = self._by_group[key_group(key)]
-                else:
-                    w = self.partitioner(key, self.new)
-            except Exception as e:
-                raise OperatorError(
-                    self.operator, f"partitioner failed for key {short_repr(key)}: {e}"
-                ) from e
-            if w not in self.new:
-                raise OperatorError(
-                    self.operator,
-                    f"partitioner returned worker {w!r} for key {short_repr(key)}, "
-                    f"which is not one of the workers {list(self.new)}",
-                )
-            self.cache[key] = w
+            w = self.cache[key] = place(
+                self.partitioner, key, self.new, self.operator, self._by_group
+            )
         return w
 
     def owners(self, keys: Sequence[Any]) -> list[int]:
@@ -134,21 +143,13 @@ class Cycle:
     def old_owners(self, keys: Sequence[Any]) -> list[int]:
         """The keys' workers in the old configuration."""
         cache = self.old_cache
-        table = self._old_by_group
         out = []
         for k in keys:
             w = cache.get(k)
             if w is None:
-                if table is not None:
-                    w = table[key_group(k)]
-                else:
-                    try:
-                        w = self.partitioner(k, self.old)
-                    except Exception as e:
-                        raise OperatorError(
-                            self.operator, f"partitioner failed for key {short_repr(k)}: {e}"
-                        ) from e
-                cache[k] = w
+                w = cache[k] = place(
+                    self.partitioner, k, self.old, self.operator, self._old_by_group
+                )
             out.append(w)
         return out
 

@@ -41,7 +41,14 @@ from itertools import compress
 from typing import Any
 
 from malstrom._errors import BuildError, OperatorError, short_repr
-from malstrom.keyed._cycle import Cycle, RescaleMarker, Transfer, agreed_epoch, split_transfers
+from malstrom.keyed._cycle import (
+    Cycle,
+    RescaleMarker,
+    Transfer,
+    agreed_epoch,
+    place,
+    split_transfers,
+)
 from malstrom.operators._util import map_values, user_error
 from malstrom.runtime._engine import (
     IDLE,
@@ -130,19 +137,7 @@ class DistributorOp(Operator):
 
     # ----- routing -----------------------------------------------------------------------
     def _owner(self, key: Any) -> int:
-        try:
-            w = self.partitioner(key, self.workers)
-        except Exception as e:
-            raise OperatorError(
-                self.name, f"partitioner failed for key {short_repr(key)}: {e}"
-            ) from e
-        if w not in self.workers:
-            raise OperatorError(
-                self.name,
-                f"partitioner returned worker {w!r} for key {short_repr(key)}, "
-                f"which is not one of the workers {list(self.workers)}",
-            )
-        return w
+        return place(self.partitioner, key, self.workers, self.name)
 
     def _owners(self, keys: Sequence[Any]) -> list[int]:
         cache = self._cache
@@ -170,14 +165,7 @@ class DistributorOp(Operator):
         if not self.remotes:
             self.emit(batch)
             return
-        if self.route_fn is not None:
-            try:
-                route = list(map(self.route_fn, batch.keys))
-            except Exception as e:
-                raise user_error(self.name, e) from e
-        else:
-            route = batch.keys  # type: ignore[assignment]
-        owners = self._owners(route)
+        owners = self._owners(self._route_keys(batch))
         me = self.me
         n = len(owners)
         # Worker ids 0..255 (the usual case): owners as bytes, so counting and the 0/1 mask of
