@@ -54,13 +54,14 @@ def test_requests_queued_when_the_job_ends_are_answered() -> None:
     answers: list[Any] = []
     coord.request_snapshot(lambda v, e: answers.append(("snap", v, e)))
     coord.request_stop(lambda v, e: answers.append(("stop", v, e)))
-    ep.inbox.append(BuildComplete(0))
+    a = coord.attempt
+    ep.inbox.append(BuildComplete(0, a))
     coord.poll()  # running; the snapshot starts
     from malstrom.coordinator._messages import Drained, SnapshotComplete
 
-    ep.inbox.extend([Drained(0), SnapshotComplete(0, 0, None)])
+    ep.inbox.extend([Drained(0, a), SnapshotComplete(0, 0, None, a)])
     coord.poll()  # snapshot committed; every worker drained, so the job finishes first
-    ep.inbox.append(SnapshotComplete(0, 1, None))
+    ep.inbox.append(SnapshotComplete(0, 1, None, a))
     coord.poll()
     assert coord.phase is JobPhase.FINISHED  # the queued stop is answered: the job is over
     assert [a[0] for a in answers] == ["snap", "stop"] and all(a[2] is None for a in answers)
@@ -86,15 +87,16 @@ def test_slow_build_of_one_worker_does_not_trip_the_heartbeat_of_another() -> No
     )
     coord.start()
     assert isinstance(a.sent[0], StartBuild)
-    a.inbox.append(BuildComplete(0))
+    at = coord.attempt
+    a.inbox.append(BuildComplete(0, at))
     coord.poll()
     now[0] = 40.0  # worker 1 restores a large state for 40 s
-    b.inbox.append(BuildComplete(1))
+    b.inbox.append(BuildComplete(1, at))
     coord.poll()
     assert coord.phase is JobPhase.RUNNING
     now[0] = 50.0
-    a.inbox.append(Heartbeat(0))
-    b.inbox.append(Heartbeat(1))
+    a.inbox.append(Heartbeat(0, at))
+    b.inbox.append(Heartbeat(1, at))
     coord.poll()
     assert coord.phase is JobPhase.RUNNING
 

@@ -457,6 +457,8 @@ def test_public_exports() -> None:
         "LocalDiskPersistence",
         "SnapshotFormatError",
         "SnapshotCorruptError",
+        "SnapshotsDamagedError",
+        "StorageError",
         "ObjectStorePersistence",
         "SlateDbPersistence",
         "StoreUnavailableError",

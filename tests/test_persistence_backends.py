@@ -412,9 +412,9 @@ def blob_db_versions(p: SlateDbPersistence, name: str) -> list[int]:
     """The versions a blob database holds, read with a fresh reader (no writer is opened)."""
 
     async def scan(reader: Any) -> list[int]:
-        return sorted(int(k[2:]) for k, _ in await _scan(reader, b"h/"))
+        return sorted(int(k[2:22]) for k, _ in await _scan(reader, b"h/"))
 
-    return p._with_fresh_reader(p._blob_db(name), scan, "test") or []
+    return p._with_fresh_reader(p._blob_db(name)[0], scan, "test") or []
 
 
 def test_slatedb_worker_processes_write_one_version_concurrently(tmp_path: Path) -> None:
@@ -459,7 +459,7 @@ def test_slatedb_fenced_writer_reopens(tmp_path: Path, caplog: pytest.LogCapture
 
     p = SlateDbPersistence(tmp_path / "s")
     write_version(p, 1)
-    db_path = p._blob_db("w0")
+    db_path, _ = p._blob_db("w0")
 
     async def take_over() -> None:
         db = await DbBuilder(db_path, ObjectStore.resolve("file:///")).build()

@@ -177,7 +177,7 @@ def test_damaged_newest_snapshot_falls_back_to_previous(tmp_path: Path, caplog: 
     run(p, crash_at=N // 4)
     versions = p.committed_versions()
     assert len(versions) >= 2
-    newest = tmp_path / "snap" / f"v{versions[-1]:020d}" / "w0.blob"
+    (newest,) = (tmp_path / "snap" / f"v{versions[-1]:020d}").glob("w0.*.blob")
     data = bytearray(newest.read_bytes())
     data[len(data) // 2] ^= 0xFF
     newest.write_bytes(bytes(data))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from reprlib import Repr
 
-__all__ = ["BuildError", "OperatorError"]
+__all__ = ["AttemptFenced", "BuildError", "OperatorError"]
 
 _repr = Repr()
 _repr.maxstring = 80
@@ -42,3 +42,9 @@ class OperatorError(RuntimeError):
         self.record = record
         detail = f" on {short_repr(record)}" if record is not None else ""
         super().__init__(f"operator {operator!r}{detail}: {message}")
+
+
+class AttemptFenced(RuntimeError):
+    """This worker's job attempt is over (it failed or was aborted elsewhere): the worker must
+    not write output, commit or send anything more. It drops what it holds and, in cluster
+    mode, rejoins the job's next attempt."""

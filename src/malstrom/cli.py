@@ -1,6 +1,6 @@
 """The ``malstrom`` command: run jobs locally or as a cluster, and control running jobs.
 
-    malstrom run APP [-w N] [--persistence URL] [--snapshot-interval S]
+    malstrom run APP [-w N] [--persistence URL] [--snapshot-interval S] [--fresh-start]
     malstrom coordinator APP -w N --listen HOST:PORT [--persistence URL] [...]
     malstrom worker APP --coordinator HOST:PORT [--listen HOST] [--advertise HOST]
     malstrom rescale N | snapshot | stop | status --coordinator HOST:PORT
@@ -69,6 +69,12 @@ def _add_job(p: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds of silence after which a worker counts as hung",
     )
+    p.add_argument(
+        "--fresh-start",
+        action="store_true",
+        help="ignore existing snapshots and run the job from the beginning (output files "
+        "start empty); without it a job whose snapshots are all damaged refuses to start",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
         max_restarts=args.max_restarts,
         heartbeat_timeout=args.heartbeat_timeout,
         log_level=logging.INFO if args.verbose else logging.WARNING,
+        fresh_start=args.fresh_start,
     )
     try:
         rt.execute()
@@ -165,6 +172,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             tls=tls,
             listen=args.listen,
             pinned=graph.pinned(),
+            fresh_start=args.fresh_start,
         ),
         ClusterLauncher(),
     )

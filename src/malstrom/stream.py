@@ -228,7 +228,7 @@ class Stream:
             )
             self._graph.add(name, lambda ctx: StatefulSinkOp(name, impl, ctx), [(dist, 0)])
         elif isinstance(sink, StatelessSink):
-            self._then(name, lambda ctx: StatelessSinkOp(name, sink.impl))
+            self._then(name, lambda ctx: StatelessSinkOp(name, sink.impl, ctx))
         else:
             raise BuildError(
                 f"operator {name!r}: {sink!r} is not a sink; wrap your implementation in "

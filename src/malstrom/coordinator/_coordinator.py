@@ -5,6 +5,12 @@ has drained.
 
 It is a state machine polled by its runtime (never blocking), so the same object drives the
 in-process runtimes and, behind a network transport, worker processes on many machines.
+
+One coordinator object drives one *attempt* of the job (``attempt``, see
+``malstrom.coordinator._messages``): it sends the id in every :class:`StartBuild` and ignores
+worker messages that carry another one. It resumes from the newest committed snapshot that
+verifies; if snapshots exist but every one is damaged it refuses to start (a silent start from
+scratch would rewrite the job's output and reread its sources) unless told to start fresh.
 """
 
 from __future__ import annotations
@@ -31,8 +37,11 @@ from malstrom.coordinator._messages import (
     StartExecution,
     TakeSnapshot,
     WorkerFailed,
+    new_attempt_id,
 )
 from malstrom.snapshot._backend import BlobInfo, Manifest, Persistence
+from malstrom.snapshot._bounded import STORAGE_SHARE, BoundedPersistence
+from malstrom.snapshot._errors import StorageError
 from malstrom.transport._local import Endpoint
 
 __all__ = ["Coordinator", "JobPhase", "OperationRefused", "completed_version"]
@@ -47,11 +56,15 @@ class OperationRefused(RuntimeError):
     invalid (rescale to 0 workers), or new workers never came."""
 
 
-def completed_version(persistence: Persistence) -> int | None:
-    """The snapshot version at which the job completed, if its last snapshot says so."""
+def completed_version(persistence: Persistence, after: int | None = None) -> int | None:
+    """The snapshot version at which the job completed, if its last snapshot says so.
+
+    Only versions above ``after`` count (a fresh start ignores the older ones). Raises
+    :class:`~malstrom.snapshot.SnapshotsDamagedError` if every such version is damaged.
+    """
     if not persistence.stores:
         return None
-    manifest = persistence.latest_restorable()
+    manifest = persistence.restore_point(after)
     return manifest.version if manifest is not None and manifest.meta.get("final") else None
 
 
@@ -99,9 +112,25 @@ class Coordinator:
         peers: Mapping[int, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         pinned: list[str] | None = None,
+        attempt: int | None = None,
+        restore_after: int | None = None,
     ) -> None:
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
+        #: This attempt's id; a new one is made when not given (see ``new_attempt_id``).
+        self.attempt = attempt if attempt is not None else new_attempt_id()
+        #: Only snapshot versions above this one are restored from (a fresh start).
+        self.restore_after = restore_after
+        #: Bound on each snapshot store call while the job runs, on the workers and here: a
+        #: store that hangs fails the attempt as a storage error before the heartbeat would.
+        self.storage_timeout = (
+            heartbeat_timeout * STORAGE_SHARE if heartbeat_timeout is not None else None
+        )
+        self._store = (
+            BoundedPersistence(persistence, self.storage_timeout)
+            if self.storage_timeout is not None and persistence.stores
+            else persistence
+        )
         self.persistence = persistence
         self.workers = dict(workers)
         self.interval = snapshot_interval
@@ -132,11 +161,19 @@ class Coordinator:
 
     # ----- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        """Pick the snapshot to resume from and tell every worker to build."""
-        manifest = self.persistence.latest_restorable() if self.persistence.stores else None
+        """Pick the snapshot to resume from and tell every worker to build.
+
+        Raises :class:`~malstrom.snapshot.SnapshotsDamagedError` if snapshots exist but every
+        one is damaged (see ``restore_after`` for starting fresh on purpose).
+        """
+        stores = self.persistence.stores
+        manifest = self.persistence.restore_point(self.restore_after) if stores else None
         if manifest is not None:
             self.restored_from = manifest.version
             log.info("restoring from snapshot version %d", manifest.version)
+            before = manifest.meta.get("attempt")
+            if isinstance(before, int) and before >= self.attempt:
+                self.attempt = new_attempt_id(before)  # this clock is behind: stay above
         committed = self.persistence.committed_versions() if self.persistence.stores else []
         self._next_version = (committed[-1] + 1) if committed else 0
         if manifest is not None and manifest.meta.get("final"):
@@ -150,9 +187,17 @@ class Coordinator:
         now = self.clock()
         for w, ep in self.workers.items():
             self._last_seen[w] = now
-            ep.send(
-                StartBuild(worker_set, self.restored_from, self.peers, self._shipped_persistence())
-            )
+            ep.send(self._start_build(worker_set, self.restored_from))
+
+    def _start_build(self, worker_set: tuple[int, ...], restore: int | None) -> StartBuild:
+        return StartBuild(
+            worker_set,
+            restore,
+            self.peers,
+            self._shipped_persistence(),
+            attempt=self.attempt,
+            storage_timeout=self.storage_timeout,
+        )
 
     def _shipped_persistence(self) -> Persistence | None:
         # Workers on other machines learn the backend from the coordinator (it pickles).
@@ -172,6 +217,8 @@ class Coordinator:
         """Handle every queued worker message, fire due timers, start queued operations."""
         for w, ep in list(self.workers.items()):
             while (msg := ep.recv()) is not None:
+                if not self._current(msg):
+                    continue
                 self._last_seen[w] = self.clock()
                 self._handle(msg)
                 if self.phase is JobPhase.FAILED:
@@ -248,7 +295,7 @@ class Coordinator:
         if not self.wanted_workers():
             old = tuple(w for w in sorted(self.workers) if w not in self._joining)
             for w in sorted(self._joining):
-                self.workers[w].send(StartBuild(old, None, self.peers, self._shipped_persistence()))
+                self.workers[w].send(self._start_build(old, None))
 
     def cancel_rescale(self, reason: str) -> None:
         """New workers did not come: give the rescale up (nothing has moved yet)."""
@@ -319,6 +366,21 @@ class Coordinator:
     def _broadcast(self, msg: object) -> None:
         for ep in self.workers.values():
             ep.send(msg)
+
+    def _current(self, msg: object) -> bool:
+        """Whether ``msg`` belongs to this attempt (else it is dropped: fencing)."""
+        attempt = getattr(msg, "attempt", self.attempt)
+        if attempt == self.attempt:
+            return True
+        if attempt is None and isinstance(msg, Heartbeat | WorkerFailed | Hello):
+            return True  # from a worker that has not built yet
+        log.warning(
+            "ignoring %s of attempt %s (this is attempt %d): a worker of an earlier attempt",
+            type(msg).__name__,
+            attempt,
+            self.attempt,
+        )
+        return False
 
     def _handle(self, msg: object) -> None:
         if isinstance(msg, Heartbeat | Hello):
@@ -415,8 +477,12 @@ class Coordinator:
         assert version is not None
         blobs = {b[0]: BlobInfo(b[1], b[2]) for b in self._snap_done.values() if b is not None}
         final = self.phase is JobPhase.FINISHING
-        meta = {"workers": sorted(self.workers), "final": final}
-        self.persistence.commit(Manifest(version, blobs, meta))
+        meta = {"workers": sorted(self.workers), "final": final, "attempt": self.attempt}
+        try:
+            self._store.commit(Manifest(version, blobs, meta))
+        except StorageError as e:
+            self._fail(f"committing snapshot {version} failed: {e}")
+            return
         self.last_committed = version
         self._snap_version = None
         self._broadcast(SnapshotCommitted(version))

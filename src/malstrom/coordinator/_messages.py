@@ -2,10 +2,22 @@
 
 Every runtime speaks exactly this protocol; only the transport that carries it differs
 (in-process queues for the single-thread runtime, gRPC for processes and machines).
+
+**Attempts.** Each start or restart of a job is an *attempt* with its own id (an int that
+grows from attempt to attempt, see ``new_attempt_id``). :class:`StartBuild` tells a worker
+the attempt it belongs to; every message a worker sends afterwards carries that id, and the
+coordinator ignores messages of any other attempt. Workers put it on their data-plane streams
+too (peers refuse streams of another attempt), name their snapshot blobs with it (a late
+write of a failed attempt never replaces a blob of a later one) and hand it to their sinks
+(``FileSink`` refuses writes of an attempt older than the newest that wrote its files). So
+nothing a worker of a failed attempt still does, such as a late flush, a stale send or a
+snapshot write, reaches the output or the state of a later attempt.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +36,26 @@ __all__ = [
     "StartExecution",
     "TakeSnapshot",
     "WorkerFailed",
+    "new_attempt_id",
 ]
+
+_attempt_lock = threading.Lock()
+_last_attempt = 0
+
+
+def new_attempt_id(after: int = 0) -> int:
+    """The id of a new job attempt: microseconds since the epoch, greater than ``after`` and
+    than every id this process made before.
+
+    Attempt ids grow from one attempt to the next: in one coordinator process always, across
+    coordinator processes (a replaced coordinator) as far as their clocks agree; a coordinator
+    also starts above the attempt recorded in the snapshot it resumes from, which covers a
+    clock that is behind.
+    """
+    global _last_attempt
+    with _attempt_lock:
+        _last_attempt = max(_last_attempt + 1, after + 1, time.time_ns() // 1000)
+        return _last_attempt
 
 
 # ----- coordinator -> worker -----------------------------------------------------------------
@@ -36,6 +67,8 @@ class StartBuild:
     restore_version: int | None
     peers: dict[int, str] | None = None  # data-plane addresses, for network transports
     persistence: Any = None  # the job's backend, for workers started without one (cluster)
+    attempt: int = 0  # the job attempt this worker now belongs to (fencing)
+    storage_timeout: float | None = None  # bound on one snapshot store call (None: none)
 
 
 @dataclass(frozen=True)
@@ -96,14 +129,17 @@ class Hello:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Sent from the worker loop about once a second: the loop is alive and turning."""
+    """Sent from the worker loop about once a second: the loop is alive and turning.
+    ``attempt`` is None before the worker got its :class:`StartBuild`."""
 
     worker: int
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
 class BuildComplete:
     worker: int
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +149,7 @@ class SnapshotComplete:
     worker: int
     version: int
     blob: tuple[str, int, int] | None  # (name, size, crc32)
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +158,7 @@ class RescaleComplete:
 
     worker: int
     version: int
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
@@ -128,9 +166,13 @@ class Drained:
     """Every operator of the worker has seen the end of stream (``Epoch(MAX)``)."""
 
     worker: int
+    attempt: int | None = None
 
 
 @dataclass(frozen=True)
 class WorkerFailed:
+    """The worker failed; ``attempt`` is None if it failed before its :class:`StartBuild`."""
+
     worker: int
     error: str
+    attempt: int | None = None

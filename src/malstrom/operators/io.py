@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Any
 
-from malstrom._errors import OperatorError
+from malstrom._errors import AttemptFenced, OperatorError
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators._util import user_error
 from malstrom.runtime._engine import (
@@ -306,12 +306,14 @@ class SourceOp(Operator):
 
 
 class StatelessSinkOp(Operator):
-    def __init__(self, name: str, impl: StatelessSinkImpl) -> None:
+    def __init__(self, name: str, impl: StatelessSinkImpl, ctx: BuildContext) -> None:
         super().__init__(name)
         self.impl = impl
         self.batch_fn = getattr(impl, "sink_batch", None)
+        self._fence = ctx.fence
 
     def on_batch(self, batch: Batch, port: int) -> None:
+        self._fence()  # nothing of an attempt that is over reaches the sink
         rec = None
         try:
             if self.batch_fn is not None:
@@ -337,6 +339,13 @@ class StatefulSinkOp(Operator):
         self.parts: dict[Any, Any] = {}
         self._assigned: dict[Any, Any] = {}
         self.migrates = True
+        self._fence = ctx.fence
+        begin = getattr(impl, "begin_attempt", None)
+        if begin is not None:
+            try:
+                begin(ctx.attempt)
+            except Exception as e:
+                raise user_error(name, e) from e
         # Restore eagerly, so a part can roll back output written after its snapshot even if
         # no record for it ever arrives again.
         for part, state in ctx.restore_keyed(name, rendezvous_select):
@@ -351,6 +360,7 @@ class StatefulSinkOp(Operator):
             ) from e
 
     def on_batch(self, batch: Batch, port: int) -> None:
+        self._fence()  # nothing of an attempt that is over reaches the sink
         parts = self.parts
         assigned = self._assigned
         assign = self.impl.assign_part
@@ -364,7 +374,7 @@ class StatefulSinkOp(Operator):
                 if p is None:
                     p = parts[part] = self._build(part, None)
                 p.sink(make_record((k, v, t)))
-        except OperatorError:
+        except (OperatorError, AttemptFenced):
             raise
         except Exception as e:
             raise user_error(self.name, e, make_record((k, v, t))) from e
@@ -379,12 +389,15 @@ class StatefulSinkOp(Operator):
         into.update(self.parts)
 
     def extract(self, select: Select) -> dict[Any, Any]:
+        self._fence()
         out = {}
         for part in select(self.parts.keys()):
             p = self.parts.pop(part)
             fn = getattr(p, "collect", None) or p.snapshot
             try:
                 out[part] = fn()
+            except AttemptFenced:
+                raise
             except Exception as e:
                 raise user_error(self.name, e) from e
         return out
@@ -394,10 +407,13 @@ class StatefulSinkOp(Operator):
             self.parts[part] = self._build(part, state)
 
     def on_barrier(self, barrier: Barrier) -> None:
+        self._fence()  # parts flush at snapshots
         states = {}
         for key, p in self.parts.items():
             try:
                 states[key] = p.snapshot()
+            except AttemptFenced:
+                raise
             except Exception as e:
                 raise user_error(self.name, e) from e
         barrier.writer.put_keyed(self.name, states)
@@ -411,3 +427,10 @@ class StatefulSinkOp(Operator):
                     commit(version)
                 except Exception as e:
                     raise user_error(self.name, e) from e
+
+    def discard(self) -> None:
+        parts, self.parts = self.parts, {}
+        for p in parts.values():
+            abort = getattr(p, "abort", None)
+            if abort is not None:
+                abort()

@@ -228,14 +228,25 @@ class Installed(Control):
         self.version = version
 
 
+def _never_fenced() -> None:
+    pass
+
+
 @dataclass
 class BuildContext:
-    """What an operator may know about its worker when it is built."""
+    """What an operator may know about its worker when it is built.
+
+    ``attempt`` is the job attempt the worker belongs to; ``fence()`` raises
+    :class:`~malstrom._errors.AttemptFenced` once that attempt is over. Operators with side
+    effects outside the job (sinks) call it before each one.
+    """
 
     worker_id: int
     worker_set: tuple[int, ...]
     restore: Any = None  # a snapshot reader, or None on a fresh start
     services: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 0
+    fence: Callable[[], None] = _never_fenced
 
     def restore_keyed(
         self, operator: str, owner: Callable[[Any, Sequence[int]], int] | None
@@ -368,6 +379,9 @@ class Operator:
 
     def on_committed(self, version: int) -> None:
         """A snapshot version this operator took part in is committed (two-phase sinks)."""
+
+    def discard(self) -> None:
+        """The job attempt is over: drop buffered output without writing it (sinks)."""
 
     # ----- emitting ----------------------------------------------------------------------
     def emit(self, batch: Batch) -> None:

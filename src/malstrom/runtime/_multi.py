@@ -31,7 +31,7 @@ from malstrom.coordinator._coordinator import (
 from malstrom.runtime._app import check_importable
 from malstrom.runtime._process import worker_process_main
 from malstrom.runtime._single import build_graph
-from malstrom.snapshot._backend import Persistence
+from malstrom.snapshot._backend import Persistence, SnapshotCorruptError, SnapshotFormatError
 from malstrom.snapshot._memory import InMemoryPersistence, NoPersistence
 from malstrom.transport._exchange import TransportError
 
@@ -105,7 +105,9 @@ class MultiProcessRuntime:
     ``build`` must be importable by the worker processes (a module-level function, or a
     ``functools.partial`` of one). Failures restart the job from the last committed snapshot
     automatically, up to ``max_restarts`` times with backoff, then :meth:`execute` raises
-    :class:`JobFailed` naming the cause.
+    :class:`JobFailed` naming the cause. If snapshots exist but every one is damaged the job
+    does not start (:class:`JobFailed` names the versions); ``fresh_start=True`` ignores the
+    snapshots that exist when it starts and runs the job from the beginning.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class MultiProcessRuntime:
         token: str | None = None,
         tls: Any = None,
         log_level: int = logging.WARNING,
+        fresh_start: bool = False,
     ) -> None:
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
@@ -147,6 +150,7 @@ class MultiProcessRuntime:
         self.token = token or secrets.token_hex(16)
         self.tls = tls
         self.log_level = log_level
+        self.fresh_start = fresh_start
 
     def start(self) -> JobHandle:
         """Start the job in the background and return its handle."""
@@ -162,6 +166,7 @@ class MultiProcessRuntime:
             tls=self.tls,
             listen=f"{self.host}:0",
             pinned=self._pinned,
+            fresh_start=self.fresh_start,
         )
         sup = Supervisor(settings, _LocalLauncher(self))
         sup.start()
@@ -199,6 +204,7 @@ class JobSettings:
     listen: str = "127.0.0.1:0"
     connect_timeout: float = 120.0
     pinned: list[str] = field(default_factory=list)  # operators whose keyed state cannot move
+    fresh_start: bool = False  # ignore the snapshots that exist when the job starts
 
 
 class _LocalLauncher:
@@ -305,6 +311,8 @@ class Supervisor(threading.Thread):
         # Rescales whose attempt failed midway: the restart runs at the new size, and they
         # complete when it runs.
         self._deferred: list[Future[Any]] = []
+        # Snapshots up to this version are not restored from (a fresh start ignores them).
+        self._restore_after: int | None = None
         self._lock = threading.Lock()
         from malstrom.transport._grpc_control import ControlServer
 
@@ -365,9 +373,22 @@ class Supervisor(threading.Thread):
 
     def _run(self) -> None:
         settings = self.settings
+        if settings.fresh_start and settings.persistence.stores:
+            self._restore_after = settings.persistence.last_committed()
+            if self._restore_after is not None:
+                log.warning(
+                    "fresh start: ignoring the snapshots up to version %d", self._restore_after
+                )
         while True:
             try:
                 self.phase = self._attempt()
+                return
+            except (SnapshotCorruptError, SnapshotFormatError) as e:
+                # Every snapshot damaged, or one in a foreign format: restarting cannot help.
+                self.failure = str(e)
+                self.phase = "failed"
+                self._fail_requests(JobFailed(self.failure))
+                log.error("%s", e)
                 return
             except (_AttemptFailed, TransportError) as e:
                 if self.killed.is_set():
@@ -418,7 +439,7 @@ class Supervisor(threading.Thread):
         clean = False
         with self._lock:
             self._coord = None
-        if completed_version(settings.persistence) is not None:
+        if completed_version(settings.persistence, self._restore_after) is not None:
             return JobPhase.FINISHED.value  # completed earlier: nothing to start
         launcher.start(server.address, settings.auth, settings.parallelism)
         try:
@@ -444,6 +465,7 @@ class Supervisor(threading.Thread):
                 heartbeat_timeout=settings.heartbeat_timeout,
                 peers=peers,
                 pinned=settings.pinned,
+                restore_after=self._restore_after,
             )
             with self._lock:
                 self._coord = coord

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from malstrom._errors import OperatorError
+from malstrom._errors import AttemptFenced, OperatorError
 from malstrom.coordinator._messages import Hello, WorkerFailed
 from malstrom.runtime._app import load_app
 from malstrom.runtime._single import build_graph
@@ -92,14 +92,18 @@ def worker_process_main(
         coordinator, worker_id, Hello(worker_id, exchange.address, os.getpid()), auth, tls
     )
     code = 0
+    worker = None
     try:
         fn = load_app(build) if isinstance(build, str) else build
         worker = Worker(build_graph(fn), worker_id, control, persistence, {"exchange": exchange})
         run_worker_loop(worker)
     except BaseException as e:  # report everything: the coordinator decides what happens next
         code = 1
+        if worker is not None:
+            worker.discard()  # nothing this attempt buffered may be written now
         try:
-            control.send(WorkerFailed(worker_id, describe_error(e)))
+            attempt = worker.attempt if worker is not None else None
+            control.send(WorkerFailed(worker_id, describe_error(e), attempt))
             time.sleep(0.2)  # let the report leave before the channel closes
         except Exception:
             log.exception("could not report failure to the coordinator")
@@ -154,17 +158,29 @@ def cluster_worker_main(
         )
         port = exchange.address.rpartition(":")[2]
         control = None
+        worker = None
         try:
-            control = connect_control(
-                coordinator,
-                worker_id,
-                Hello(worker_id if worker_id is not None else -1, f"{host}:{port}", os.getpid()),
-                auth,
-                tls,
-                connect_timeout=max(1.0, deadline - time.monotonic()),
-            )
+            try:
+                control = connect_control(
+                    coordinator,
+                    worker_id,
+                    Hello(
+                        worker_id if worker_id is not None else -1, f"{host}:{port}", os.getpid()
+                    ),
+                    auth,
+                    tls,
+                    connect_timeout=max(1.0, deadline - time.monotonic()),
+                )
+            except TransportError as e:
+                if "refused us" in str(e) or "did not prove" in str(e):  # never worth retrying
+                    log.error("%s", e)
+                    return 2
+                raise
             exchange.worker_id = control.worker_id
             log.info("joined %s as worker %d", coordinator, control.worker_id)
+            # Rejoining after this attempt may take reconnect_timeout again, from its end.
+            deadline = float("inf")
+            backoff = 0.2
             # A fresh graph each attempt: user objects must not carry state across restarts.
             worker = Worker(
                 build_graph(fn),
@@ -178,22 +194,29 @@ def cluster_worker_main(
                 return 0  # the job finished or stopped
             log.warning("attempt aborted: %s", worker.abort_reason)
         except TransportError as e:
-            if "refused us" in str(e) or "did not prove" in str(e):  # never worth retrying
-                log.error("%s", e)
-                return 2
             log.warning("connection problem: %s", e)
+        except AttemptFenced as e:
+            log.warning("%s", e)
         except Exception as e:
             log.error("job attempt failed here: %s", describe_error(e))
             if control is not None:
                 try:
-                    control.send(WorkerFailed(control.worker_id, describe_error(e)))
+                    attempt = worker.attempt if worker is not None else None
+                    control.send(WorkerFailed(control.worker_id, describe_error(e), attempt))
                     time.sleep(0.2)
                 except Exception:
                     pass
         finally:
+            # The attempt is over for this worker: drop its sinks' buffered output unwritten
+            # and every object of its graph, before anything of the next attempt is built.
+            if worker is not None:
+                worker.discard()
+            worker = None
             exchange.close()
             if control is not None:
                 control.close()
+        if deadline == float("inf"):
+            deadline = time.monotonic() + reconnect_timeout
         if time.monotonic() > deadline:
             log.error(
                 "could not rejoin %s within %.0f s; giving up", coordinator, reconnect_timeout

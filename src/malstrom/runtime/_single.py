@@ -32,7 +32,10 @@ class SingleThreadRuntime:
     ``persistence`` stores snapshots (default: none); ``snapshot_interval`` takes one every so
     many seconds. An error ends :meth:`execute` with an exception naming the operator; running
     the job again with the same persistence resumes from the last committed snapshot. A job
-    that completes commits a final snapshot, so running it again completes at once.
+    that completes commits a final snapshot, so running it again completes at once. If
+    snapshots exist but every one is damaged, :meth:`execute` raises
+    :class:`~malstrom.snapshot.SnapshotsDamagedError` naming them instead of starting over;
+    ``fresh_start=True`` ignores existing snapshots and runs the job from the beginning.
     """
 
     def __init__(
@@ -41,10 +44,12 @@ class SingleThreadRuntime:
         *,
         persistence: Persistence | None = None,
         snapshot_interval: float | None = None,
+        fresh_start: bool = False,
     ) -> None:
         self.build = build
         self.persistence = persistence if persistence is not None else NoPersistence()
         self.snapshot_interval = snapshot_interval
+        self.fresh_start = fresh_start
         self.restored_from: int | None = None
         """The snapshot version the last :meth:`execute` resumed from (None: fresh start)."""
 
@@ -53,7 +58,10 @@ class SingleThreadRuntime:
         graph = build_graph(self.build)
         c_end, w_end = local_pair()
         worker = Worker(graph, 0, w_end, self.persistence)
-        coord = Coordinator(self.persistence, {0: c_end}, self.snapshot_interval)
+        after = self.persistence.last_committed() if self.fresh_start else None
+        coord = Coordinator(
+            self.persistence, {0: c_end}, self.snapshot_interval, restore_after=after
+        )
         coord.start()
         self.restored_from = coord.restored_from
         if coord.finished:

@@ -2,7 +2,15 @@
 
 A turn handles pending coordinator commands, polls the sources, runs ``on_schedule`` hooks
 and drains every operator's inputs in topological order, so a batch usually crosses the
-whole graph within the turn that produced it. The worker never blocks.
+whole graph within the turn that produced it. The worker never blocks (snapshot store calls
+are bounded, see ``malstrom.snapshot._bounded``).
+
+Fencing: the worker learns its job attempt from :class:`StartBuild` and puts it on every
+message, on its data-plane streams and in its blob names. Once the attempt is over (Abort
+received, the coordinator's link closed or silent), :meth:`Worker.fence` raises
+:class:`~malstrom._errors.AttemptFenced`: sinks call it before every write, the worker before
+every blob write and commit notice. :meth:`Worker.discard` drops the sinks' buffered output
+without writing it; it runs as soon as the attempt is known to be over.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import enum
 import time
 from typing import Any
 
-from malstrom._errors import BuildError, OperatorError
+from malstrom._errors import AttemptFenced, BuildError, OperatorError
 from malstrom.coordinator._messages import (
     Abort,
     BuildComplete,
@@ -28,6 +36,7 @@ from malstrom.coordinator._messages import (
 )
 from malstrom.runtime._engine import Barrier, BuildContext, Operator, Rescale, Token
 from malstrom.snapshot._backend import Persistence
+from malstrom.snapshot._bounded import BoundedPersistence
 from malstrom.snapshot._layout import (
     NullSnapshotWriter,
     SnapshotReader,
@@ -75,19 +84,62 @@ class Worker:
         self._next_heartbeat = 0.0
         self._stopping = False
         self.abort_reason: str | None = None
+        #: The job attempt this worker belongs to (from StartBuild); None before.
+        self.attempt: int | None = None
+        self._discarded = False
+
+    # ----- build -------------------------------------------------------------------------
+    # ----- fencing -------------------------------------------------------------------------
+    def fence(self) -> None:
+        """Raise :class:`AttemptFenced` if this worker's attempt is over (see module docs)."""
+        if self.abort_reason is not None:
+            raise AttemptFenced(f"worker {self.worker_id}: attempt aborted: {self.abort_reason}")
+        if getattr(self.endpoint, "closed", False):
+            raise AttemptFenced(
+                f"worker {self.worker_id}: the link to the coordinator is gone "
+                f"(attempt {self.attempt} is over)"
+            )
+
+    def discard(self) -> None:
+        """Drop every sink's buffered output without writing it (the attempt is over)."""
+        if self._discarded:
+            return
+        self._discarded = True
+        for op in self.ops:
+            try:
+                op.discard()
+            except Exception:  # best effort: nothing of this attempt may be written anyway
+                pass
+
+    def _heartbeat(self) -> None:
+        self.endpoint.send(Heartbeat(self.worker_id, self.attempt))
 
     # ----- build -------------------------------------------------------------------------
     def _build(self, msg: StartBuild) -> None:
+        self.attempt = msg.attempt
         if msg.persistence is not None:
             self.persistence = msg.persistence
+        if msg.storage_timeout is not None and self.persistence.stores:
+            self.persistence = BoundedPersistence(
+                self.persistence, msg.storage_timeout, tick=self._heartbeat
+            )
         exchange = self.services.get("exchange")
+        if exchange is not None:
+            exchange.set_attempt(msg.attempt)
         if msg.peers is not None and exchange is not None:
             exchange.connect({w: a for w, a in msg.peers.items() if w != self.worker_id})
         reader = None
         if msg.restore_version is not None:
             manifest = self.persistence.manifest(msg.restore_version)
             reader = SnapshotReader(self.persistence, manifest)
-        ctx = BuildContext(self.worker_id, msg.worker_set, reader, self.services)
+        ctx = BuildContext(
+            self.worker_id,
+            msg.worker_set,
+            reader,
+            self.services,
+            attempt=msg.attempt,
+            fence=self.fence,
+        )
         built: dict[int, Operator] = {}
         for node in self.graph.nodes:
             try:
@@ -107,7 +159,7 @@ class Worker:
         self._roots = [op for op in self.ops if op.is_source]
         self._scheduled = [op for op in self.ops if op.wants_schedule]
         self.phase = WorkerPhase.BUILT
-        self.endpoint.send(BuildComplete(self.worker_id))
+        self.endpoint.send(BuildComplete(self.worker_id, self.attempt))
 
     # ----- running -------------------------------------------------------------------------
     def turn(self) -> bool:
@@ -118,7 +170,7 @@ class Worker:
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
-            self.endpoint.send(Heartbeat(self.worker_id))
+            self._heartbeat()
         if self.phase is not WorkerPhase.RUNNING:
             return worked
         exchange = self.services.get("exchange")
@@ -145,22 +197,32 @@ class Worker:
             and all(op.rescale_done(resc[0]) for op in self.ops)
         ):
             self._rescale = None
-            self.endpoint.send(RescaleComplete(self.worker_id, resc[0]))
+            self.endpoint.send(RescaleComplete(self.worker_id, resc[0], self.attempt))
             worked = True
         if not self._drained_sent and all(op.done for op in self.ops):
             self._drained_sent = True
-            self.endpoint.send(Drained(self.worker_id))
+            self.endpoint.send(Drained(self.worker_id, self.attempt))
         return worked
 
     def _handle_commands(self) -> bool:
-        worked = False
+        msgs = []
         while (msg := self.endpoint.recv()) is not None:
+            msgs.append(msg)
+        if not msgs:
+            return False
+        # A Finish among them: the job completed, so the link closing right after it does
+        # not make the commit notice before it stale.
+        finishing = any(type(m) is Finish for m in msgs)
+        worked = False
+        for msg in msgs:
             worked = True
             if isinstance(msg, TakeSnapshot):
                 self._begin_snapshot(msg.version)
                 if msg.stop:
                     self._stopping = True  # suspend: nothing new after the final barrier
             elif isinstance(msg, SnapshotCommitted):
+                if not finishing:
+                    self.fence()  # a late commit notice must not publish anything any more
                 for op in self.ops:
                     op.on_committed(msg.version)
             elif isinstance(msg, Reconfigure):
@@ -174,6 +236,8 @@ class Worker:
             elif isinstance(msg, Abort):
                 self.abort_reason = msg.reason
                 self.phase = WorkerPhase.FINISHED
+                self.discard()
+                return worked
             else:
                 raise TypeError(f"worker {self.worker_id} got an unexpected command {msg!r}")
         return worked
@@ -208,7 +272,9 @@ class Worker:
         self._snapshot = None
         blob = None
         if self.persistence.stores:
-            name = worker_blob(self.worker_id)
-            info = self.persistence.write_blob(version, name, writer.to_bytes())
+            name = worker_blob(self.worker_id, self.attempt)
+            data = writer.to_bytes()
+            self.fence()
+            info = self.persistence.write_blob(version, name, data)
             blob = (name, info.size, info.crc32)
-        self.endpoint.send(SnapshotComplete(self.worker_id, version, blob))
+        self.endpoint.send(SnapshotComplete(self.worker_id, version, blob, self.attempt))

@@ -1,14 +1,14 @@
-"""Built-in sinks: StdOutSink, ListSink, FileSink."""
+"""Built-in sinks: StdOutSink, ListSink, FileSink (in its own module)."""
 
 from __future__ import annotations
 
 import os
 import sys
 import threading
-from collections.abc import Hashable
 from typing import Any, TextIO
 
-from malstrom.sinks._protocols import RecordBatch, StatefulSink, StatelessSink
+from malstrom.sinks._file import FileSink
+from malstrom.sinks._protocols import RecordBatch, StatelessSink
 from malstrom.types import Record
 
 __all__ = ["FileSink", "ListSink", "StdOutSink"]
@@ -79,61 +79,3 @@ class ListSink(StatelessSink):
     def values(self) -> list[Any]:
         """Just the values, in arrival order."""
         return [r.value for r in self.records]
-
-
-class _FilePart:
-    def __init__(self, path: str, state: object | None, fmt: Any) -> None:
-        self._fmt = fmt
-        self._path = path
-        d = os.path.dirname(path)
-        if d:
-            os.makedirs(d, exist_ok=True)
-        f = open(path, "a+b")  # noqa: SIM115 - the part owns the file
-        if state is not None:
-            # Restore: drop what was written after the snapshot we resume from, so every record
-            # appears exactly once in the file however often the job restarts.
-            f.truncate(int(state))  # type: ignore[call-overload]
-        else:
-            # No snapshot holds this part: nothing in the file is committed output of this job
-            # (e.g. a run that crashed before its first snapshot), so start it empty.
-            f.truncate(0)
-        f.seek(0, os.SEEK_END)
-        self._f = f
-
-    def sink(self, record: Record) -> None:
-        self._f.write((self._fmt(record) + "\n").encode())
-
-    def snapshot(self) -> object:
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        return self._f.tell()
-
-    def collect(self) -> object:
-        pos = self.snapshot()
-        self._f.close()
-        return pos
-
-
-class FileSink(StatefulSink):
-    """Writes one line per record (``fmt(record)``, default the value's ``str``) to a file.
-
-    With ``per_key=True`` each key gets its own file ``<path>/<key>.txt``; otherwise all
-    records go to the single file ``path``. The file's length is snapshotted; on restore the
-    file is cut back to that length before writing resumes, so after any crash and restart the
-    file holds every record exactly once. A part not covered by a snapshot (a fresh start)
-    starts with an empty file.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], fmt: Any = None, per_key: bool = False):
-        super().__init__(self)
-        self._path = os.fspath(path)
-        self._fmt = fmt or (lambda r: str(r.value))
-        self._per_key = per_key
-
-    def assign_part(self, key: Any) -> Hashable:
-        """The file a record with ``key`` goes to."""
-        return os.path.join(self._path, f"{key}.txt") if self._per_key else self._path
-
-    def build_part(self, part: Any, state: object | None) -> _FilePart:
-        """Open the file, cut back to the snapshotted length (empty on a fresh start)."""
-        return _FilePart(part, state, self._fmt)

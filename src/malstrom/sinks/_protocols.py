@@ -65,8 +65,11 @@ class StatelessSinkImpl(Protocol):
 class StatefulSinkPartition(Protocol):
     """One part of a stateful sink, living on exactly one worker.
 
-    Partitions that take part in two-phase commit also define ``commit(version)``, called once
-    the snapshot version that covered their writes is committed.
+    Optional methods: partitions that take part in two-phase commit define
+    ``commit(version)``, called once the snapshot version that covered their writes is
+    committed. ``abort()`` is called when the worker's job attempt is over (it failed or was
+    aborted): drop buffered output without writing or publishing it; the part is not used
+    again (a later attempt rebuilds it from the last committed snapshot).
     """
 
     def sink(self, record: Record) -> None:
@@ -83,7 +86,15 @@ class StatefulSinkPartition(Protocol):
 
 
 class StatefulSinkImpl(Protocol):
-    """A sink whose parts keep state across snapshots and restores."""
+    """A sink whose parts keep state across snapshots and restores.
+
+    Optional: ``begin_attempt(attempt: int)`` is called on each worker before any part is
+    built, with the id of the job attempt (ids grow from one attempt to the next). A worker of
+    a failed attempt may live on for a while; the engine stops calling its parts once it
+    knows, but only the system written to can refuse a write that was already under way. A
+    sink writing to a system that can fence writers (a lock, a transactional producer's
+    epoch, a conditional write) should use the id for that, as ``FileSink`` does.
+    """
 
     def assign_part(self, key: Any) -> Hashable:
         """The part a record with this key goes to (deterministic)."""

@@ -22,7 +22,11 @@ first use; a store that cannot be reached raises ``StoreUnavailableError`` namin
 Each snapshot is a *version*: the workers write their blobs, then the coordinator commits a
 manifest atomically. Only committed versions are ever restored, so a crash mid-snapshot
 resumes from the previous one; a damaged version is skipped with a warning, and a snapshot
-written in another format raises :class:`SnapshotFormatError` instead of being misread.
+written in another format raises :class:`SnapshotFormatError` instead of being misread. If
+every snapshot is damaged the job refuses to start (:class:`SnapshotsDamagedError` names the
+versions) rather than silently starting over; ``fresh_start=True`` (``--fresh-start``) starts
+over on purpose. A store call that fails or hangs while the job runs fails the attempt with a
+:class:`StorageError` naming the backend, its location and the cause.
 After each commit only the newest ``retain`` versions (default 3) are kept.
 
 Subclass :class:`Persistence` to add another storage backend.
@@ -30,7 +34,13 @@ Subclass :class:`Persistence` to add another storage backend.
 
 from typing import Any
 
-from malstrom.snapshot._backend import Persistence, SnapshotCorruptError, SnapshotFormatError
+from malstrom.snapshot._backend import (
+    Persistence,
+    SnapshotCorruptError,
+    SnapshotFormatError,
+    SnapshotsDamagedError,
+)
+from malstrom.snapshot._errors import StorageError
 from malstrom.snapshot._local import LocalDiskPersistence
 from malstrom.snapshot._memory import InMemoryPersistence, NoPersistence
 
@@ -43,6 +53,8 @@ __all__ = [
     "SlateDbPersistence",
     "SnapshotCorruptError",
     "SnapshotFormatError",
+    "SnapshotsDamagedError",
+    "StorageError",
     "StoreUnavailableError",
 ]
 

@@ -21,6 +21,7 @@ __all__ = [
     "Persistence",
     "SnapshotCorruptError",
     "SnapshotFormatError",
+    "SnapshotsDamagedError",
 ]
 
 log = logging.getLogger("malstrom.snapshot")
@@ -35,6 +36,29 @@ class SnapshotFormatError(RuntimeError):
 
 class SnapshotCorruptError(RuntimeError):
     """A committed snapshot version is damaged (missing blob, wrong size or checksum)."""
+
+
+class SnapshotsDamagedError(SnapshotCorruptError):
+    """Snapshots exist but every one is damaged: the job refuses to start from scratch.
+
+    Starting over would rewrite the job's output (file sinks start empty) and reread its
+    sources from the beginning. ``versions`` lists the damaged versions, ``reasons`` why each
+    is unusable. Repair the store, or start fresh on purpose (``fresh_start=True``, on the
+    command line ``--fresh-start``).
+    """
+
+    def __init__(self, location: str, damage: dict[int, str]) -> None:
+        self.location = location
+        self.versions = sorted(damage)
+        self.reasons = dict(damage)
+        detail = "; ".join(damage[v] for v in self.versions)
+        super().__init__(
+            f"every committed snapshot in {location} is damaged (versions "
+            f"{', '.join(map(str, self.versions))}: {detail}). Refusing to start from scratch, "
+            "which would rewrite the job's output and reread its sources from the beginning. "
+            "Repair or restore the snapshot store, or start fresh on purpose with "
+            "fresh_start=True (command line: --fresh-start)"
+        )
 
 
 @dataclass(frozen=True)
@@ -174,6 +198,25 @@ class Persistence(ABC):
                 return self.verify(version)
             except SnapshotCorruptError as e:
                 log.warning("skipping damaged snapshot: %s", e)
+        return None
+
+    def restore_point(self, after: int | None = None) -> Manifest | None:
+        """The snapshot a job resumes from: the newest committed version above ``after``
+        (all if None) that verifies; damaged ones are skipped with a warning.
+
+        None if there is no such version; :class:`SnapshotsDamagedError` if there are some
+        but every one is damaged; :class:`SnapshotFormatError` for a foreign format.
+        """
+        versions = [v for v in self.committed_versions() if after is None or v > after]
+        damage: dict[int, str] = {}
+        for version in reversed(versions):
+            try:
+                return self.verify(version)
+            except SnapshotCorruptError as e:
+                log.warning("skipping damaged snapshot: %s", e)
+                damage[version] = str(e)
+        if damage:
+            raise SnapshotsDamagedError(repr(self), damage)
         return None
 
     def last_committed(self) -> int | None:

@@ -1,13 +1,19 @@
-"""Errors shared by the remote persistence backends (object stores, SlateDB)."""
+"""Errors of snapshot stores: calls that failed or hung (any backend), unreachable or
+refusing remote stores (object stores, SlateDB)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["StoreUnavailableError", "unavailable"]
+__all__ = ["StorageError", "StoreUnavailableError", "unavailable"]
 
 
-class StoreUnavailableError(RuntimeError):
+class StorageError(RuntimeError):
+    """A call to the snapshot store failed or did not answer in time. The message names the
+    backend and its location, what was being done and the cause."""
+
+
+class StoreUnavailableError(StorageError):
     """The snapshot store could not be reached or refused the request (network, credentials,
     missing bucket, timeout). The message names the store's URL.
 

@@ -24,16 +24,31 @@ from malstrom.keyed.partitioners import group_owner, key_group, rendezvous_selec
 from malstrom.runtime._engine import ENDED_KEY
 from malstrom.snapshot._backend import FORMAT_VERSION, Manifest, Persistence, SnapshotFormatError
 
-__all__ = ["NullSnapshotWriter", "SnapshotReader", "SnapshotWriter", "worker_blob"]
+__all__ = ["NullSnapshotWriter", "SnapshotReader", "SnapshotWriter", "blob_worker", "worker_blob"]
 
 _MAGIC = b"MALSTROM"
 _HEADER = struct.Struct(">8sIQ")
 _UNGROUPED = -1  # keys with no stable hash: every restoring worker reads and filters them
 
 
-def worker_blob(worker_id: int) -> str:
-    """The blob name holding one worker's state."""
-    return f"w{worker_id}"
+def worker_blob(worker_id: int, attempt: int | None = None) -> str:
+    """The blob name holding one worker's state: ``w<worker>.<attempt>``.
+
+    The attempt is part of the name so that a late write by a worker of a failed attempt
+    never replaces the blob of the same version written by a later attempt (the manifest
+    lists the blobs of the attempt that committed it). ``w<worker>`` alone is read too.
+    """
+    return f"w{worker_id}" if attempt is None else f"w{worker_id}.{attempt}"
+
+
+def blob_worker(name: str) -> int | None:
+    """The worker id of a blob named by :func:`worker_blob` (None for other names)."""
+    if not name.startswith("w"):
+        return None
+    head, _, tail = name[1:].partition(".")
+    if not head.isdigit() or (tail and not tail.isdigit()):
+        return None
+    return int(head)
 
 
 def _dumps(op: str, obj: Any) -> bytes:
@@ -110,7 +125,7 @@ class SnapshotReader:
         self.manifest = manifest
         self.version = manifest.version
         self._blobs = sorted(
-            (int(n[1:]), n) for n in manifest.blobs if n.startswith("w") and n[1:].isdigit()
+            (wid, n) for n in manifest.blobs if (wid := blob_worker(n)) is not None
         )
         self._indexes: dict[str, tuple[int, dict[str, Any]]] = {}
 

@@ -16,6 +16,11 @@ writer its own database::
         h/<version:020d>            -> {"size", "crc", "chunk"}: the blob's header
         c/<version:020d>/<index:010d> -> the blob's bytes in chunks of at most 1 MiB
 
+A blob name with a tag, ``<name>.<tag>`` (workers tag their blobs with their job attempt),
+lives in the database of ``<name>`` under ``h/<version>/<tag>`` and
+``c/<version>/<tag>/<index>``: blobs of one version written by different attempts never
+overwrite each other, and a worker keeps one database however often the job restarts.
+
 Readers (restoring workers, the coordinator verifying a version) open read-only
 ``DbReader``\\ s, which never fence a writer. A fenced writer (a zombie process, or this
 process after another one took over a database) reopens once and retries, as a restarted
@@ -75,7 +80,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from malstrom.snapshot._backend import BlobInfo, Manifest, Persistence
-from malstrom.snapshot._errors import StoreUnavailableError, _UnavailableIsNotDamage, unavailable
+from malstrom.snapshot._errors import (
+    StorageError,
+    StoreUnavailableError,
+    _brief,
+    _UnavailableIsNotDamage,
+    unavailable,
+)
 from malstrom.snapshot._local import _BLOB_NAME, _VERSION_DIGITS, _check_range
 
 __all__ = ["SlateDbPersistence"]
@@ -319,8 +330,18 @@ def _version_part(version: int) -> bytes:
     return b"%020d" % version
 
 
-def _chunk_key(version: int, index: int) -> bytes:
-    return b"c/" + _version_part(version) + b"/%010d" % index
+def _head_key(version: int, tag: bytes = b"") -> bytes:
+    return b"h/" + _version_part(version) + (b"/" + tag if tag else b"")
+
+
+def _chunk_key(version: int, index: int, tag: bytes = b"") -> bytes:
+    return b"c/" + _version_part(version) + (b"/" + tag if tag else b"") + b"/%010d" % index
+
+
+def _parse_head_key(key: bytes) -> tuple[int, bytes]:
+    """(version, tag) of a header key made by :func:`_head_key`."""
+    version, _, tag = key[2:].partition(b"/")
+    return int(version), tag
 
 
 class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
@@ -403,12 +424,16 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
     def _manifests(self) -> str:
         return self._path("manifests")
 
-    def _blob_db(self, name: str) -> str:
+    def _blob_db(self, name: str) -> tuple[str, bytes]:
+        """The database of blob ``name`` and the tag of its keys there (see module docs)."""
         if not isinstance(name, str) or not _BLOB_NAME.fullmatch(name):
             raise ValueError(
                 f"invalid blob name {name!r}: use letters, digits, '_', '.' and '-' only"
             )
-        return self._path("blobs", "b-" + name)
+        base, _, tag = name.partition(".")
+        if not base:
+            base, tag = name, ""
+        return self._path("blobs", "b-" + base), tag.encode()
 
     @property
     def _store_key(self) -> tuple[str, tuple[tuple[str, str], ...]]:
@@ -593,8 +618,8 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
     def write_blob(self, version: int, name: str, data: bytes) -> BlobInfo:
         """Write blob ``name`` of ``version`` into this process's database for ``name``,
         durably; then drop this database's versions that pruning has retired."""
-        vkey = _version_part(version)
-        db_path = self._blob_db(name)
+        db_path, tag = self._blob_db(name)
+        hkey = _head_key(version, tag)
         view = memoryview(data).cast("B")
         size = len(view)
         crc = zlib.crc32(view)
@@ -604,15 +629,15 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
         async def op(db: Any) -> None:
             sdb = _sdb()
             batch = sdb.WriteBatch()
-            old = await db.get(b"h/" + vkey)
+            old = await db.get(hkey)
             if old is not None:  # rewritten before its commit: drop chunks beyond the new end
                 for i in range(chunks, _header_chunks(old)):
-                    batch.delete(_chunk_key(version, i))
-            batch.put(b"h/" + vkey, header)
+                    batch.delete(_chunk_key(version, i, tag))
+            batch.put(hkey, header)
             handles, pending = [], 0
             for i in range(chunks):
                 part = view[i * CHUNK : (i + 1) * CHUNK]
-                batch.put(_chunk_key(version, i), part)
+                batch.put(_chunk_key(version, i, tag), part)
                 pending += len(part)
                 if pending >= _BATCH_BYTES:
                     handles.append(await db.write(batch))
@@ -624,6 +649,15 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
         try:
             self._collect_own(db_path, writing=version)
         except Exception as e:  # the blob is written; pruning catches up at the next write
+            cause = e.__cause__
+            if isinstance(cause, (_sdb().Error.Data, _sdb().Error.Invalid)):
+                # Damaged tables: the database's flushes and compactions stall on them, so
+                # the next write would hang. Say so now, naming the damage.
+                raise StorageError(
+                    f"SlateDB at {self.location}: database {db_path} is damaged: "
+                    f"{_brief(cause)} (found while pruning after writing blob {name!r} of "
+                    f"version {version})"
+                ) from e
             log.warning("SlateDB %s: pruning %s failed: %s", self.location, db_path, e)
         return BlobInfo(size, crc)
 
@@ -636,21 +670,27 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
     def _collect_own(self, db_path: str, writing: int) -> None:
         """Delete the versions of a blob database this process writes that pruning retired
         (never ``writing``, the version just written: it is not committed yet)."""
-        doomed = self._doomed(set(self._own_versions(db_path)), self.committed_versions())
+        own = self._own_versions(db_path)
+        doomed = self._doomed(set(own), self.committed_versions())
         doomed.discard(writing)
         if doomed:
-            self._delete_blob_versions(db_path, doomed)
+            self._delete_blob_versions(db_path, {v: own[v] for v in doomed})
 
-    def _own_versions(self, db_path: str) -> dict[int, int]:
-        """Version -> chunk count of a blob database written by this process."""
+    def _own_versions(self, db_path: str) -> dict[int, dict[bytes, int]]:
+        """Version -> {tag: chunk count} of a blob database written by this process."""
 
-        async def op(db: Any) -> dict[int, int]:
-            return {int(k[2:]): _header_chunks(v) for k, v in await _scan(db, b"h/")}
+        async def op(db: Any) -> dict[int, dict[bytes, int]]:
+            out: dict[int, dict[bytes, int]] = {}
+            for k, v in await _scan(db, b"h/"):
+                version, tag = _parse_head_key(k)
+                out.setdefault(version, {})[tag] = _header_chunks(v)
+            return out
 
         return self._write(db_path, op, f"listing versions of {db_path}")
 
-    def _delete_blob_versions(self, db_path: str, versions: set[int]) -> None:
-        """Delete versions of a blob database this process writes, in one atomic batch.
+    def _delete_blob_versions(self, db_path: str, versions: dict[int, dict[bytes, int]]) -> None:
+        """Delete versions of a blob database this process writes, in one atomic batch
+        (``versions``: version -> {tag: chunk count}, as :meth:`_own_versions` lists them).
 
         Not flushed: the deletion becomes durable with the next write (or at exit). Until
         then a crash only brings retired data back, and the next pruning deletes it again.
@@ -658,12 +698,11 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
 
         async def op(db: Any) -> None:
             batch = _sdb().WriteBatch()
-            for v in sorted(versions):
-                vkey = _version_part(v)
-                old = await db.get(b"h/" + vkey)
-                batch.delete(b"h/" + vkey)
-                for i in range(_header_chunks(old) if old is not None else 0):
-                    batch.delete(_chunk_key(v, i))
+            for v, tags in sorted(versions.items()):
+                for tag, chunks in tags.items():
+                    batch.delete(_head_key(v, tag))
+                    for i in range(chunks):
+                        batch.delete(_chunk_key(v, i, tag))
             await db.write(batch)
 
         self._write(db_path, op, f"deleting versions {sorted(versions)} of {db_path}")
@@ -675,14 +714,14 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
         Raises :class:`FileNotFoundError` if the version is not committed or lacks the blob.
         """
         _check_range(offset, length)
-        vkey = _version_part(version)
-        db_path = self._blob_db(name)
+        db_path, tag = self._blob_db(name)
+        hkey = _head_key(version, tag)
         self._require_committed(version)
         what = f"reading blob {name!r} of version {version}"
         proc = _process()
 
         async def op(reader: Any) -> bytes | None:
-            raw = await reader.get(b"h/" + vkey)
+            raw = await reader.get(hkey)
             if raw is None:
                 return None
             head = json.loads(raw)
@@ -693,7 +732,7 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
             first, last = offset // chunk, (end - 1) // chunk
             parts = []
             for i in range(first, last + 1):
-                part = await reader.get(_chunk_key(version, i))
+                part = await reader.get(_chunk_key(version, i, tag))
                 if part is None:
                     raise FileNotFoundError(
                         f"version {version}, blob {name!r}: chunk {i} is missing"
@@ -787,8 +826,9 @@ class SlateDbPersistence(_UnavailableIsNotDamage, Persistence):
         self._write(self._manifests, op, f"deleting version {version}")
         self._committed.discard(version)
         for db_path in self._written_here():
-            if version in self._own_versions(db_path):
-                self._delete_blob_versions(db_path, {version})
+            own = self._own_versions(db_path)
+            if version in own:
+                self._delete_blob_versions(db_path, {version: own[version]})
 
     def _all_versions(self) -> list[int]:
         """Committed versions and the versions held by blob databases this process writes."""

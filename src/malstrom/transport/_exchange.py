@@ -33,6 +33,10 @@ class Exchange(Protocol):
         """Hand queued messages to the wire. Raises TransportError if a peer is lost."""
         ...
 
+    def set_attempt(self, attempt: int) -> None:
+        """The job attempt this worker runs: network transports refuse peers of another one."""
+        ...
+
     def backlogged(self) -> bool:
         """True while outbound buffers exceed their bound: sources should stop producing."""
         ...
@@ -73,6 +77,9 @@ class _LocalExchange:
 
     def flush(self) -> None:
         pass
+
+    def set_attempt(self, attempt: int) -> None:
+        pass  # one process, one attempt: nothing stale can reach these pipes
 
     def backlogged(self) -> bool:
         return False

@@ -10,6 +10,11 @@ error, never silent (DESIGN invariant 1). The gRPC thread that receives a frame 
 its bytes; the worker thread unpickles it when ``recv`` reaches it, so the receive threads
 hardly ever hold the GIL the worker loop needs.
 
+Fencing: every stream names the job attempt of its sender in its call metadata; a worker
+refuses (``FAILED_PRECONDITION``) streams of any attempt but its own, and data frames that
+arrive before it knows its attempt, so a worker of a failed attempt never delivers a record
+to a worker of a later one (see ``malstrom.coordinator._messages``).
+
 Backpressure (invariant 3): the sender's per-peer queue reports ``backlogged()`` above its
 byte bound, and the worker stops its sources; the receiver stops reading a peer's stream
 while more than its inbound bound is waiting for ``recv``, so gRPC flow control pushes back
@@ -51,6 +56,7 @@ FRAME_BYTES = 256 * 1024
 #: Payloads above this travel as several chunks (gRPC refuses messages above 8 MiB).
 CHUNK_BYTES = 4 * 1024 * 1024
 _PICKLE_PROTOCOL = 5
+MD_ATTEMPT = "x-malstrom-attempt"
 
 
 def encode_frames(box: list[tuple[str, Any]], limit: int = FRAME_BYTES) -> list[bytes]:
@@ -179,9 +185,13 @@ class _Sender:
             self.frames_sent += 1
             yield frame
 
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        attempt = self.owner.attempt
+        return () if attempt is None else ((MD_ATTEMPT, str(attempt)),)
+
     def _probe(self, timeout: float) -> None:
         """One empty Push: fails fast (with the reason) unless the peer is up and accepts us."""
-        self._stub.Push(iter(()), timeout=timeout, wait_for_ready=False)
+        self._stub.Push(iter(()), timeout=timeout, wait_for_ready=False, metadata=self._metadata())
 
     def _run(self) -> None:
         timeout = self.owner.connect_timeout
@@ -196,7 +206,9 @@ class _Sender:
                     self.generation += 1
                     generation = self.generation
                     self.cond.notify_all()  # stale generators see the new generation and end
-                self._call = self._stub.Push.future(self._request_frames(generation))
+                self._call = self._stub.Push.future(
+                    self._request_frames(generation), metadata=self._metadata()
+                )
                 if self._stopping.is_set():
                     self._call.cancel()
                 self._call.result()
@@ -255,9 +267,18 @@ class _DataPlane(pb_grpc.DataPlaneServicer):
 
     def Push(self, request_iterator: Iterator[pb.Frame], context: Any) -> pb.Ack:
         owner = self.owner
+        theirs: int | None = None
+        for key, value in context.invocation_metadata() or ():
+            if key == MD_ATTEMPT:
+                theirs = int(value)
+        if owner.attempt is not None and theirs != owner.attempt:
+            owner._refuse_attempt(theirs, context)
         n = 0
         try:
             for frame in request_iterator:
+                mine = owner.attempt
+                if theirs != mine and (mine is not None or frame.payload):
+                    owner._refuse_attempt(theirs, context)
                 owner._on_frame(frame, context)
                 n += 1
         except grpc.RpcError:
@@ -307,11 +328,18 @@ class GrpcExchange:
         self._broken: dict[int, str] = {}  # peer -> why a frame of it could not be decoded
         self._errors: list[str] = []
         self._closed = False
+        #: The job attempt this worker runs (None until told): streams must carry it.
+        self.attempt: int | None = None
         self._server, self.address = make_server(auth, tls, listen, rejections=self.rejections)
         pb_grpc.add_DataPlaneServicer_to_server(_DataPlane(self), self._server)
         self._server.start()
 
     # ----- Exchange protocol ---------------------------------------------------------------
+    def set_attempt(self, attempt: int) -> None:
+        """Run job attempt ``attempt``: our streams carry it, peers' streams must (fencing).
+        Call it before :meth:`connect`."""
+        self.attempt = attempt
+
     def connect(self, peers: dict[int, str]) -> None:
         """Set the peers' addresses (``worker id -> host:port``); returns at once.
 
@@ -481,6 +509,15 @@ class GrpcExchange:
         return inbox.get(key) or deque()
 
     # ----- server side (gRPC threads) ------------------------------------------------------
+    def _refuse_attempt(self, theirs: int | None, context: Any) -> None:
+        text = (
+            f"worker {self.worker_id} runs job attempt {self.attempt} and refuses a stream of "
+            f"attempt {theirs}: a worker of another attempt (stale attempt)"
+        )
+        self.rejections.add(text)
+        log.warning("%s (from %s)", text, context.peer())
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, text)
+
     def _deliver_local(self, operator: str, msg: Any) -> None:
         key = (self.worker_id, operator)
         q = self._inbox.get(key)

@@ -1,0 +1,291 @@
+"""FileSink: one line per record in a file, or one file per key; exactly once.
+
+**Exactly once.** A part snapshots its file's length; restoring cuts the file back to that
+length before writing resumes, so after any crash and restart the file holds every record
+once. A part no snapshot covers (a fresh start) starts with an empty file.
+
+**Fencing.** A worker of a failed job attempt may still hold a part and write to it (a worker
+that was paused, or slow to notice the failure). Every write, cut and flush of a part runs
+under an exclusive lock (``flock``) on the sink's *fence file*, which holds the id of the
+newest attempt that used the sink's files: a part of an older attempt is refused there
+(:class:`~malstrom._errors.AttemptFenced`) and its output never reaches the file; a newer one
+takes the fence over. The fence file sits next to the output: ``.<name>.malstrom-fence`` for a
+single file, ``.malstrom-fence`` in the directory of per-key files. Parts buffer their lines
+in memory and write them at snapshots (and every 16 KiB); an aborted part drops its buffer.
+
+**Per-key file names.** A key's file is ``<encoded str(key)>.txt``: letters, digits, ``_``,
+``-`` and ``.`` stay as they are (except a leading ``.``); every other byte of the key's
+UTF-8 text is written ``%XX``, and the empty text is ``%``. So a key never names a path
+outside the directory (``../x``, ``/etc/x``, NUL), names are reversible
+(:meth:`FileSink.key_text`) and distinct texts never share a file. Keys whose texts are
+equal share one (``1`` and ``"1"``), and on a case-insensitive file system keys that differ
+only in case do. A name longer than 200 bytes is cut and ends with ``~`` and a hash of the
+whole text (not reversible).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import time
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+from malstrom._errors import AttemptFenced
+from malstrom.sinks._protocols import StatefulSink
+from malstrom.types import Record
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no locks, no fencing
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FileSink"]
+
+_FLUSH_BYTES = 16 * 1024  # a part writes its buffered lines once they reach this size
+_LOCK_WAIT = 5.0  # seconds to wait for the fence lock before giving up
+_MAX_NAME = 200  # bytes of an encoded key in a file name (file systems allow 255)
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def encode_key(text: str) -> str:
+    """The file name stem of a key whose ``str`` is ``text`` (see the module docs)."""
+    if not text:
+        return "%"
+    raw = text.encode("utf-8", "surrogatepass")
+    parts = []
+    for i, b in enumerate(raw):
+        if b in _SAFE and not (i == 0 and b == 0x2E):  # no leading "." (".", "..", hidden)
+            parts.append(chr(b))
+        else:
+            parts.append(f"%{b:02X}")
+    name = "".join(parts)
+    if len(name) <= _MAX_NAME:
+        return name
+    cut = name[: _MAX_NAME - 40]
+    if "%" in cut[-2:]:  # do not end inside an escape
+        cut = cut[: cut.rindex("%")]
+    return f"{cut}~{hashlib.sha256(raw).hexdigest()[:32]}"
+
+
+def decode_key(stem: str) -> str | None:
+    """The key text :func:`encode_key` made ``stem`` from; None if it was cut (hashed)."""
+    if stem == "%":
+        return ""
+    if "~" in stem:
+        return None
+    out = bytearray()
+    i = 0
+    while i < len(stem):
+        c = stem[i]
+        if c == "%":
+            out.append(int(stem[i + 1 : i + 3], 16))
+            i += 3
+        else:
+            out.extend(c.encode())
+            i += 1
+    return out.decode("utf-8", "surrogatepass")
+
+
+class _Fence:
+    """The sink's fence file: an exclusive lock, and the newest attempt that used the files."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is None:
+            d = os.path.dirname(self.path)
+            if d:
+                os.makedirs(d, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        return self._fd
+
+    @contextlib.contextmanager
+    def hold(self, attempt: int, what: str) -> Iterator[None]:
+        """Lock the fence, refuse ``attempt`` if a newer one used the files, else take the
+        fence over; run the body (the write) under the lock."""
+        if fcntl is None:  # pragma: no cover - not POSIX
+            yield
+            return
+        fd = self._open()
+        deadline = time.monotonic() + _LOCK_WAIT
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"FileSink: {self.path} stayed locked for {_LOCK_WAIT:g} s: another "
+                        "process holds it (a stalled worker of an earlier attempt?)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        try:
+            raw = os.pread(fd, 64, 0)
+            try:
+                newest = int(raw.decode().strip() or 0)
+            except ValueError:
+                newest = 0  # not ours: overwritten below
+            if newest > attempt:
+                raise AttemptFenced(
+                    f"FileSink: refusing to {what}: attempt {newest} of the job has used these "
+                    f"files since this worker's attempt {attempt}, which is over"
+                )
+            if newest < attempt:
+                data = b"%d\n" % attempt
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
+                os.fsync(fd)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+class _FilePart:
+    def __init__(
+        self, path: str, state: object | None, fmt: Any, fence: _Fence, attempt: int
+    ) -> None:
+        self._fmt = fmt
+        self._path = path
+        self._fence = fence
+        self._attempt = attempt
+        self._buf: list[bytes] = []
+        self._buffered = 0
+        d = os.path.dirname(path)
+        if d:
+            os.makedirs(d, exist_ok=True)
+        want = 0 if state is None else int(state)  # type: ignore[call-overload]
+        with fence.hold(attempt, f"restore {path}"):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size < want:
+                    raise RuntimeError(
+                        f"FileSink: {path} holds {size} bytes but the snapshot being restored "
+                        f"recorded {want}: the file was cut or replaced outside the job"
+                    )
+                # Restore: drop what was written after the snapshot we resume from, so every
+                # record appears exactly once however often the job restarts. No snapshot
+                # holds this part: nothing in the file is committed output of this job (e.g.
+                # a run that crashed before its first snapshot), so start it empty.
+                os.ftruncate(fd, want)
+            except BaseException:
+                os.close(fd)
+                raise
+        self._fd: int | None = fd
+        self._pos = want
+
+    def sink(self, record: Record) -> None:
+        line = (self._fmt(record) + "\n").encode()
+        self._buf.append(line)
+        self._buffered += len(line)
+        if self._buffered >= _FLUSH_BYTES:
+            self._write()
+
+    def _write(self) -> None:
+        if not self._buf:
+            return
+        data = b"".join(self._buf)
+        fd = self._fd
+        if fd is None:
+            raise RuntimeError(f"FileSink: part {self._path} is closed")
+        with self._fence.hold(self._attempt, f"write to {self._path}"):
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        self._buf = []
+        self._buffered = 0
+        self._pos += len(data)
+
+    def snapshot(self) -> object:
+        self._write()
+        if self._fd is not None:
+            os.fsync(self._fd)
+        return self._pos
+
+    def collect(self) -> object:
+        pos = self.snapshot()
+        self._close()
+        return pos
+
+    def abort(self) -> None:
+        """Drop the buffered lines unwritten and close the file (the attempt is over)."""
+        self._buf = []
+        self._buffered = 0
+        self._close()
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self._close()  # never writes: buffered lines of a dropped part are not output
+
+
+class FileSink(StatefulSink):
+    """Writes one line per record (``fmt(record)``, default the value's ``str``) to a file.
+
+    With ``per_key=True`` each key gets its own file ``<path>/<name>.txt`` (``name`` encodes
+    ``str(key)`` so that it stays inside the directory: :meth:`file_name`); otherwise all
+    records go to the single file ``path``. The file's length is snapshotted; on restore the
+    file is cut back to that length before writing resumes, so after any crash and restart the
+    file holds every record exactly once. A part not covered by a snapshot (a fresh start)
+    starts with an empty file. Writes of a worker whose job attempt is over are refused (the
+    hidden ``.malstrom-fence`` file next to the output records the newest attempt).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], fmt: Any = None, per_key: bool = False):
+        super().__init__(self)
+        self._path = os.fspath(path)
+        self._fmt = fmt or (lambda r: str(r.value))
+        self._per_key = per_key
+        self._attempt = 0
+        if per_key:
+            fence = os.path.join(self._path, ".malstrom-fence")
+        else:
+            head, tail = os.path.split(self._path)
+            fence = os.path.join(head, f".{tail}.malstrom-fence")
+        self._fence = _Fence(fence)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_fence"] = _Fence(self._fence.path)  # never an open file descriptor
+        return state
+
+    @staticmethod
+    def file_name(key: Any) -> str:
+        """The name of the file that records with ``key`` go to (``per_key=True``)."""
+        return f"{encode_key(str(key))}.txt"
+
+    @staticmethod
+    def key_text(file_name: str) -> str | None:
+        """The ``str`` of the key a per-key file holds, from its name (``3.txt`` -> ``"3"``);
+        None for the names of very long keys, which are cut and hashed."""
+        stem = file_name[:-4] if file_name.endswith(".txt") else file_name
+        return decode_key(stem)
+
+    def begin_attempt(self, attempt: int) -> None:
+        """Use job attempt ``attempt`` for the parts built from now on (fencing)."""
+        self._attempt = attempt
+
+    def assign_part(self, key: Any) -> Hashable:
+        """The file a record with ``key`` goes to."""
+        return os.path.join(self._path, self.file_name(key)) if self._per_key else self._path
+
+    def build_part(self, part: Any, state: object | None) -> _FilePart:
+        """Open the file, cut back to the snapshotted length (empty on a fresh start)."""
+        return _FilePart(part, state, self._fmt, self._fence, self._attempt)
