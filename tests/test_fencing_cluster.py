@@ -140,9 +140,11 @@ def test_paused_worker_of_an_aborted_attempt_adds_nothing_to_the_output(tmp_path
             restored = st["restored_from"]
             # The new attempt has cut the files back and written and committed past them.
             job.wait_status(
-                lambda s: s["phase"] in ("running", "snapshotting")
-                and s["restored_from"] == restored
-                and (s["last_committed"] or 0) >= (restored or 0) + 3,
+                lambda s: (
+                    s["phase"] in ("running", "snapshotting")
+                    and s["restored_from"] == restored
+                    and (s["last_committed"] or 0) >= (restored or 0) + 3
+                ),
                 "snapshots of the new attempt",
             )
             assert victim not in {int(p) for p in job.status()["pids"].values()}  # type: ignore[index]
@@ -155,9 +157,7 @@ def test_paused_worker_of_an_aborted_attempt_adds_nothing_to_the_output(tmp_path
 
 
 @pytest.mark.parametrize("round_", [1, 2])
-def test_survivor_with_a_slow_build_adds_nothing_to_the_output(
-    tmp_path: Path, round_: int
-) -> None:
+def test_survivor_with_a_slow_build_adds_nothing_to_the_output(tmp_path: Path, round_: int) -> None:
     """SIGKILL one of 2 workers and start a replacement. The survivor takes 4 s to build the
     next attempt's graph (the replacement builds at once and cuts the files back first): the
     survivor's output of the failed attempt must never reach the files."""
