@@ -156,6 +156,7 @@ class _FilePart:
     def __init__(
         self, path: str, state: object | None, fmt: Any, fence: _Fence, attempt: int
     ) -> None:
+        self._fd: int | None = None
         self._fmt = fmt
         self._path = path
         self._fence = fence
@@ -183,7 +184,7 @@ class _FilePart:
             except BaseException:
                 os.close(fd)
                 raise
-        self._fd: int | None = fd
+        self._fd = fd
         self._pos = want
 
     def sink(self, record: Record) -> None:
