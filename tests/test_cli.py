@@ -153,7 +153,7 @@ class Cluster:
 
 
 def test_cluster_admin_snapshot_status_stop_then_resume(tmp_path: Path) -> None:
-    c = Cluster(tmp_path)
+    c = Cluster(tmp_path, delay=0.05)  # slow enough to be stopped before it completes
     try:
         c.start()
         deadline = time.monotonic() + 60

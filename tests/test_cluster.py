@@ -3,6 +3,7 @@ key routing, epoch merging, barrier alignment, snapshots, restore at another par
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from itertools import pairwise
 from pathlib import Path
@@ -211,11 +212,12 @@ def test_file_sink_parts_are_spread_and_exactly_once(tmp_path: Path) -> None:
 
     run_local_cluster(build, 3)
     got: Counter[int] = Counter()
-    for f in out.iterdir():
+    for f in out.glob("*.txt"):
         for line in f.read_text().splitlines():
             got[int(line)] += 1
     assert got == Counter(range(PARTS * PER_PART))
-    assert len(list(out.iterdir())) == 6
+    assert len(list(out.glob("*.txt"))) == 6
+    assert sorted(os.listdir(out)) == [".malstrom-fence", *sorted(f"{k}.txt" for k in range(6))]
 
 
 def test_stop_takes_a_resumable_snapshot_and_resume_is_exact() -> None:

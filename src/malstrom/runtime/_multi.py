@@ -367,8 +367,9 @@ class Supervisor(threading.Thread):
         try:
             self._run()
         finally:
-            self.server.close()
             self._fail_requests(OperationRefused(f"the job is {self.phase}"))
+            # The answer to a stop (or a refusal) may still be on its way to an admin client.
+            self.server.close(grace=1.0)
             self.done.set()
 
     def _run(self) -> None:
