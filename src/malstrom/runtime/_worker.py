@@ -87,6 +87,7 @@ class Worker:
         #: The job attempt this worker belongs to (from StartBuild); None before.
         self.attempt: int | None = None
         self._discarded = False
+        self._link_can_close = hasattr(endpoint, "closed")  # network links; in-process never
 
     # ----- build -------------------------------------------------------------------------
     # ----- fencing -------------------------------------------------------------------------
@@ -94,7 +95,7 @@ class Worker:
         """Raise :class:`AttemptFenced` if this worker's attempt is over (see module docs)."""
         if self.abort_reason is not None:
             raise AttemptFenced(f"worker {self.worker_id}: attempt aborted: {self.abort_reason}")
-        if getattr(self.endpoint, "closed", False):
+        if self._link_can_close and self.endpoint.closed:  # type: ignore[attr-defined]
             raise AttemptFenced(
                 f"worker {self.worker_id}: the link to the coordinator is gone "
                 f"(attempt {self.attempt} is over)"

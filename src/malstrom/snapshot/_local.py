@@ -3,8 +3,8 @@
 Layout::
 
     <root>/v00000000000000000007/      one directory per version (zero-padded to 20 digits)
-        worker-0.blob                  one file per blob
-        worker-1.blob
+        w0.1733140000000000.blob       one file per blob (worker 0's, of that job attempt)
+        w1.1733140000000000.blob
         MANIFEST                       present only once the version is committed
 
 Every file is written to a temporary file in the same directory, flushed and fsynced, renamed

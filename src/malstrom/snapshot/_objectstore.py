@@ -5,8 +5,8 @@ Built on `obstore <https://developmentseed.org/obstore/>`_ (Python bindings of t
 
 Layout under the URL's prefix (the same as :class:`~malstrom.snapshot.LocalDiskPersistence`)::
 
-    v00000000000000000007/w0.blob      one object per blob, written by the worker that made it
-    v00000000000000000007/w1.blob
+    v00000000000000000007/w0.1733140000000000.blob  one object per blob, written by the
+    v00000000000000000007/w1.1733140000000000.blob  worker (and job attempt) that made it
     v00000000000000000007/MANIFEST     the commit: present only once the version is committed
 
 Guarantees:
