@@ -149,7 +149,7 @@ def test_cli_refuses_damaged_snapshots_and_starts_fresh_when_asked(tmp_path: Pat
 # -- stores that fail or hang while the job runs -------------------------------------------------
 
 
-def test_bounded_store_calls() -> None:
+def test_bounded_store_calls(tmp_path: Path) -> None:
     ticks: list[float] = []
     release = threading.Event()
 
@@ -164,14 +164,14 @@ def test_bounded_store_calls() -> None:
     def tick() -> None:
         ticks.append(time.monotonic())
 
-    p = BoundedPersistence(Slow(Path("/tmp") / f"bounded-{time.time_ns()}"), 1.2, tick)
+    p = BoundedPersistence(Slow(tmp_path / "slow"), 1.2, tick)
     with pytest.raises(StorageError, match=r"Slow\('/somewhere'\): listing committed versions: "):
         p.committed_versions()
     assert len(ticks) >= 2  # heartbeats went on while waiting
     with pytest.raises(StorageError, match="not tried, an earlier call hung"):
         p.read_blob(1, "w0")
     release.set()
-    fine = BoundedPersistence(LocalDiskPersistence(Path("/tmp") / f"b2-{time.time_ns()}"), 5)
+    fine = BoundedPersistence(LocalDiskPersistence(tmp_path / "fine"), 5)
     assert fine.write_blob(0, "w0", b"abc").size == 3
     with pytest.raises(FileNotFoundError):  # errors of the call itself pass through
         fine.read_blob(0, "w0")

@@ -79,6 +79,7 @@ def test_plain_keys_keep_their_names() -> None:
     assert FileSink.file_name(3) == "3.txt"
     assert FileSink.file_name("user-42_a.b") == "user-42_a.b.txt"
     assert FileSink.key_text("3.txt") == "3"
+    assert FileSink.key_text("%ZZ.txt") is None  # not a name FileSink makes
 
 
 @given(st.text())

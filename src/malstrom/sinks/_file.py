@@ -77,15 +77,18 @@ def decode_key(stem: str) -> str | None:
         return None
     out = bytearray()
     i = 0
-    while i < len(stem):
-        c = stem[i]
-        if c == "%":
-            out.append(int(stem[i + 1 : i + 3], 16))
-            i += 3
-        else:
-            out.extend(c.encode())
-            i += 1
-    return out.decode("utf-8", "surrogatepass")
+    try:
+        while i < len(stem):
+            c = stem[i]
+            if c == "%":
+                out.append(int(stem[i + 1 : i + 3], 16))
+                i += 3
+            else:
+                out.extend(c.encode())
+                i += 1
+        return out.decode("utf-8", "surrogatepass")
+    except ValueError:  # not a name encode_key makes
+        return None
 
 
 class _Fence:
@@ -186,6 +189,7 @@ class _FilePart:
                 raise
         self._fd = fd
         self._pos = want
+        self._synced = False
 
     def sink(self, record: Record) -> None:
         line = (self._fmt(record) + "\n").encode()
@@ -209,11 +213,13 @@ class _FilePart:
         self._buf = []
         self._buffered = 0
         self._pos += len(data)
+        self._synced = False
 
     def snapshot(self) -> object:
         self._write()
-        if self._fd is not None:
+        if self._fd is not None and not self._synced:
             os.fsync(self._fd)
+            self._synced = True
         return self._pos
 
     def collect(self) -> object:
