@@ -89,7 +89,6 @@ class Worker:
         self._discarded = False
         self._link_can_close = hasattr(endpoint, "closed")  # network links; in-process never
 
-    # ----- build -------------------------------------------------------------------------
     # ----- fencing -------------------------------------------------------------------------
     def fence(self) -> None:
         """Raise :class:`AttemptFenced` if this worker's attempt is over (see module docs)."""
