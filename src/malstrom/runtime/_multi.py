@@ -31,6 +31,7 @@ from malstrom.coordinator._coordinator import (
 from malstrom.runtime._app import check_importable
 from malstrom.runtime._process import worker_process_main
 from malstrom.runtime._single import build_graph
+from malstrom.runtime._worker import SOURCE_TURN_BUDGET, check_budget
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._memory import InMemoryPersistence, NoPersistence
 from malstrom.transport._exchange import TransportError
@@ -106,6 +107,10 @@ class MultiProcessRuntime:
     ``functools.partial`` of one). Failures restart the job from the last committed snapshot
     automatically, up to ``max_restarts`` times with backoff, then :meth:`execute` raises
     :class:`JobFailed` naming the cause.
+
+    ``source_turn_budget`` (seconds, default 5 ms) bounds how long each worker's sources read
+    in one loop turn, all parts together: records, barriers, rescales and stops move at least
+    that often even if a source's ``poll()`` blocks.
     """
 
     def __init__(
@@ -121,6 +126,7 @@ class MultiProcessRuntime:
         token: str | None = None,
         tls: Any = None,
         log_level: int = logging.WARNING,
+        source_turn_budget: float = SOURCE_TURN_BUDGET,
     ) -> None:
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
@@ -147,6 +153,7 @@ class MultiProcessRuntime:
         self.token = token or secrets.token_hex(16)
         self.tls = tls
         self.log_level = log_level
+        self.source_turn_budget = check_budget(source_turn_budget)
 
     def start(self) -> JobHandle:
         """Start the job in the background and return its handle."""
@@ -230,6 +237,7 @@ class _LocalLauncher:
                     rt.persistence,
                     rt.host,
                     rt.log_level,
+                    rt.source_turn_budget,
                 ),
                 name=f"malstrom-worker-{i}",
             )

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
-from malstrom.runtime._worker import Worker, WorkerPhase
+from malstrom.runtime._worker import SOURCE_TURN_BUDGET, Worker, WorkerPhase, check_budget
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._memory import NoPersistence
 from malstrom.stream import StreamProvider
@@ -33,6 +33,11 @@ class SingleThreadRuntime:
     many seconds. An error ends :meth:`execute` with an exception naming the operator; running
     the job again with the same persistence resumes from the last committed snapshot. A job
     that completes commits a final snapshot, so running it again completes at once.
+
+    ``source_turn_budget`` (seconds, default 5 ms) bounds how long the sources read in one
+    loop turn, all parts together: records, snapshot barriers and stops move at least that
+    often even if a source's ``poll()`` blocks. Raise it for a little less per-turn overhead
+    with slow sources, lower it for lower latency.
     """
 
     def __init__(
@@ -41,8 +46,10 @@ class SingleThreadRuntime:
         *,
         persistence: Persistence | None = None,
         snapshot_interval: float | None = None,
+        source_turn_budget: float = SOURCE_TURN_BUDGET,
     ) -> None:
         self.build = build
+        self.source_turn_budget = check_budget(source_turn_budget)
         self.persistence = persistence if persistence is not None else NoPersistence()
         self.snapshot_interval = snapshot_interval
         self.restored_from: int | None = None
@@ -52,7 +59,9 @@ class SingleThreadRuntime:
         """Run the job to completion (sources exhausted and final snapshot committed)."""
         graph = build_graph(self.build)
         c_end, w_end = local_pair()
-        worker = Worker(graph, 0, w_end, self.persistence)
+        worker = Worker(
+            graph, 0, w_end, self.persistence, source_turn_budget=self.source_turn_budget
+        )
         coord = Coordinator(self.persistence, {0: c_end}, self.snapshot_interval)
         coord.start()
         self.restored_from = coord.restored_from

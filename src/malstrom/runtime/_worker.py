@@ -2,13 +2,16 @@
 
 A turn handles pending coordinator commands, polls the sources, runs ``on_schedule`` hooks
 and drains every operator's inputs in topological order, so a batch usually crosses the
-whole graph within the turn that produced it. The worker never blocks.
+whole graph within the turn that produced it. The worker never blocks by itself, and its
+sources get a time budget per turn (``source_turn_budget``, shared by every part of every
+source): a source whose ``poll()`` blocks delays records, barriers, rescales and stops by
+about one budget, not by a whole batch of polls.
 """
 
 from __future__ import annotations
 
 import enum
-import time
+from time import monotonic
 from typing import Any
 
 from malstrom._errors import BuildError, OperatorError
@@ -36,10 +39,23 @@ from malstrom.snapshot._layout import (
 )
 from malstrom.transport._local import Endpoint
 
-__all__ = ["HEARTBEAT_INTERVAL", "Worker", "WorkerPhase"]
+__all__ = ["HEARTBEAT_INTERVAL", "SOURCE_TURN_BUDGET", "Worker", "WorkerPhase", "check_budget"]
 
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between heartbeats; sent from the loop itself, so a hung loop goes silent."""
+
+SOURCE_TURN_BUDGET = 0.005
+"""Default seconds the sources of a worker may read for in one loop turn (all parts of all
+sources together; a part also stops at :data:`~malstrom.operators.io.BATCH_SIZE` records).
+Short enough that a source that blocks holds records, barriers and rescales for a few ms;
+long enough that the rest of a turn costs slow sources nothing measurable."""
+
+
+def check_budget(budget: float) -> float:
+    """``budget`` as a float, or ValueError naming ``source_turn_budget``."""
+    if not isinstance(budget, int | float) or not budget > 0 or budget == float("inf"):
+        raise ValueError(f"source_turn_budget must be > 0 seconds (finite), got {budget!r}")
+    return float(budget)
 
 
 class WorkerPhase(enum.Enum):
@@ -59,8 +75,11 @@ class Worker:
         endpoint: Endpoint,
         persistence: Persistence,
         services: dict[str, Any] | None = None,
+        *,
+        source_turn_budget: float = SOURCE_TURN_BUDGET,
     ) -> None:
         self.graph = graph
+        self.source_turn_budget = check_budget(source_turn_budget)
         self.worker_id = worker_id
         self.endpoint = endpoint
         self.persistence = persistence
@@ -69,6 +88,7 @@ class Worker:
         self.ops: list[Operator] = []
         self._roots: list[Operator] = []
         self._scheduled: list[Operator] = []
+        self._first_root = 0  # the source read first next turn (the one time ran out at)
         self._snapshot: tuple[int, Token, SnapshotWriter] | None = None
         self._rescale: tuple[int, Token] | None = None
         self._drained_sent = False
@@ -115,7 +135,7 @@ class Worker:
         worked = self._handle_commands()
         if self.phase is WorkerPhase.FINISHED:
             return worked
-        now = time.monotonic()
+        now = monotonic()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
             self.endpoint.send(Heartbeat(self.worker_id))
@@ -123,10 +143,12 @@ class Worker:
             return worked
         exchange = self.services.get("exchange")
         # Backpressure: while peers are slow to take our output, produce nothing new.
-        if not self._stopping and (exchange is None or not exchange.backlogged()):
-            for op in self._roots:
-                if op.poll():
-                    worked = True
+        if (
+            not self._stopping
+            and (exchange is None or not exchange.backlogged())
+            and self._poll_sources(now + self.source_turn_budget)
+        ):
+            worked = True
         for op in self._scheduled:
             op.schedule()
         for op in self.ops:
@@ -150,6 +172,25 @@ class Worker:
         if not self._drained_sent and all(op.done for op in self.ops):
             self._drained_sent = True
             self.endpoint.send(Drained(self.worker_id))
+        return worked
+
+    def _poll_sources(self, deadline: float) -> bool:
+        """Poll every source until ``deadline``; a source that time ran out before goes
+        first next turn (so a slow source cannot starve the others)."""
+        roots = self._roots
+        count = len(roots)
+        if count == 1:
+            return roots[0].poll(deadline)
+        worked = False
+        first = self._first_root if self._first_root < count else 0
+        out_of_time = False
+        for i in range(first, first + count):
+            j = i if i < count else i - count
+            if not out_of_time and monotonic() >= deadline:
+                out_of_time = worked = True  # sources were left unread: not an idle turn
+                self._first_root = j
+            if roots[j].poll(deadline):  # still called: it ends or idles without reading
+                worked = True
         return worked
 
     def _handle_commands(self) -> bool:
