@@ -120,8 +120,6 @@ class _ReadSizer:
         -1 if nothing is expected to fit and this is not the turn's ``first`` call."""
         est = self.est
         b = self.b
-        if b == _TOP and est[b] * 4 < left:
-            return b  # fast: full batches, far inside the budget
         allowed = left
         if first:
             floor = 2 * min(self.fastest)  # what any call costs, at least (inf: none yet)
@@ -148,8 +146,6 @@ class _ReadSizer:
 
     def learn(self, b: int, took: float, left: float) -> None:
         """A call of size ``b`` took ``took`` seconds when ``left`` remained."""
-        if b == _TOP and took * 4 < left and self.est[b] * 4 < left:
-            return
         seen = self.seen[b]
         seen.append(took)
         if len(seen) > 3:
@@ -202,10 +198,18 @@ class _Part:
         sizer = self.sizer
         now = monotonic()
         left = deadline - now
-        b = sizer.pick(left, True)
-        n = 1 << b
-        values, stamps = fetch(n)
-        t = monotonic()
+        fast = sizer.est[_TOP] * 4 < left and sizer.b == _TOP
+        if fast:  # full batches, far inside the budget: nothing to decide
+            values, stamps = fetch(BATCH_SIZE)
+            t = monotonic()
+            if (t - now) * 4 < left:
+                return values, stamps
+            b, n = _TOP, BATCH_SIZE
+        else:
+            b = sizer.pick(left, True)
+            n = 1 << b
+            values, stamps = fetch(n)
+            t = monotonic()
         sizer.learn(b, t - now, left)
         if not self.columns:
             return values, stamps
@@ -370,17 +374,18 @@ class SourceOp(Operator):
         produced = False
         active = 0
         parts = self.parts
-        count = len(parts)
-        first = self._first if self._first < count else 0
+        first = self._first
+        if first >= len(parts):
+            first = 0
+        order = parts if not first else parts[first:] + parts[:first]
         out_of_time = False
-        for i in range(first, first + count):
-            p = parts[i if i < count else i - count]
+        for i, p in enumerate(order):
             if p.finished:
                 continue
             if out_of_time or monotonic() >= deadline:
                 if not out_of_time:
                     out_of_time = True
-                    self._first = i if i < count else i - count
+                    self._first = (first + i) % len(parts)
                 active += 1
                 continue
             try:
