@@ -88,7 +88,6 @@ class Worker:
         self.ops: list[Operator] = []
         self._roots: list[Operator] = []
         self._scheduled: list[Operator] = []
-        self._first_root = 0  # the source read first next turn (the one time ran out at)
         self._snapshot: tuple[int, Token, SnapshotWriter] | None = None
         self._rescale: tuple[int, Token] | None = None
         self._drained_sent = False
@@ -175,21 +174,15 @@ class Worker:
         return worked
 
     def _poll_sources(self, deadline: float) -> bool:
-        """Poll every source until ``deadline``; a source that time ran out before goes
-        first next turn (so a slow source cannot starve the others)."""
+        """Poll every source once, each with its share of the time left until ``deadline``."""
         roots = self._roots
         count = len(roots)
         if count == 1:
             return roots[0].poll(deadline)
         worked = False
-        first = self._first_root if self._first_root < count else 0
-        out_of_time = False
-        for i in range(first, first + count):
-            j = i if i < count else i - count
-            if not out_of_time and monotonic() >= deadline:
-                out_of_time = worked = True  # sources were left unread: not an idle turn
-                self._first_root = j
-            if roots[j].poll(deadline):  # still called: it ends or idles without reading
+        for i, op in enumerate(roots):
+            now = monotonic()
+            if op.poll(now + (deadline - now) / (count - i)):
                 worked = True
         return worked
 
