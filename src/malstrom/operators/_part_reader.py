@@ -22,14 +22,16 @@ BATCH_SIZE = 2048
 """Records a source part may produce per turn: large enough to amortize per-batch costs."""
 
 POLL_STRIDE = 64
-"""Most ``poll()`` calls between two looks at the clock. A part whose polls block (a stride
-took over :data:`LONG_POLLS` seconds) looks after every poll, and its stride grows back
-(doubling per turn) once its polls are fast again; a blocking poll after a fast run can
-overrun the turn by at most this many polls."""
+"""Most ``poll()`` calls between two looks at the clock. A part starts looking after every
+poll; its stride doubles after each read in which no stride took over :data:`LONG_POLLS`
+seconds, and falls back to 1 when one does. So a part whose polls block looks after every
+poll, and one poll that blocks after a long fast run overruns its time by at most this many
+polls."""
 
 LONG_POLLS = 0.001
 """A stride of polls taking longer than this (seconds) means the part blocks."""
 
+_STRIDE, _LONG = POLL_STRIDE, LONG_POLLS
 _TOP = BATCH_SIZE.bit_length() - 1  # sized reads ask for 2**b records, b <= _TOP
 _INF = float("inf")
 
@@ -121,15 +123,6 @@ def _concat(values: Any, stamps: Any, more: Any, more_stamps: Any) -> tuple[Any,
     return values, stamps
 
 
-def _fit(n: int, cost: float, left: float) -> int:
-    """How many of ``n`` polls to make when one takes ``cost`` s and ``left`` s remain."""
-    if cost * n <= left:
-        return n
-    if left <= 0:
-        return 1  # a part's read makes one poll at least (progress)
-    return max(1, int(left / cost))
-
-
 class PartReader:
     """A built partition and how to read it within a deadline (see the module docs).
 
@@ -146,7 +139,7 @@ class PartReader:
         self.finished = False
         self.sizer = ReadSizer()
         self.cost = _INF  # poll() parts: seconds per poll (unknown: one poll first)
-        self.stride = POLL_STRIDE
+        self.stride = 1  # poll() parts: polls between looks at the clock
         cols = getattr(part, "_poll_columns", None)
         if cols is not None:
             self.kind, self.fetch = COLUMNS, cols
@@ -209,30 +202,40 @@ class PartReader:
         poll = self.fetch
         values: list[Any] = []
         stamps: list[Any] = []
-        add_value = values.append
-        add_stamp = stamps.append
-        if self.stride < POLL_STRIDE:
-            self.stride *= 2
+        stride = self.stride
+        cost = self.cost
+        blocked = False
+        got = 0
         now = monotonic()
         while True:
-            got = len(values)
-            n = _fit(min(self.stride, limit - got), self.cost, deadline - now)
+            n = stride if stride < limit - got else limit - got
+            left = deadline - now
+            if cost * n > left:  # fewer polls than a stride fit the time left
+                n = int(left / cost) if left > 0 else 1
+                if n < 1:
+                    n = 1  # a read makes one poll at least (progress)
             for _ in range(n):
                 item = poll()
                 if item is None:
                     break
-                add_value(item[0])
-                add_stamp(item[1])
+                values.append(item[0])  # (not a bound-method local: CPython specializes this)
+                stamps.append(item[1])
             t = monotonic()
             k = len(values) - got
-            self.cost = (t - now) / (k or 1)
-            if t - now > LONG_POLLS:
+            got += k
+            took = t - now
+            cost = took / (k or 1)
+            if took > _LONG:
                 # Something blocked: a fast run can be followed by a poll that blocks, so
-                # look at the clock after every poll for a while.
-                self.stride = 1
-            if k < n or got + k >= limit or t >= deadline:
-                return values, stamps
+                # look at the clock after every poll until a whole read passes without that.
+                stride = 1
+                blocked = True
+            if k < n or got >= limit or t >= deadline:
+                break
             now = t
+        self.cost = cost
+        self.stride = stride if blocked or stride >= _STRIDE else stride * 2
+        return values, stamps
 
     def _via_batch(self, n: int) -> tuple[Any, Any]:
         items = self.part.poll_batch(n)
