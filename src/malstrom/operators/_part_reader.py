@@ -60,10 +60,6 @@ class ReadSizer:
         self.fastest = [_INF] * (_TOP + 1)  # the fastest recent call, per size
         self.seen: list[list[float]] = [[] for _ in range(_TOP + 1)]
 
-    def fast(self, left: float) -> bool:
-        """Full batches take under a quarter of ``left``: nothing to decide."""
-        return self.b == _TOP and self.est[_TOP] * 4 < left
-
     def known(self) -> bool:
         return self.est[self.b] != _INF
 
@@ -151,8 +147,8 @@ class PartReader:
     def want(self, share: float) -> int:
         """Records this part would read in ``share`` seconds."""
         sizer = self.sizer
-        if self.kind == POLL or sizer.fast(share):
-            return BATCH_SIZE  # polls watch the clock themselves
+        if self.kind == POLL or (sizer.b == _TOP and sizer.est[_TOP] * 4 < share):
+            return BATCH_SIZE  # polls watch the clock themselves; or full batches are fast
         if self.kind == COLUMNS and not sizer.known():
             return BATCH_SIZE  # unknown speed: the read starts small and grows
         return 1 << sizer.pick(share)
@@ -167,6 +163,12 @@ class PartReader:
         sizer = self.sizer
         now = monotonic()
         left = deadline - now
+        if n == BATCH_SIZE and sizer.b == _TOP and sizer.est[_TOP] * 4 < left:
+            values, stamps = fetch(n)  # full batches far inside the time: nothing to decide
+            t = monotonic()
+            if (t - now) * 4 >= left:
+                sizer.learn(_TOP, t - now, left)
+            return values, stamps
         if kind == BATCH or sizer.est[n.bit_length() - 1] != _INF:
             b = n.bit_length() - 1
         else:

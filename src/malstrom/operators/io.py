@@ -155,7 +155,10 @@ class SourceOp(Operator):
         ``PartReader``), so the parts advance alike and none runs ahead in event time."""
         if self.done:
             return False
-        live = [p for p in self.parts if not p.finished]
+        parts = self.parts
+        live = (
+            [p for p in parts if not p.finished] if len(parts) != 1 or parts[0].finished else parts
+        )
         count = active = len(live)
         produced = False
         if count:
