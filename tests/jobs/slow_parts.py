@@ -1,6 +1,9 @@
 """A multi-process job whose source parts block: every ``poll()`` sleeps ``delay`` seconds
 (a slow API, a pipe, a client with a read timeout) before returning one record.
 
+Each part produces ``count`` records; with ``count=None`` it runs until a test writes the end
+position into ``WORKDIR/end`` (:func:`end_at`), so a test decides how long the job lives.
+
 Keyed running sums into exactly-once per-key files (as in ``mp_sums``), plus a sink right
 after the source that fails the job if a source batch holds more than ``max_batch`` records
 (how a test sees that the turn budget reached the worker processes).
@@ -19,11 +22,24 @@ KEYS = 7
 
 
 class Part:
-    def __init__(self, base: int, nxt: int, count: int, delay: float) -> None:
-        self.base, self.nxt, self.count, self.delay = base, nxt, count, delay
+    def __init__(self, base: int, nxt: int, count: int | None, delay: float, end: Path) -> None:
+        self.base, self.nxt, self.count, self.delay, self.end = base, nxt, count, delay, end
+        self._checked = 0.0
+
+    def _limit(self) -> float:
+        if self.count is not None:
+            return self.count
+        now = time.monotonic()
+        if now - self._checked > 0.05:
+            self._checked = now
+            try:
+                self.count = int(self.end.read_text())
+            except (OSError, ValueError):
+                pass
+        return self.count if self.count is not None else float("inf")
 
     def poll(self) -> tuple[int, int] | None:
-        if self.nxt >= self.count:
+        if self.nxt >= self._limit():
             return None
         time.sleep(self.delay)
         i = self.nxt
@@ -31,7 +47,7 @@ class Part:
         return self.base + i, i
 
     def is_finished(self) -> bool:
-        return self.nxt >= self.count
+        return self.nxt >= self._limit()
 
     def snapshot(self) -> object:
         return self.nxt
@@ -40,16 +56,27 @@ class Part:
         return self.nxt
 
 
+SPAN = 10**9  # values of part p: p * SPAN + i
+
+
 class Parts:
-    def __init__(self, count: int, delay: float) -> None:
-        self.count, self.delay = count, delay
+    def __init__(self, count: int | None, delay: float, end: Path) -> None:
+        self.count, self.delay, self.end = count, delay, end
 
     def list_parts(self) -> list[int]:
         return list(range(PARTS))
 
     def build_part(self, part: int, state: object | None) -> Part:
         nxt = 0 if state is None else int(state)  # type: ignore[call-overload]
-        return Part(part * self.count, nxt, self.count, self.delay)
+        return Part(part * SPAN, nxt, self.count, self.delay, self.end)
+
+
+def end_at(workdir: str, count: int) -> None:
+    """Every part of a ``count=None`` job ends after ``count`` records (must be at least what
+    each has produced already)."""
+    tmp = Path(workdir) / "end.tmp"
+    tmp.write_text(str(count))
+    tmp.replace(Path(workdir) / "end")
 
 
 class Totals(StatefulLogic[Any, int, int, str]):
@@ -77,14 +104,15 @@ class BatchCheck:
 def build(
     provider: Any,
     workdir: str,
-    count: int,
+    count: int | None,
     delay: float = 0.001,
     max_batch: int | None = None,
 ) -> None:
     from malstrom.sinks import FileSink
 
     work = Path(workdir)
-    numbers = provider.new_stream().source("numbers", StatefulSource(Parts(count, delay)))
+    parts = Parts(count, delay, work / "end")
+    numbers = provider.new_stream().source("numbers", StatefulSource(parts))
     numbers.sink("batch-check", StatelessSink(BatchCheck(max_batch)))
     keyed = numbers.key_distribute("by-key", lambda v: v % KEYS)
     a, b = keyed.cloned("fan", 2)
@@ -101,9 +129,10 @@ def check(workdir: str, count: int) -> None:
     work = Path(workdir)
     sums = [0] * KEYS
     per_key = [0] * KEYS
-    for v in range(PARTS * count):
-        sums[v % KEYS] += v
-        per_key[v % KEYS] += 1
+    for p in range(PARTS):
+        for v in range(p * SPAN, p * SPAN + count):
+            sums[v % KEYS] += v
+            per_key[v % KEYS] += 1
     totals = {}
     for f in (work / "totals").glob("*.txt"):
         lines = f.read_text().splitlines()
