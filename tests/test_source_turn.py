@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -473,3 +475,43 @@ def test_the_budget_reaches_worker_processes(tmp_path: Path) -> None:
     )
     rt.execute()
     slow_parts.check(str(tmp_path), count)
+
+
+APP = f"{Path(__file__).resolve().parent / 'jobs' / 'slow_parts_app.py'}:build"
+MALSTROM = [sys.executable, "-m", "malstrom.cli"]
+
+
+def test_the_command_line_sets_the_budget_of_its_workers(tmp_path: Path) -> None:
+    env = dict(os.environ, MALSTROM_TEST_OUT=str(tmp_path), SLOW_COUNT="200", SLOW_MAX_BATCH="3")
+    run = [*MALSTROM, "run", APP, "-w", "2", "--max-restarts", "0"]
+    r = subprocess.run(
+        [*run, "--source-turn-budget", "0.002"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    slow_parts.check(str(tmp_path), 200)
+    worker = [*MALSTROM, "worker", APP, "--coordinator", "127.0.0.1:1", "--job", "j"]
+    for cmd in (run, [*worker, "--token", "t"]):
+        bad = subprocess.run(
+            [*cmd, "--source-turn-budget", "0"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert bad.returncode == 2, bad.stderr
+        assert "source_turn_budget must be > 0" in bad.stderr
+
+
+def test_a_file_source_refuses_to_resume_a_pipe_midway(tmp_path: Path) -> None:
+    """A pipe cannot be read again: resuming one at a byte offset is refused, clearly."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: open(fifo, "w").close(), daemon=True)
+    writer.start()
+    with pytest.raises(ValueError, match=r"cannot resume .* not seekable"):
+        FileSource(str(fifo)).build_part(str(fifo), (10, 1))
+    writer.join(10)

@@ -98,6 +98,7 @@ def run_local_cluster(
     persistence: Persistence | None = None,
     snapshot_interval: float | None = None,
     on_turn: Callable[[int, Coordinator], None] | None = None,
+    source_turn_budget: float = SOURCE_TURN_BUDGET,
 ) -> Coordinator:
     """Run ``build`` on ``parallelism`` workers to completion; returns the coordinator.
 
@@ -105,7 +106,11 @@ def run_local_cluster(
     inject faults or request snapshots, rescales and stops).
     """
     cluster = LocalCluster(
-        build, parallelism, persistence=persistence, snapshot_interval=snapshot_interval
+        build,
+        parallelism,
+        persistence=persistence,
+        snapshot_interval=snapshot_interval,
+        source_turn_budget=source_turn_budget,
     )
     threshold = gc.get_threshold()
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
