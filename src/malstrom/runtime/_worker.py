@@ -53,7 +53,8 @@ long enough that the rest of a turn costs slow sources nothing measurable."""
 
 def check_budget(budget: float) -> float:
     """``budget`` as a float, or ValueError naming ``source_turn_budget``."""
-    if not isinstance(budget, int | float) or not budget > 0 or budget == float("inf"):
+    ok = isinstance(budget, int | float) and not isinstance(budget, bool)
+    if not ok or not budget > 0 or budget == float("inf"):
         raise ValueError(f"source_turn_budget must be > 0 seconds (finite), got {budget!r}")
     return float(budget)
 
