@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from jobs import rescale_job as rj
 from jobs import slow_parts
 
 from malstrom import (
@@ -33,6 +34,7 @@ from malstrom import (
     StatelessSource,
     StreamProvider,
 )
+from malstrom.runtime._cluster import LocalCluster
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET
 from malstrom.snapshot import InMemoryPersistence, LocalDiskPersistence
 from malstrom.sources import FileSource, IterSource
@@ -316,6 +318,19 @@ def test_parts_of_a_source_are_asked_for_the_same_number_of_records() -> None:
         if len({p for p, _ in r}) == 3:  # a turn that read all three parts
             assert len({n for _, n in r}) == 1, r
     assert max(n for p, n in calls if p == 0) <= 2 * int(SOURCE_TURN_BUDGET / 0.001) + 2, calls
+
+
+def test_parts_moved_by_back_to_back_rescales_keep_their_pace() -> None:
+    """14 rescales queued at once on the in-process cluster: parts move again and again. A
+    moved part keeps what its reader learnt about its speed (a new reader would start at one
+    record and fall behind its siblings in event time, and records would turn late)."""
+    out = rj.Outputs()
+    cluster = LocalCluster(rj.make_build(out), 2, persistence=InMemoryPersistence())
+    for k in [4, 1, 2, 5, 4, 3, 4, 2, 4, 1, 1, 3, 1, 1]:
+        cluster.coord.request_rescale(k)
+    while cluster.step():
+        pass
+    rj.check(out)
 
 
 def test_poll_batch_calls_shrink_when_slow_and_grow_back_when_fast() -> None:

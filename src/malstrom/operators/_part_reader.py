@@ -4,11 +4,14 @@ A worker's sources read for at most ``source_turn_budget`` seconds per loop turn
 look at the clock per record (a clock read costs about as much as a fast ``poll()``):
 
 - ``poll()`` parts are polled in strides, with a look at the clock after each stride;
-- ``poll_batch(n)`` cannot be interrupted, so ``n`` is what keeps a call inside the time: a
-  :class:`ReadSizer` learns how long the part's calls take and picks the size that fits;
+- ``poll_batch(n)`` is called once per turn and cannot be interrupted, so ``n`` is what keeps
+  the call inside the time: a :class:`ReadSizer` learns how long the part's calls take and
+  picks the size that fits (a new part's first call asks for one record);
 - the built-ins' column reads (``_poll_columns(n)``: IterSource, FileSource) are sized the
   same way, and while their speed is unknown they start small and double, call by call,
   until the batch is full or the time is up (what they return forms one batch).
+
+What a reader has learnt travels with its part when a rescale moves it (``speed``).
 """
 
 from __future__ import annotations
@@ -129,13 +132,16 @@ class PartReader:
 
     __slots__ = ("cost", "fetch", "finished", "key", "kind", "part", "sizer", "stride")
 
-    def __init__(self, key: Any, part: Any) -> None:
+    def __init__(self, key: Any, part: Any, speed: tuple[ReadSizer, float, int] | None = None):
         self.key = key
         self.part = part
         self.finished = False
-        self.sizer = ReadSizer()
-        self.cost = _INF  # poll() parts: seconds per poll (unknown: one poll first)
-        self.stride = 1  # poll() parts: polls between looks at the clock
+        if speed is None:
+            self.sizer = ReadSizer()
+            self.cost = _INF  # poll() parts: seconds per poll (unknown: one poll first)
+            self.stride = 1  # poll() parts: polls between looks at the clock
+        else:
+            self.sizer, self.cost, self.stride = speed
         cols = getattr(part, "_poll_columns", None)
         if cols is not None:
             self.kind, self.fetch = COLUMNS, cols
@@ -147,15 +153,16 @@ class PartReader:
     def want(self, share: float) -> int:
         """Records this part would read in ``share`` seconds."""
         sizer = self.sizer
-        if self.kind == POLL or (sizer.b == _TOP and sizer.est[_TOP] * 4 < share):
+        kind = self.kind
+        if kind == POLL or (sizer.b == _TOP and sizer.est[_TOP] * 4 < share):
             return BATCH_SIZE  # polls watch the clock themselves; or full batches are fast
-        if self.kind == COLUMNS and not sizer.known():
+        if kind == COLUMNS and not sizer.known():
             return BATCH_SIZE  # unknown speed: the read starts small and grows
         return 1 << sizer.pick(share)
 
     def read(self, n: int, deadline: float) -> tuple[Any, Any]:
-        """``(values, timestamps)``: at most ``n`` records, read before ``deadline`` (one call
-        or poll at least, even if it has passed)."""
+        """``(values, timestamps)``: at most ``n`` records read before ``deadline`` (one call
+        or poll at least, even if it has passed); ``poll_batch`` is called once."""
         kind = self.kind
         if kind == POLL:
             return self._read_polls(n, deadline)
@@ -163,25 +170,20 @@ class PartReader:
         sizer = self.sizer
         now = monotonic()
         left = deadline - now
-        if n == BATCH_SIZE and sizer.b == _TOP and sizer.est[_TOP] * 4 < left:
-            values, stamps = fetch(n)  # full batches far inside the time: nothing to decide
-            t = monotonic()
-            if (t - now) * 4 >= left:
-                sizer.learn(_TOP, t - now, left)
+        b = n.bit_length() - 1
+        if kind == BATCH or sizer.est[b] != _INF:
+            values, stamps = fetch(n)
+            sizer.learn(b, monotonic() - now, left)
             return values, stamps
-        if kind == BATCH or sizer.est[n.bit_length() - 1] != _INF:
-            b = n.bit_length() - 1
-        else:
-            b = min(sizer.pick(left), n.bit_length() - 1)  # columns of unknown speed: ramp
-        size = n if kind == BATCH else min(1 << b, n)
+        # Column reads of a size never tried (a new part's first turn): start with what is
+        # known to fit (one record if nothing is) and double while calls come back full and
+        # fast; what they return forms one batch.
+        b = min(sizer.pick(left), b)
+        size = 1 << b
         values, stamps = fetch(size)
         t = monotonic()
         sizer.learn(b, t - now, left)
-        if kind == BATCH:
-            return values, stamps
         got = len(values)
-        # A short read means the part has nothing more now; a full one that came faster than
-        # expected leaves time for more of the same batch.
         full = got == size
         while full and got < n and t < deadline:
             now = t
@@ -199,6 +201,11 @@ class PartReader:
                 got += k
             full = k == size
         return values, stamps
+
+    def speed(self) -> tuple[ReadSizer, float, int]:
+        """What this part has learnt about its speed (travels with it when it moves, so that
+        its new worker does not start from one record again)."""
+        return self.sizer, self.cost, self.stride
 
     def _read_polls(self, limit: int, deadline: float) -> tuple[list[Any], list[Any]]:
         poll = self.fetch

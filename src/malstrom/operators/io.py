@@ -67,17 +67,19 @@ class PartDone:
 
 
 class PartMove:
-    """A source part moving to the receiver (rescale), with its collected state."""
+    """A source part moving to the receiver (rescale), with its collected state and what its
+    reader learnt about its speed (``PartReader.speed``)."""
 
-    __slots__ = ("part", "state", "version")
+    __slots__ = ("part", "speed", "state", "version")
 
-    def __init__(self, version: int, part: Any, state: Any) -> None:
+    def __init__(self, version: int, part: Any, state: Any, speed: Any = None) -> None:
         self.version = version
         self.part = part
         self.state = state
+        self.speed = speed
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (PartMove, (self.version, self.part, self.state))
+        return (PartMove, (self.version, self.part, self.state, self.speed))
 
 
 class PartsMoved:
@@ -141,13 +143,13 @@ class SourceOp(Operator):
         for p in mine:
             self._add_part(p, restored.get(p))
 
-    def _add_part(self, key: Any, state: Any) -> None:
+    def _add_part(self, key: Any, state: Any, speed: Any = None) -> None:
         try:
             impl: Any = self.impl
             built = impl.build_part(key, state) if self.stateful else impl.build_part(key)
         except Exception as e:
             raise user_error(self.name, e) from e
-        self.parts.append(PartReader(key, built))
+        self.parts.append(PartReader(key, built, speed))
 
     def poll(self, deadline: float) -> bool:
         """Read every part once before ``deadline`` (``time.monotonic()``): all are asked for
@@ -215,7 +217,7 @@ class SourceOp(Operator):
                 if t is PartDone:
                     self.finished.add(msg.part)
                 elif t is PartMove:
-                    self._add_part(msg.part, msg.state)
+                    self._add_part(msg.part, msg.state, msg.speed)
                 elif t is PartsMoved:
                     self.finished |= msg.finished
                     if self._cycle is not None and self._cycle.version == msg.version:
@@ -262,7 +264,7 @@ class SourceOp(Operator):
                     state = fn()
                 except Exception as e:
                     raise user_error(self.name, e) from e
-            self.exchange.send(dest, self.name, PartMove(msg.version, p.key, state))
+            self.exchange.send(dest, self.name, PartMove(msg.version, p.key, state, p.speed()))
         self.parts = staying
         done = PartsMoved(msg.version, frozenset(self.finished))
         for w in peers:
