@@ -10,9 +10,10 @@ For speed a partition may also offer ``poll_batch(max_records) -> list[(value, t
 
 ``poll()`` should return None when nothing is ready rather than wait, but a part that blocks
 does not stall the job: a worker's sources read for at most ``source_turn_budget`` seconds per
-loop turn (a runtime setting, default 5 ms, shared by every part of every source), then
-records, snapshot barriers, rescales and stops move on, and the part where time ran out is
-read first next turn. A ``poll_batch`` call cannot be interrupted, so the worker learns how long
+loop turn (a runtime setting, default 5 ms, shared by every part of every source; every part
+gets at least one call per turn), then records, snapshot barriers, rescales and stops move on.
+All parts of a source are asked for the same number of records, so they advance alike.
+A ``poll_batch`` call cannot be interrupted, so the worker learns how long
 a part's calls take and asks for as many records as fit the time left (a call that costs the
 same whatever it asks for keeps getting full batches); ``poll()`` parts are polled with a look
 at the clock every few polls, after every poll once one has blocked. A part that turns slow in
