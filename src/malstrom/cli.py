@@ -1,8 +1,9 @@
 """The ``malstrom`` command: run jobs locally or as a cluster, and control running jobs.
 
     malstrom run APP [-w N] [--persistence URL] [--snapshot-interval S] [--fresh-start]
+        [--source-turn-budget S]
     malstrom coordinator APP -w N --listen HOST:PORT [--persistence URL] [...]
-    malstrom worker APP --coordinator HOST:PORT [--listen HOST] [--advertise HOST]
+    malstrom worker APP --coordinator HOST:PORT [--listen HOST] [--advertise HOST] [...]
     malstrom rescale N | snapshot | stop | status --coordinator HOST:PORT
 
 ``APP`` is ``path/to/file.py:build`` or ``package.module:build``. Cluster processes share a job
@@ -77,6 +78,20 @@ def _add_job(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_budget(p: argparse.ArgumentParser) -> None:
+    from malstrom.runtime._worker import SOURCE_TURN_BUDGET
+
+    p.add_argument(
+        "--source-turn-budget",
+        type=float,
+        default=SOURCE_TURN_BUDGET,
+        metavar="S",
+        help="seconds a worker's sources may read per loop turn, all parts together "
+        f"(default {SOURCE_TURN_BUDGET:g}): a source that blocks delays records, snapshots "
+        "and rescales by about this much",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
@@ -89,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
         "run", parents=[common], help="run a job here: a coordinator and N worker processes"
     )
     _add_job(p)
+    _add_budget(p)
 
     p = sub.add_parser(
         "coordinator", parents=[common], help="run a job's coordinator for a cluster"
@@ -108,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--id", type=int, help="worker id (default: assigned by the coordinator)")
     p.add_argument("--reconnect-timeout", type=float, default=300.0)
+    _add_budget(p)
     _add_auth(p, True)
 
     for name, text in (
@@ -140,6 +157,7 @@ def _run(args: argparse.Namespace) -> int:
         heartbeat_timeout=args.heartbeat_timeout,
         log_level=logging.INFO if args.verbose else logging.WARNING,
         fresh_start=args.fresh_start,
+        source_turn_budget=args.source_turn_budget,
     )
     try:
         rt.execute()
@@ -201,9 +219,11 @@ def _coordinator(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from malstrom.runtime._process import cluster_worker_main, die_with_parent
+    from malstrom.runtime._worker import check_budget
 
     die_with_parent()
     auth, tls = _auth(args)
+    check_budget(args.source_turn_budget)
     return cluster_worker_main(
         args.app,
         args.coordinator,
@@ -213,6 +233,7 @@ def _worker(args: argparse.Namespace) -> int:
         advertise=args.advertise,
         worker_id=args.id,
         reconnect_timeout=args.reconnect_timeout,
+        source_turn_budget=args.source_turn_budget,
     )
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
+from time import monotonic
 from typing import Any
 
 from malstrom._errors import AttemptFenced, OperatorError
 from malstrom.keyed.partitioners import rendezvous_select
+from malstrom.operators._part_reader import BATCH_SIZE, PartReader
 from malstrom.operators._util import user_error
 from malstrom.runtime._engine import (
     IDLE,
@@ -36,9 +38,6 @@ __all__ = [
     "StatelessSinkOp",
 ]
 
-BATCH_SIZE = 2048
-"""Records a source part may produce per poll: large enough to amortize per-batch costs."""
-
 
 class EmptyRootOp(Operator):
     """The root of a stream that has no source: it ends at once."""
@@ -48,47 +47,11 @@ class EmptyRootOp(Operator):
     def __init__(self, ctx: BuildContext) -> None:
         super().__init__("::empty")
 
-    def poll(self) -> bool:
+    def poll(self, deadline: float) -> bool:
         if not self.done:
             self.emit_epoch(MAX)
             return True
         return False
-
-
-class _Part:
-    """A built partition and how to read it fast."""
-
-    __slots__ = ("finished", "key", "part", "read")
-
-    def __init__(self, key: Any, part: Any) -> None:
-        self.key = key
-        self.part = part
-        self.finished = False
-        cols = getattr(part, "_poll_columns", None)
-        if cols is not None:
-            self.read = cols
-        elif hasattr(part, "poll_batch"):
-            self.read = self._via_batch
-        else:
-            self.read = self._via_poll
-
-    def _via_batch(self, n: int) -> tuple[Any, Any]:
-        items = self.part.poll_batch(n)
-        if not items:
-            return (), ()
-        return [i[0] for i in items], [i[1] for i in items]
-
-    def _via_poll(self, n: int) -> tuple[Any, Any]:
-        poll = self.part.poll
-        values: list[Any] = []
-        stamps: list[Any] = []
-        for _ in range(n):
-            item = poll()
-            if item is None:
-                break
-            values.append(item[0])
-            stamps.append(item[1])
-        return values, stamps
 
 
 class PartDone:
@@ -104,17 +67,19 @@ class PartDone:
 
 
 class PartMove:
-    """A source part moving to the receiver (rescale), with its collected state."""
+    """A source part moving to the receiver (rescale), with its collected state and what its
+    reader learnt about its speed (``PartReader.speed``)."""
 
-    __slots__ = ("part", "state", "version")
+    __slots__ = ("part", "speed", "state", "version")
 
-    def __init__(self, version: int, part: Any, state: Any) -> None:
+    def __init__(self, version: int, part: Any, state: Any, speed: Any = None) -> None:
         self.version = version
         self.part = part
         self.state = state
+        self.speed = speed
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (PartMove, (self.version, self.part, self.state))
+        return (PartMove, (self.version, self.part, self.state, self.speed))
 
 
 class PartsMoved:
@@ -174,42 +139,56 @@ class SourceOp(Operator):
         self._early: set[tuple[int, int]] = set()
         mine = [p for p in parts if rendezvous_select(p, self.workers) == me]
         restored = dict(ctx.restore_keyed(name, rendezvous_select)) if self.stateful else {}
-        self.parts: list[_Part] = []
+        self.parts: list[PartReader] = []
         for p in mine:
             self._add_part(p, restored.get(p))
 
-    def _add_part(self, key: Any, state: Any) -> None:
+    def _add_part(self, key: Any, state: Any, speed: Any = None) -> None:
         try:
             impl: Any = self.impl
             built = impl.build_part(key, state) if self.stateful else impl.build_part(key)
         except Exception as e:
             raise user_error(self.name, e) from e
-        self.parts.append(_Part(key, built))
+        self.parts.append(PartReader(key, built, speed))
 
-    def poll(self) -> bool:
+    def poll(self, deadline: float) -> bool:
+        """Read every part once before ``deadline`` (``time.monotonic()``): all are asked for
+        the same number of records, what fits each one's share of the time left (see
+        ``PartReader``), so the parts advance alike and none runs ahead in event time."""
         if self.done:
             return False
+        parts = self.parts
+        live = (
+            [p for p in parts if not p.finished] if len(parts) != 1 or parts[0].finished else parts
+        )
+        count = active = len(live)
         produced = False
-        active = 0
-        for p in self.parts:
-            if p.finished:
-                continue
-            try:
-                values, stamps = p.read(BATCH_SIZE)
-                finished = p.part.is_finished()
-            except Exception as e:
-                raise OperatorError(
-                    self.name, f"source part {p.key!r} failed: {type(e).__name__}: {e}"
-                ) from e
-            if values:
-                produced = True
-                self._idle = False
-                self.emit(Batch(list(repeat(p.key, len(values))), values, stamps))
-            if finished:
-                p.finished = True
-                self._part_done(p.key)
-            else:
-                active += 1
+        if count:
+            now = monotonic()
+            share = (deadline - now) / count
+            n = BATCH_SIZE
+            for p in live:
+                want = p.want(share)
+                if want < n:
+                    n = want
+            for i, p in enumerate(live):
+                if i:
+                    now = monotonic()
+                try:
+                    values, stamps = p.read(n, now + (deadline - now) / (count - i))
+                    finished = p.part.is_finished()
+                except Exception as e:
+                    raise OperatorError(
+                        self.name, f"source part {p.key!r} failed: {type(e).__name__}: {e}"
+                    ) from e
+                if values:
+                    produced = True
+                    self._idle = False
+                    self.emit(Batch(list(repeat(p.key, len(values))), values, stamps))
+                if finished:
+                    p.finished = True
+                    active -= 1
+                    self._part_done(p.key)
         if len(self.finished) == len(self.all_parts):
             self.emit_epoch(MAX)
             return True
@@ -238,7 +217,7 @@ class SourceOp(Operator):
                 if t is PartDone:
                     self.finished.add(msg.part)
                 elif t is PartMove:
-                    self._add_part(msg.part, msg.state)
+                    self._add_part(msg.part, msg.state, msg.speed)
                 elif t is PartsMoved:
                     self.finished |= msg.finished
                     if self._cycle is not None and self._cycle.version == msg.version:
@@ -272,7 +251,7 @@ class SourceOp(Operator):
         early = {w for v, w in self._early if v == msg.version}
         self._cycle = _PartsCycle(msg.version, new, peers, early)
         self._early.clear()
-        staying: list[_Part] = []
+        staying: list[PartReader] = []
         for p in self.parts:
             dest = rendezvous_select(p.key, new)
             if dest == me:
@@ -285,7 +264,7 @@ class SourceOp(Operator):
                     state = fn()
                 except Exception as e:
                     raise user_error(self.name, e) from e
-            self.exchange.send(dest, self.name, PartMove(msg.version, p.key, state))
+            self.exchange.send(dest, self.name, PartMove(msg.version, p.key, state, p.speed()))
         self.parts = staying
         done = PartsMoved(msg.version, frozenset(self.finished))
         for w in peers:

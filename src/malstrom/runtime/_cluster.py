@@ -13,7 +13,7 @@ from typing import Any
 
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
 from malstrom.runtime._single import build_graph
-from malstrom.runtime._worker import Worker, WorkerPhase
+from malstrom.runtime._worker import SOURCE_TURN_BUDGET, Worker, WorkerPhase
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._memory import NoPersistence
 from malstrom.transport._exchange import LocalExchangeHub
@@ -37,12 +37,14 @@ class LocalCluster:
         *,
         persistence: Persistence | None = None,
         snapshot_interval: float | None = None,
+        source_turn_budget: float = SOURCE_TURN_BUDGET,
     ) -> None:
         if parallelism < 1:
             raise ValueError(f"parallelism must be >= 1, got {parallelism}")
         self.persistence = persistence if persistence is not None else NoPersistence()
         self.graph = build_graph(build)
         self.hub = LocalExchangeHub()
+        self.source_turn_budget = source_turn_budget
         self.workers: dict[int, Worker] = {}
         ends = {wid: self._spawn(wid) for wid in range(parallelism)}
         self.coord = Coordinator(
@@ -54,7 +56,12 @@ class LocalCluster:
     def _spawn(self, wid: int) -> Any:
         c_end, w_end = local_pair()
         self.workers[wid] = Worker(
-            self.graph, wid, w_end, self.persistence, services={"exchange": self.hub.endpoint(wid)}
+            self.graph,
+            wid,
+            w_end,
+            self.persistence,
+            services={"exchange": self.hub.endpoint(wid)},
+            source_turn_budget=self.source_turn_budget,
         )
         return c_end
 
@@ -91,6 +98,7 @@ def run_local_cluster(
     persistence: Persistence | None = None,
     snapshot_interval: float | None = None,
     on_turn: Callable[[int, Coordinator], None] | None = None,
+    source_turn_budget: float = SOURCE_TURN_BUDGET,
 ) -> Coordinator:
     """Run ``build`` on ``parallelism`` workers to completion; returns the coordinator.
 
@@ -98,7 +106,11 @@ def run_local_cluster(
     inject faults or request snapshots, rescales and stops).
     """
     cluster = LocalCluster(
-        build, parallelism, persistence=persistence, snapshot_interval=snapshot_interval
+        build,
+        parallelism,
+        persistence=persistence,
+        snapshot_interval=snapshot_interval,
+        source_turn_budget=source_turn_budget,
     )
     threshold = gc.get_threshold()
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])

@@ -370,8 +370,9 @@ class Operator:
     def snapshot(self, writer: Any) -> None:
         """Persist this operator's state (stateful operators override)."""
 
-    def poll(self) -> bool:
-        """Sources only: produce records. Returns True if anything was produced."""
+    def poll(self, deadline: float) -> bool:
+        """Sources only: produce records, reading until ``deadline`` (``time.monotonic()``)
+        at most. True if anything was produced (or left unread for lack of time)."""
         return False
 
     def schedule(self) -> None:

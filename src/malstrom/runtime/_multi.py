@@ -31,6 +31,7 @@ from malstrom.coordinator._coordinator import (
 from malstrom.runtime._app import check_importable
 from malstrom.runtime._process import worker_process_main
 from malstrom.runtime._single import build_graph
+from malstrom.runtime._worker import SOURCE_TURN_BUDGET, check_budget
 from malstrom.snapshot._backend import Persistence, SnapshotCorruptError, SnapshotFormatError
 from malstrom.snapshot._memory import InMemoryPersistence, NoPersistence
 from malstrom.transport._exchange import TransportError
@@ -108,6 +109,10 @@ class MultiProcessRuntime:
     :class:`JobFailed` naming the cause. If snapshots exist but every one is damaged the job
     does not start (:class:`JobFailed` names the versions); ``fresh_start=True`` ignores the
     snapshots that exist when it starts and runs the job from the beginning.
+
+    ``source_turn_budget`` (seconds, default 5 ms) bounds how long each worker's sources read
+    in one loop turn, all parts together: records, barriers, rescales and stops move at least
+    that often even if a source's ``poll()`` blocks.
     """
 
     def __init__(
@@ -124,6 +129,7 @@ class MultiProcessRuntime:
         tls: Any = None,
         log_level: int = logging.WARNING,
         fresh_start: bool = False,
+        source_turn_budget: float = SOURCE_TURN_BUDGET,
     ) -> None:
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
@@ -151,6 +157,7 @@ class MultiProcessRuntime:
         self.tls = tls
         self.log_level = log_level
         self.fresh_start = fresh_start
+        self.source_turn_budget = check_budget(source_turn_budget)
 
     def start(self) -> JobHandle:
         """Start the job in the background and return its handle."""
@@ -236,6 +243,7 @@ class _LocalLauncher:
                     rt.persistence,
                     rt.host,
                     rt.log_level,
+                    rt.source_turn_budget,
                 ),
                 name=f"malstrom-worker-{i}",
             )

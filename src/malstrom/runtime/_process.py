@@ -17,7 +17,7 @@ from malstrom._errors import AttemptFenced, OperatorError
 from malstrom.coordinator._messages import Hello, WorkerFailed
 from malstrom.runtime._app import load_app
 from malstrom.runtime._single import build_graph
-from malstrom.runtime._worker import Worker, WorkerPhase
+from malstrom.runtime._worker import SOURCE_TURN_BUDGET, Worker, WorkerPhase
 from malstrom.snapshot._backend import Persistence
 
 __all__ = ["describe_error", "die_with_parent", "run_worker_loop", "worker_process_main"]
@@ -78,6 +78,7 @@ def worker_process_main(
     persistence: Persistence,
     host: str,
     log_level: int = logging.WARNING,
+    source_turn_budget: float = SOURCE_TURN_BUDGET,
 ) -> None:
     """Entry point of one worker process of a MultiProcessRuntime job."""
     from malstrom.transport._grpc_control import connect_control
@@ -95,7 +96,14 @@ def worker_process_main(
     worker = None
     try:
         fn = load_app(build) if isinstance(build, str) else build
-        worker = Worker(build_graph(fn), worker_id, control, persistence, {"exchange": exchange})
+        worker = Worker(
+            build_graph(fn),
+            worker_id,
+            control,
+            persistence,
+            {"exchange": exchange},
+            source_turn_budget=source_turn_budget,
+        )
         run_worker_loop(worker)
     except BaseException as e:  # report everything: the coordinator decides what happens next
         code = 1
@@ -139,6 +147,7 @@ def cluster_worker_main(
     advertise: str | None = None,
     worker_id: int | None = None,
     reconnect_timeout: float = 300.0,
+    source_turn_budget: float = SOURCE_TURN_BUDGET,
 ) -> int:
     """A worker started by hand or by an orchestrator: joins the coordinator, runs job
     attempts until the job finishes, and reconnects after aborts or lost connections.
@@ -188,6 +197,7 @@ def cluster_worker_main(
                 control,
                 NoPersistence(),
                 {"exchange": exchange},
+                source_turn_budget=source_turn_budget,
             )
             run_worker_loop(worker)
             if worker.abort_reason is None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
-from malstrom.runtime._worker import Worker, WorkerPhase
+from malstrom.runtime._worker import SOURCE_TURN_BUDGET, Worker, WorkerPhase, check_budget
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._memory import NoPersistence
 from malstrom.stream import StreamProvider
@@ -36,6 +36,11 @@ class SingleThreadRuntime:
     snapshots exist but every one is damaged, :meth:`execute` raises
     :class:`~malstrom.snapshot.SnapshotsDamagedError` naming them instead of starting over;
     ``fresh_start=True`` ignores existing snapshots and runs the job from the beginning.
+
+    ``source_turn_budget`` (seconds, default 5 ms) bounds how long the sources read in one
+    loop turn, all parts together: records, snapshot barriers and stops move at least that
+    often even if a source's ``poll()`` blocks. Raise it for a little less per-turn overhead
+    with slow sources, lower it for lower latency.
     """
 
     def __init__(
@@ -45,8 +50,10 @@ class SingleThreadRuntime:
         persistence: Persistence | None = None,
         snapshot_interval: float | None = None,
         fresh_start: bool = False,
+        source_turn_budget: float = SOURCE_TURN_BUDGET,
     ) -> None:
         self.build = build
+        self.source_turn_budget = check_budget(source_turn_budget)
         self.persistence = persistence if persistence is not None else NoPersistence()
         self.snapshot_interval = snapshot_interval
         self.fresh_start = fresh_start
@@ -57,7 +64,9 @@ class SingleThreadRuntime:
         """Run the job to completion (sources exhausted and final snapshot committed)."""
         graph = build_graph(self.build)
         c_end, w_end = local_pair()
-        worker = Worker(graph, 0, w_end, self.persistence)
+        worker = Worker(
+            graph, 0, w_end, self.persistence, source_turn_budget=self.source_turn_budget
+        )
         after = self.persistence.last_committed() if self.fresh_start else None
         coord = Coordinator(
             self.persistence, {0: c_end}, self.snapshot_interval, restore_after=after

@@ -2,8 +2,11 @@
 
 A turn handles pending coordinator commands, polls the sources, runs ``on_schedule`` hooks
 and drains every operator's inputs in topological order, so a batch usually crosses the
-whole graph within the turn that produced it. The worker never blocks (snapshot store calls
-are bounded, see ``malstrom.snapshot._bounded``).
+whole graph within the turn that produced it. The worker never blocks by itself (snapshot
+store calls are bounded, see ``malstrom.snapshot._bounded``), and its sources get a time
+budget per turn (``source_turn_budget``, shared by every part of every source): a source
+whose ``poll()`` blocks delays records, barriers, rescales and stops by about one budget,
+not by a whole batch of polls.
 
 Fencing: the worker learns its job attempt from :class:`StartBuild` and puts it on every
 message, on its data-plane streams and in its blob names. Once the attempt is over (Abort
@@ -16,7 +19,7 @@ without writing it; it runs as soon as the attempt is known to be over.
 from __future__ import annotations
 
 import enum
-import time
+from time import monotonic
 from typing import Any
 
 from malstrom._errors import AttemptFenced, BuildError, OperatorError
@@ -45,10 +48,24 @@ from malstrom.snapshot._layout import (
 )
 from malstrom.transport._local import Endpoint
 
-__all__ = ["HEARTBEAT_INTERVAL", "Worker", "WorkerPhase"]
+__all__ = ["HEARTBEAT_INTERVAL", "SOURCE_TURN_BUDGET", "Worker", "WorkerPhase", "check_budget"]
 
 HEARTBEAT_INTERVAL = 1.0
 """Seconds between heartbeats; sent from the loop itself, so a hung loop goes silent."""
+
+SOURCE_TURN_BUDGET = 0.005
+"""Default seconds the sources of a worker may read for in one loop turn (all parts of all
+sources together; a part also stops at :data:`~malstrom.operators.io.BATCH_SIZE` records).
+Short enough that a source that blocks holds records, barriers and rescales for a few ms;
+long enough that the rest of a turn costs slow sources nothing measurable."""
+
+
+def check_budget(budget: float) -> float:
+    """``budget`` as a float, or ValueError naming ``source_turn_budget``."""
+    ok = isinstance(budget, int | float) and not isinstance(budget, bool)
+    if not ok or not budget > 0 or budget == float("inf"):
+        raise ValueError(f"source_turn_budget must be > 0 seconds (finite), got {budget!r}")
+    return float(budget)
 
 
 class WorkerPhase(enum.Enum):
@@ -68,8 +85,11 @@ class Worker:
         endpoint: Endpoint,
         persistence: Persistence,
         services: dict[str, Any] | None = None,
+        *,
+        source_turn_budget: float = SOURCE_TURN_BUDGET,
     ) -> None:
         self.graph = graph
+        self.source_turn_budget = check_budget(source_turn_budget)
         self.worker_id = worker_id
         self.endpoint = endpoint
         self.persistence = persistence
@@ -167,7 +187,7 @@ class Worker:
         worked = self._handle_commands()
         if self.phase is WorkerPhase.FINISHED:
             return worked
-        now = time.monotonic()
+        now = monotonic()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL
             self._heartbeat()
@@ -175,10 +195,12 @@ class Worker:
             return worked
         exchange = self.services.get("exchange")
         # Backpressure: while peers are slow to take our output, produce nothing new.
-        if not self._stopping and (exchange is None or not exchange.backlogged()):
-            for op in self._roots:
-                if op.poll():
-                    worked = True
+        if (
+            not self._stopping
+            and (exchange is None or not exchange.backlogged())
+            and self._poll_sources(now + self.source_turn_budget)
+        ):
+            worked = True
         for op in self._scheduled:
             op.schedule()
         for op in self.ops:
@@ -202,6 +224,19 @@ class Worker:
         if not self._drained_sent and all(op.done for op in self.ops):
             self._drained_sent = True
             self.endpoint.send(Drained(self.worker_id, self.attempt))
+        return worked
+
+    def _poll_sources(self, deadline: float) -> bool:
+        """Poll every source once, each with its share of the time left until ``deadline``."""
+        roots = self._roots
+        count = len(roots)
+        if count == 1:
+            return roots[0].poll(deadline)
+        worked = False
+        for i, op in enumerate(roots):
+            now = monotonic()
+            if op.poll(now + (deadline - now) / (count - i)):
+                worked = True
         return worked
 
     def _handle_commands(self) -> bool:

@@ -5,7 +5,19 @@ are keyed by their part. Wrap your own implementation with :class:`StatefulSourc
 resume from snapshotted state: exactly-once replay) or :class:`StatelessSource`; or use a
 built-in: :class:`IterSource` for any Python iterable, :class:`FileSource` for text files.
 
-For speed a partition may also offer ``poll_batch(max_records) -> list[(value, timestamp)]``.
+For speed a partition may also offer ``poll_batch(max_records) -> list[(value, timestamp)]``
+(return what is ready, up to ``max_records``).
+
+``poll()`` should return None when nothing is ready rather than wait, but a part that blocks
+does not stall the job: a worker's sources read for at most ``source_turn_budget`` seconds per
+loop turn (a runtime setting, default 5 ms, shared by every part of every source; every part
+gets at least one call per turn), then records, snapshot barriers, rescales and stops move on.
+All parts of a source are asked for the same number of records, so they advance alike.
+A ``poll_batch`` call cannot be interrupted, so the worker learns how long
+a part's calls take and asks for as many records as fit the time left (a call that costs the
+same whatever it asks for keeps getting full batches); ``poll()`` parts are polled with a look
+at the clock every few polls, after every poll once one has blocked. A part that turns slow in
+the middle of one large call holds that turn for the call.
 """
 
 from malstrom.sources._file import FileSource

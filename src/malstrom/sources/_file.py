@@ -15,7 +15,14 @@ __all__ = ["FileSource"]
 class _FilePartition:
     def __init__(self, path: str, offset: int, line: int, encoding: str) -> None:
         self._f: BinaryIO | None = open(path, "rb")  # noqa: SIM115 - lives as long as the part
-        self._f.seek(offset)
+        if offset:
+            if not self._f.seekable():
+                self._f.close()
+                raise ValueError(
+                    f"FileSource cannot resume {path!r} at byte {offset}: it is not seekable "
+                    "(a pipe?); what was read before the snapshot cannot be read again"
+                )
+            self._f.seek(offset)
         self._offset = offset
         self._line = line
         self._encoding = encoding
@@ -68,6 +75,12 @@ class FileSource(StatefulSource):
     ``paths`` is a path, a glob pattern, or a list of them. Values are the lines without their
     line ending; timestamps are line numbers (0-based). A part's snapshot is its byte offset,
     so after a restore each file resumes exactly where the last committed snapshot left it.
+
+    A path may also be a named pipe (FIFO): lines are taken as the writer sends them (a read
+    waits for the next line, and the worker sizes its reads so that this holds a loop turn
+    for about its time budget), and the part ends when the writer closes. A pipe cannot be
+    read again, so a job restored from a snapshot taken after some of it was read refuses to
+    resume that part.
     """
 
     def __init__(

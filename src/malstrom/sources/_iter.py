@@ -70,6 +70,11 @@ class IterSource(StatefulSource):
     must be re-created on restore). It is stateful: after a restore it iterates again and skips
     what was already consumed, so the iterable must yield the same items in the same order.
     It emits no epoch before ``Epoch(MAX)`` at its end.
+
+    A generator may be slow (waiting on a feed): the worker takes items in runs sized by how
+    long recent items took, so output and snapshots move every loop turn. A run cannot be
+    interrupted, though: a generator that is fast and then stalls in the middle of a run holds
+    that turn until the run ends (at most 2048 items).
     """
 
     def __init__(self, iterable: Iterable[Any] | Callable[[], Iterable[Any]]) -> None:

@@ -20,7 +20,12 @@ class StatelessSourcePartition(Protocol):
     """One part of a source, built on exactly one worker."""
 
     def poll(self) -> tuple[Any, Any] | None:
-        """The next ``(value, timestamp)``, or None if nothing is ready now. Never blocks."""
+        """The next ``(value, timestamp)``, or None if nothing is ready now.
+
+        Should not wait for data: return None and be polled again. A poll that blocks delays
+        this worker's other work by up to the runtime's ``source_turn_budget`` (plus that
+        poll), not longer.
+        """
         ...
 
     def is_finished(self) -> bool:
