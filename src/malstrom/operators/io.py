@@ -172,6 +172,7 @@ class SourceOp(Operator):
         self._cycle: _PartsCycle | None = None
         self._done_version = -1
         self._early: set[tuple[int, int]] = set()
+        self._early_parts: list[PartMove] = []
         mine = [p for p in parts if rendezvous_select(p, self.workers) == me]
         restored = dict(ctx.restore_keyed(name, rendezvous_select)) if self.stateful else {}
         self.parts: list[_Part] = []
@@ -238,7 +239,12 @@ class SourceOp(Operator):
                 if t is PartDone:
                     self.finished.add(msg.part)
                 elif t is PartMove:
-                    self._add_part(msg.part, msg.state)
+                    if self._cycle is not None and self._cycle.version == msg.version:
+                        self._add_part(msg.part, msg.state)
+                    else:
+                        # Before our own Rescale: its records must follow the new
+                        # configuration downstream, so the part starts once that passed.
+                        self._early_parts.append(msg)
                 elif t is PartsMoved:
                     self.finished |= msg.finished
                     if self._cycle is not None and self._cycle.version == msg.version:
@@ -272,6 +278,8 @@ class SourceOp(Operator):
         early = {w for v, w in self._early if v == msg.version}
         self._cycle = _PartsCycle(msg.version, new, peers, early)
         self._early.clear()
+        arrived = [m for m in self._early_parts if m.version == msg.version]
+        self._early_parts = []
         staying: list[_Part] = []
         for p in self.parts:
             dest = rendezvous_select(p.key, new)
@@ -290,6 +298,8 @@ class SourceOp(Operator):
         done = PartsMoved(msg.version, frozenset(self.finished))
         for w in peers:
             self.exchange.send(w, self.name, done)
+        for m in arrived:
+            self._add_part(m.part, m.state)
 
     def rescale_done(self, version: int) -> bool:
         return self._done_version >= version
