@@ -119,9 +119,10 @@ class WindowOp(Operator):
                         w.append((s, e, acc))
         f = self.frontier
         fired_to = self.fired_to
-        if not fired_to:
-            return {k: (f, w) for k, w in per_key.items()}
-        return {k: (fired_to.get(k, f), w) for k, w in per_key.items()}
+        out: dict[Any, Any] = per_key
+        for k, w in per_key.items():  # in place: values change, the keys do not
+            out[k] = (fired_to.get(k, f) if fired_to else f, w)
+        return out
 
     def snapshot(self, writer: Any) -> None:
         writer.put_keyed(self.name, self._per_key(None))
@@ -161,7 +162,8 @@ class WindowOp(Operator):
         """Add keys' windows (from a snapshot or another worker); ends new here get queued.
 
         Windows that had not fired where they were but end at or before this worker's
-        frontier fire now (``emit``; on a restore they cannot occur)."""
+        frontier fire now (``emit``), or on the next epoch (a restore: nothing can be emitted
+        while the graph is built; restored frontiers make this case not arise anyway)."""
         known = set(self.by_end)
         added: set[Any] = set()
         f = self.frontier

@@ -350,36 +350,35 @@ class Operator:
 
     def on_control(self, msg: Control) -> None:
         if isinstance(msg, RegionMessage):
-            handled = msg.handled
-            if self.name in handled:
-                # Another path's copy of a message this operator already acted on and passed
-                # on. Where paths meet, the records of moving keys are held back until
-                # Installed (aligned here), so no record of theirs came in between.
+            if self.name in msg.handled:
+                # Another path's copy of a message this operator acted on and passed on. The
+                # records of keys moving here are held back until Installed, which follows
+                # every Acquire on each path, so none of theirs came in between.
                 msg.token.pending -= 1
                 return
-            handled.add(self.name)
-            t = type(msg)
-            if t is Collect and self.aligns_region and msg.only is not None:  # type: ignore[attr-defined]
-                # One input's chunk: the key's records from the other inputs may still come.
-                # This operator and everything after it hand keys over in the final, aligned
-                # one.
-                msg.token.pending -= 1
-                return
-            if t is Interrogate:
+            msg.handled.add(self.name)
+            if isinstance(msg, Collect):
+                if msg.only is not None and self.aligns_region:
+                    # One input's chunk: the key's records from the other inputs may still
+                    # come. This operator and everything after it hand keys over in the
+                    # final, aligned one.
+                    msg.token.pending -= 1
+                    return
                 if self.migrates:
-                    self.held_keys(msg.keys)  # type: ignore[attr-defined]
-                self.keys_moving(msg.version)  # type: ignore[attr-defined]
-            elif t is Released:
-                self.keys_moved(msg.version)  # type: ignore[attr-defined]
-            elif self.migrates:
-                if t is Collect:
-                    got = self.extract(msg.select)  # type: ignore[attr-defined]
+                    got = self.extract(msg.select)
                     if got:
-                        msg.collection[self.name] = got  # type: ignore[attr-defined]
-                elif t is Acquire:
-                    got = msg.states.get(self.name)  # type: ignore[attr-defined]
-                    if got:
-                        self.install(got)
+                        msg.collection[self.name] = got
+            elif isinstance(msg, Acquire):
+                if self.migrates:
+                    states = msg.states.get(self.name)
+                    if states:
+                        self.install(states)
+            elif isinstance(msg, Interrogate):
+                if self.migrates:
+                    self.held_keys(msg.keys)
+                self.keys_moving(msg.version)
+            elif isinstance(msg, Released):
+                self.keys_moved(msg.version)
         self.forward(msg)
 
     def keys_moving(self, version: int) -> None:
@@ -590,6 +589,6 @@ class Operator:
             return True
         if not self.aligns_region:
             return False
-        return (
-            t is Installed or t is Released or (t is Collect and msg.only is None)  # type: ignore[attr-defined]
-        )
+        if t is Collect:
+            return msg.only is None  # type: ignore[attr-defined]
+        return t is Installed or t is Released
