@@ -305,3 +305,48 @@ def test_state_keyed_by_source_parts_moves_with_its_part() -> None:
     for r in out.records:
         final[r.key] = max(final.get(r.key, 0), r.value)
     assert final == {0: 1_000, 1: 1_000}
+
+
+@pytest.mark.parametrize("stamped", [False, True])
+def test_a_worker_that_gets_a_part_is_no_longer_idle_to_its_peers(stamped: bool) -> None:
+    """A worker without source parts is idle (left out of merged epochs). When a rescale moves
+    a part to it, it must tell its peers it is active before its records go out: peers learn
+    that the part finished straight from its reader, and would otherwise end the stream while
+    that part's last records are still on their way (observed on processes: records after
+    Epoch(MAX), end-of-stream totals missing them)."""
+    from malstrom.keyed.distributor import DistributorOp
+    from malstrom.keyed.partitioners import rendezvous_select
+    from malstrom.runtime._engine import IDLE
+
+    assert rendezvous_select(0, [0, 1]) == 1 and rendezvous_select(0, [0, 1, 2]) == 2
+
+    class Src:
+        def list_parts(self) -> list[int]:
+            return [0]
+
+        def build_part(self, part: int, state: Any) -> Any:
+            return fj._Part(lambda i: (i % 5, i), 3_000, state or 0)
+
+    out = ListSink()
+
+    def build(provider: StreamProvider) -> None:
+        s = provider.new_stream().source("src", StatefulSource(Src()))
+        if stamped:  # epochs generated after key_distribute
+            s = s.assign_timestamps("ts", lambda v: v[1])
+        s.key_distribute("by-key", lambda v: v[0]).sink("out", out)
+
+    cluster = LocalCluster(build, 2)
+    for _ in range(3):
+        cluster.step()
+    done: list[Any] = []
+    cluster.coord.request_rescale(3, lambda v, e: done.append(e))
+    while not done:
+        cluster.step()
+    assert done == [None]
+    cluster.step()
+    assert len(out.records) < 3_000  # the part is still being read, on worker 2
+    (dist,) = [op for op in cluster.workers[0].ops if isinstance(op, DistributorOp)]
+    assert dist._remote_frontier[2] is not IDLE
+    while cluster.step():
+        pass
+    assert len(out.records) == 3_000

@@ -23,7 +23,7 @@ from malstrom.runtime._engine import (
 )
 from malstrom.sinks._protocols import RecordBatch, StatelessSinkImpl
 from malstrom.sources._protocols import StatefulSource, StatelessSource
-from malstrom.types import MAX
+from malstrom.types import MAX, MIN
 
 __all__ = [
     "BATCH_SIZE",
@@ -187,6 +187,19 @@ class SourceOp(Operator):
             raise user_error(self.name, e) from e
         self.parts.append(_Part(key, built))
 
+    def _add_moved(self, move: PartMove) -> None:
+        """Start a part moved here by a rescale.
+
+        A worker that told the job it was idle (no part) says first that it no longer is:
+        merged epochs leave an idle worker out, and every worker learns that a part finished
+        straight from its reader (PartDone), so peers would otherwise end the stream while this
+        part's last records are still on their way (held in a queue behind a barrier, say).
+        ``Epoch(MIN)`` promises nothing; it only brings this worker back into the merges."""
+        if self._idle and not self.done:
+            self._idle = False
+            self.emit_epoch(MIN)
+        self._add_part(move.part, move.state)
+
     def poll(self) -> bool:
         if self.done:
             return False
@@ -240,7 +253,7 @@ class SourceOp(Operator):
                     self.finished.add(msg.part)
                 elif t is PartMove:
                     if self._cycle is not None and self._cycle.version == msg.version:
-                        self._add_part(msg.part, msg.state)
+                        self._add_moved(msg)
                     else:
                         # Before our own Rescale: its records must follow the new
                         # configuration downstream, so the part starts once that passed.
@@ -299,7 +312,7 @@ class SourceOp(Operator):
         for w in peers:
             self.exchange.send(w, self.name, done)
         for m in arrived:
-            self._add_part(m.part, m.state)
+            self._add_moved(m)
 
     def rescale_done(self, version: int) -> bool:
         return self._done_version >= version

@@ -25,7 +25,7 @@ from malstrom._errors import OperatorError, short_repr
 from malstrom.operators._util import map_values, user_error
 from malstrom.operators.windows import restore_frontier
 from malstrom.runtime._engine import IDLE, Batch, BuildContext, Operator
-from malstrom.types import MAX, Record
+from malstrom.types import MAX, MIN, Record
 
 __all__ = ["AssignTimestampsOp", "GenerateEpochsOp"]
 
@@ -40,9 +40,10 @@ class AssignTimestampsOp(Operator):
         self.emit(Batch(batch.keys, batch.values, stamps))
 
     def on_epoch(self, ts: Any) -> None:
-        # Upstream epochs speak of the old timestamps; only the end of stream carries over.
-        if ts is MAX:
-            self.emit_epoch(MAX)
+        # Upstream epochs speak of the old timestamps; only the end of stream carries over,
+        # and MIN (it promises nothing in any time domain: an idle input is active again).
+        if ts is MAX or ts is MIN:
+            self.emit_epoch(ts)
 
 
 class _GeneratorFailed(Exception):
