@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from jobs import fanout_job as fj
 from jobs import rescale_job as rj
 
 from malstrom import StatefulSource, StatelessLogic, StreamProvider
@@ -30,6 +31,9 @@ class Sinks(rj.Outputs):
 
     def check(self) -> None:
         rj.check(self)
+
+    def check_no_repeats(self) -> None:
+        rj.check_no_repeats(self)
 
 
 def plan(steps: dict[int, int], log: list[Any]) -> Callable[[int, Coordinator], None]:
@@ -238,8 +242,11 @@ class RescaleMachine(RuleBasedStateMachine):
 
     @initialize(n=st.integers(1, 4))
     def start(self, n: int) -> None:
+        self.begin(Sinks(), n)
+
+    def begin(self, out: Any, n: int) -> None:
         self.p = InMemoryPersistence()
-        self.out = Sinks()
+        self.out = out
         self.cluster = LocalCluster(self.out.build(), n, persistence=self.p)
 
     @rule(k=st.integers(1, 5))
@@ -267,7 +274,7 @@ class RescaleMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_update_applied_twice(self) -> None:
-        rj.check_no_repeats(self.out)
+        self.out.check_no_repeats()
 
     def teardown(self) -> None:
         if not hasattr(self, "cluster"):
@@ -277,13 +284,27 @@ class RescaleMachine(RuleBasedStateMachine):
         self.out.check()
 
 
-RescaleMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("MALSTROM_RESCALE_EXAMPLES", "12")),
-    stateful_step_count=15,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+class FanOutMachine(RescaleMachine):
+    """The same random rescales, snapshots and crashes, on a job whose key regions fan out
+    and meet again: a union of split (or cloned and filtered) branches of one keyed stream
+    before every kind of keyed state, joins of two paths of one distributor, a join and a
+    union fed by two distributors, and epochs generated after key_distribute from in-order
+    input (jobs/fanout_job.py, exact oracle for every output)."""
+
+    @initialize(n=st.integers(1, 4), shape=st.sampled_from(fj.SHAPES))
+    def start(self, n: int, shape: str) -> None:  # type: ignore[override]
+        self.begin(fj.Outputs(fj.OUTPUTS, shape), n)
+
+
+for machine in (RescaleMachine, FanOutMachine):
+    machine.TestCase.settings = settings(
+        max_examples=int(os.environ.get("MALSTROM_RESCALE_EXAMPLES", "12")),
+        stateful_step_count=15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
 test_rescale_state_machine = RescaleMachine.TestCase
+test_fan_out_state_machine = FanOutMachine.TestCase
 
 
 # ----- epochs never overtake records -------------------------------------------------------------

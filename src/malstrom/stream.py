@@ -58,7 +58,7 @@ class _Node:
     ports: int = 1
     is_root: bool = False
     distributes: bool = False  # made by key_distribute: keys here are placed by a partitioner
-    co_keyed: bool = False  # several inputs, all keyed by distributors of one partitioner
+    co_keyed: bool = False  # several inputs, every one keyed by a distributor (rescales align)
     pinned: bool = False  # keeps keyed state in place (not placed by a partitioner): cannot move
 
 
@@ -507,10 +507,7 @@ class Stream:
         node = self._graph.add(name, lambda ctx: Operator(name), inputs)
         streams = (self, *others)
         regions = {id(s._region) for s in streams}
-        same = len(regions) == 1 and self._region is not None
-        node.co_keyed = (
-            len(inputs) > 1 and same and all(_keyed_by_distribute(s._node) for s in streams)
-        )
+        node.co_keyed = len(inputs) > 1 and all(_keyed_by_distribute(s._node) for s in streams)
         return self._out(node, region=self._region if len(regions) == 1 else None)
 
     def cloned(self, name: str, n: int) -> list[Stream]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from malstrom._errors import OperatorError, short_repr
-from malstrom.keyed.partitioners import KEY_GROUPS, group_owner, key_group, rendezvous_select
+from malstrom.keyed.partitioners import group_table, key_group, rendezvous_select
 from malstrom.runtime._engine import IDLE, Batch, Collect, Interrogate, Token
 
 __all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "place", "split_transfers"]
@@ -28,7 +28,7 @@ def place(
     key: Any,
     workers: Sequence[int],
     operator: str,
-    by_group: list[int] | None = None,
+    by_group: Sequence[int] | None = None,
 ) -> int:
     """``partitioner(key, workers)`` (a table lookup when ``by_group`` holds the default
     partitioner's owner per key group), with errors that name the operator and the key."""
@@ -108,10 +108,8 @@ class Cycle:
         # The default partitioner places key groups: one table lookup per key instead of a
         # rendezvous over every worker (collecting walks every key a worker holds).
         default = partitioner is rendezvous_select
-        self._by_group = [group_owner(g, self.new) for g in range(KEY_GROUPS)] if default else None
-        self._old_by_group = (
-            [group_owner(g, self.old) for g in range(KEY_GROUPS)] if default and old else None
-        )
+        self._by_group = group_table(self.new) if default else None
+        self._old_by_group = group_table(self.old) if default and old else None
         self.old_cache: dict[Any, int] = {}
         self.local = False
         self.my_frontier: Any = None

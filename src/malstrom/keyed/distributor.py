@@ -29,9 +29,10 @@ Rescaling (zero downtime; one cycle per configuration change, see :mod:`malstrom
    operator hands over the state of the keys leaving this worker. The collected state goes to
    the new owners as :class:`Transfer` messages, then a last (empty) transfer to every peer.
 4. Transfers arriving are installed downstream (``Acquire``). When every peer's last
-   transfer is in, ``Installed`` goes downstream, the held records follow it, and the
-   distributor switches to the new worker set. Merged epochs stay frozen during the cycle,
-   so no epoch ever overtakes a held or moved record.
+   transfer is in, ``Installed`` goes downstream, the held records follow it, then
+   ``Released``, and the distributor switches to the new worker set. Merged epochs stay
+   frozen during the cycle, so no epoch ever overtakes a held or moved record; epoch
+   generators downstream freeze too, from the cycle's ``Interrogate`` to ``Released``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from malstrom.runtime._engine import (
     Installed,
     Interrogate,
     Operator,
+    Released,
     Rescale,
     Token,
 )
@@ -303,7 +305,7 @@ class DistributorOp(Operator):
             assert isinstance(msg, Rescale)
             self._on_local_rescale(msg)
             self.forward(msg)
-        elif t is Collect or t is Acquire or t is Installed or t is Interrogate:
+        elif t is Collect or t is Acquire or t is Installed or t is Interrogate or t is Released:
             msg.token.pending -= 1  # the upstream key region ends here
         else:
             self.forward(msg)
@@ -318,7 +320,7 @@ class DistributorOp(Operator):
             self._cycle = Cycle(
                 version, self.workers, tuple(workers), self.me, self.partitioner, self.name
             )
-            ask = self._cycle.interrogate = Interrogate(Token(1))
+            ask = self._cycle.interrogate = Interrogate(Token(1), version)
             self.forward(ask)
         elif self._cycle.version != version:
             raise OperatorError(
@@ -404,6 +406,7 @@ class DistributorOp(Operator):
         for b in cycle.held:
             self.emit(b)
         cycle.held.clear()
+        self.forward(Released(Token(1), cycle.version))
         self.workers = cycle.new
         self.remotes = [w for w in cycle.new if w != self.me]
         self._cache = cycle.cache

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable, Hashable, Sequence
+from functools import lru_cache
 from typing import Any
 
 import msgpack
@@ -17,7 +18,14 @@ import xxhash
 
 from malstrom.types import NoKey
 
-__all__ = ["KEY_GROUPS", "Partitioner", "key_group", "rendezvous_select", "stable_hash"]
+__all__ = [
+    "KEY_GROUPS",
+    "Partitioner",
+    "group_table",
+    "key_group",
+    "rendezvous_select",
+    "stable_hash",
+]
 
 KEY_GROUPS = 1024
 """Number of key groups: the unit in which keyed state is stored and moved."""
@@ -89,6 +97,16 @@ def group_owner(group: int, workers: Sequence[int]) -> int:
             best = score
             owner = w
     return owner
+
+
+@lru_cache(maxsize=8)
+def group_table(workers: tuple[int, ...]) -> tuple[int, ...]:
+    """The owner of every key group under rendezvous hashing over ``workers``.
+
+    Shared by every distributor of a process during a rescale (one table per worker set,
+    not one per distributor: a job has one distributor per ``key_distribute`` and per
+    stateful sink)."""
+    return tuple(group_owner(g, workers) for g in range(KEY_GROUPS))
 
 
 def rendezvous_select(key: Hashable, workers: Sequence[int]) -> int:

@@ -25,7 +25,7 @@ from malstrom.runtime._engine import (
 )
 from malstrom.sinks._protocols import RecordBatch, StatelessSinkImpl
 from malstrom.sources._protocols import StatefulSource, StatelessSource
-from malstrom.types import MAX
+from malstrom.types import MAX, MIN
 
 __all__ = [
     "BATCH_SIZE",
@@ -137,6 +137,7 @@ class SourceOp(Operator):
         self._cycle: _PartsCycle | None = None
         self._done_version = -1
         self._early: set[tuple[int, int]] = set()
+        self._early_parts: list[PartMove] = []
         mine = [p for p in parts if rendezvous_select(p, self.workers) == me]
         restored = dict(ctx.restore_keyed(name, rendezvous_select)) if self.stateful else {}
         self.parts: list[PartReader] = []
@@ -150,6 +151,19 @@ class SourceOp(Operator):
         except Exception as e:
             raise user_error(self.name, e) from e
         self.parts.append(PartReader(key, built, speed))
+
+    def _add_moved(self, move: PartMove) -> None:
+        """Start a part moved here by a rescale.
+
+        A worker that told the job it was idle (no part) says first that it no longer is:
+        merged epochs leave an idle worker out, and every worker learns that a part finished
+        straight from its reader (PartDone), so peers would otherwise end the stream while this
+        part's last records are still on their way (held in a queue behind a barrier, say).
+        ``Epoch(MIN)`` promises nothing; it only brings this worker back into the merges."""
+        if self._idle and not self.done:
+            self._idle = False
+            self.emit_epoch(MIN)
+        self._add_part(move.part, move.state, move.speed)
 
     def poll(self, deadline: float) -> bool:
         """Read every part once before ``deadline`` (``time.monotonic()``): all are asked for
@@ -217,7 +231,12 @@ class SourceOp(Operator):
                 if t is PartDone:
                     self.finished.add(msg.part)
                 elif t is PartMove:
-                    self._add_part(msg.part, msg.state, msg.speed)
+                    if self._cycle is not None and self._cycle.version == msg.version:
+                        self._add_moved(msg)
+                    else:
+                        # Before our own Rescale: its records must follow the new
+                        # configuration downstream, so the part starts once that passed.
+                        self._early_parts.append(msg)
                 elif t is PartsMoved:
                     self.finished |= msg.finished
                     if self._cycle is not None and self._cycle.version == msg.version:
@@ -251,6 +270,8 @@ class SourceOp(Operator):
         early = {w for v, w in self._early if v == msg.version}
         self._cycle = _PartsCycle(msg.version, new, peers, early)
         self._early.clear()
+        arrived = [m for m in self._early_parts if m.version == msg.version]
+        self._early_parts = []
         staying: list[PartReader] = []
         for p in self.parts:
             dest = rendezvous_select(p.key, new)
@@ -269,6 +290,8 @@ class SourceOp(Operator):
         done = PartsMoved(msg.version, frozenset(self.finished))
         for w in peers:
             self.exchange.send(w, self.name, done)
+        for m in arrived:
+            self._add_moved(m)
 
     def rescale_done(self, version: int) -> bool:
         return self._done_version >= version

@@ -1,9 +1,17 @@
 """Event time: assign_timestamps, generate_epochs and limit_out_of_orderness.
 
 Epochs are generated per record but emitted once per input batch: when a larger epoch follows
-in the same batch the smaller one is skipped (DESIGN 3.9 allows this). Records are classified
-on time / late against the epoch as it stood just before each record, exactly as if every
-epoch had been emitted.
+in the same batch the smaller one is skipped (as every emitted epoch is still a valid promise).
+Records are classified on time / late against the epoch as it stood just before each record,
+exactly as if every epoch had been emitted.
+
+A generator after ``key_distribute`` sees a rescale: while keys move to this worker, their
+records are held back and arrive after newer records of the keys that stayed. So from the
+rescale's start (``Interrogate``) until those held records have passed (``Released``) the
+generator is frozen: it classifies every record against the epoch it had emitted when the
+rescale started (raised only by upstream epochs) and emits the epoch it generated meanwhile
+once the held records are through. A rescale thus turns no record late that would be on time
+had the keys stayed where they were (for input whose disorder is within the bound).
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ from typing import Any
 
 from malstrom._errors import OperatorError, short_repr
 from malstrom.operators._util import map_values, user_error
+from malstrom.operators.windows import restore_frontier
 from malstrom.runtime._engine import IDLE, Batch, BuildContext, Operator
-from malstrom.types import MAX, Record
+from malstrom.types import MAX, MIN, Record
 
 __all__ = ["AssignTimestampsOp", "GenerateEpochsOp"]
 
@@ -31,9 +40,10 @@ class AssignTimestampsOp(Operator):
         self.emit(Batch(batch.keys, batch.values, stamps))
 
     def on_epoch(self, ts: Any) -> None:
-        # Upstream epochs speak of the old timestamps; only the end of stream carries over.
-        if ts is MAX:
-            self.emit_epoch(MAX)
+        # Upstream epochs speak of the old timestamps; only the end of stream carries over,
+        # and MIN (it promises nothing in any time domain: an idle input is active again).
+        if ts is MAX or ts is MIN:
+            self.emit_epoch(ts)
 
 
 class _GeneratorFailed(Exception):
@@ -62,15 +72,10 @@ class GenerateEpochsOp(Operator):
         self.wants_schedule = idle_timeout is not None
         self._last_record = time.monotonic()
         self._idle = False
-        restored = ctx.restore_worker(name)
-        if ctx.worker_id in restored:
-            self.prev: Any = restored[ctx.worker_id]
-        elif restored:
-            # Restored at another parallelism: the most conservative promise any worker made.
-            known = [v for v in restored.values() if v is not None]
-            self.prev = min(known) if known else None
-        else:
-            self.prev = None
+        self._moving: int | None = None  # the rescale version while frozen
+        self._gathered: Any = None  # the epoch generated while frozen (None: none)
+        # At another parallelism: the most conservative promise any worker made.
+        self.prev: Any = restore_frontier(ctx, name)
 
     def snapshot(self, writer: Any) -> None:
         writer.put_worker(self.name, self.prev)
@@ -83,6 +88,24 @@ class GenerateEpochsOp(Operator):
             self._idle = True
             self.emit_epoch(IDLE)
 
+    def keys_moving(self, version: int) -> None:
+        if self._moving is None:
+            self._moving = version
+            self._gathered = None
+
+    def keys_moved(self, version: int) -> None:
+        if self._moving is None or version < self._moving:
+            return
+        self._moving = None
+        g, self._gathered = self._gathered, None
+        prev = self.prev
+        if g is not None and (prev is None or g > prev):
+            self.prev = g
+            self.emit_epoch(g)
+
+    def rescale_done(self, version: int) -> bool:
+        return self._moving is None
+
     def on_batch(self, batch: Batch, port: int) -> None:
         if self.wants_schedule:
             self._last_record = time.monotonic()
@@ -90,6 +113,9 @@ class GenerateEpochsOp(Operator):
                 self._idle = False
                 if self.prev is not None:
                     self.emit_epoch(self.prev)  # active again: merges count this worker again
+        if self._moving is not None:
+            self._on_batch_frozen(batch)
+            return
         prev = start = self.prev
         mask: list[bool] = []
         append = mask.append
@@ -134,6 +160,52 @@ class GenerateEpochsOp(Operator):
         if prev is not start:
             self.prev = prev
             self.emit_epoch(prev)
+
+    def _on_batch_frozen(self, batch: Batch) -> None:
+        """During a rescale: classify against the frozen epoch, gather the next one."""
+        f = self.prev
+        g = self._gathered
+        mask: list[bool] = []
+        append = mask.append
+        i = 0
+        try:
+            if self.gen is None:
+                bound = self.bound
+                for t in batch.timestamps:
+                    append(f is None or t > f)
+                    c = t - bound
+                    if g is None or c > g:
+                        g = c
+                    i += 1
+            else:
+                gen = self.gen
+                for rec in batch.iter_records():
+                    append(f is None or rec[2] > f)
+                    cur = f if g is None or (f is not None and f > g) else g
+                    try:
+                        c = gen(rec, cur)
+                    except Exception as e:
+                        raise _GeneratorFailed(e) from e
+                    if c is not None and (g is None or c > g):
+                        g = c
+                    i += 1
+        except _GeneratorFailed as failed:
+            raise user_error(self.name, failed.cause, batch.record(i)) from failed.cause
+        except TypeError as e:
+            raise OperatorError(
+                self.name,
+                f"incomparable timestamps: {short_repr(batch.timestamps[i])} vs epoch "
+                f"{short_repr(f)} ({e})",
+                batch.record(i),
+            ) from e
+        except Exception as e:
+            raise user_error(self.name, e, batch.record(i)) from e
+        self._gathered = g
+        if all(mask):
+            self.emit_to(0, batch)
+        else:
+            self.emit_to(0, _select(batch, mask))
+            self.emit_to(1, _select(batch, [not m for m in mask]))
 
     def on_epoch(self, ts: Any) -> None:
         prev = self.prev

@@ -7,9 +7,15 @@ open sessions ``[start, end, acc]`` sorted by start. Two heaps of ends make firi
 proportional to what fires, never to the number of keys: ``pending`` (not fired yet) and,
 with ``allowed_lateness``, ``kept`` (fired, kept for late updates until ``end + L``).
 
-Snapshots store, per key, the list of its windows ``(start, end, acc)`` (addressable by key,
-so a restore at another parallelism loads exactly the keys each worker owns) and, per worker,
-the frontier (which windows have fired).
+Snapshots and rescales hand over, per key, ``(fired_to, [(start, end, acc), ...])``: its
+windows, and the frontier up to which they have fired where the key was (addressable by key,
+so a restore at another parallelism loads exactly the keys each worker owns). A key's windows
+are fired up to the larger of this worker's frontier and the key's own ``fired_to``: with epochs
+generated after ``key_distribute`` the workers' frontiers differ, so a key moving to a worker
+that is behind brings windows that already fired there (they must not fire again) and one
+moving to a worker that is ahead brings windows that have not (they fire at once: every
+record for them has arrived, since the new worker's records are on time only above its own
+frontier). Per worker, the frontier is stored as well.
 """
 
 from __future__ import annotations
@@ -39,11 +45,14 @@ _start = itemgetter(0)
 def restore_frontier(ctx: BuildContext, name: str) -> Any:
     """The frontier an operator persisted with ``put_worker(name, ...)`` (None: fresh start).
 
-    Restored at another parallelism, a new worker takes the smallest frontier any worker
-    stored (downstream of ``key_distribute`` they are all equal at a barrier).
+    Restored on the same workers, each takes its own. At another parallelism a worker takes
+    keys from other workers, so it takes the smallest frontier any worker stored: downstream
+    of epochs merged by ``key_distribute`` they are all equal at a barrier, but epochs
+    generated after it differ per worker, and no key may be judged by a frontier its worker
+    had not reached.
     """
     restored = ctx.restore_worker(name)
-    if ctx.worker_id in restored:
+    if set(restored) == set(ctx.worker_set):
         return restored[ctx.worker_id]
     known = [v for v in restored.values() if v is not None]
     return min(known) if known else None
@@ -73,10 +82,13 @@ class WindowOp(Operator):
         self.sessions: dict[Any, list[list[Any]]] = {}
         self.pending: list[Any] = []
         self.kept: list[Any] = []
+        # Keys whose windows fired further than this worker's frontier (moved here from a
+        # worker that was ahead): key -> that frontier. Dropped once the frontier passes it.
+        self.fired_to: dict[Any, Any] = {}
         self._frontier_name = f"{name}::frontier"
         self.frontier: Any = restore_frontier(ctx, self._frontier_name)
         self.migrates = owner is not None
-        self.install(dict(ctx.restore_keyed(name, owner)))
+        self._install(dict(ctx.restore_keyed(name, owner)), emit=False)
 
     def forwards_idle(self) -> bool:
         return not self.by_end  # open windows fire on a later epoch
@@ -86,8 +98,9 @@ class WindowOp(Operator):
         """Number of (key, window) accumulators held."""
         return sum(map(len, self.by_end.values()))
 
-    def _per_key(self, select: Select | None) -> dict[Any, list[Any]]:
-        """Each key's windows ``[(start, end, acc), ...]`` (only the keys ``select`` picks)."""
+    def _per_key(self, select: Select | None) -> dict[Any, tuple[Any, list[Any]]]:
+        """Each key's ``(fired_to, [(start, end, acc), ...])`` (only the keys ``select``
+        picks)."""
         per_key: dict[Any, list[Any]] = {}
         if self.session:
             sessions = self.sessions
@@ -104,7 +117,12 @@ class WindowOp(Operator):
                         per_key[k] = [(s, e, acc)]
                     else:
                         w.append((s, e, acc))
-        return per_key
+        f = self.frontier
+        fired_to = self.fired_to
+        out: dict[Any, Any] = per_key
+        for k, w in per_key.items():  # in place: values change, the keys do not
+            out[k] = (fired_to.get(k, f) if fired_to else f, w)
+        return out
 
     def snapshot(self, writer: Any) -> None:
         writer.put_keyed(self.name, self._per_key(None))
@@ -127,33 +145,72 @@ class WindowOp(Operator):
                         del bucket[k]
         else:
             by_end = self.by_end
-            for k, windows in per_key.items():
+            for k, (_, windows) in per_key.items():
                 for _, e, _ in windows:
                     del by_end[e][k]
+        if self.fired_to:
+            for k in per_key:
+                self.fired_to.pop(k, None)
         # Emptied windows stay in the heaps; firing and expiry skip them.
         return per_key
 
     def install(self, states: dict[Any, Any]) -> None:
-        """Add keys' windows (from a snapshot or another worker); ends new here get queued."""
+        """Take over keys' windows moved here from another worker (the format of ``extract``)."""
+        self._install(states, emit=True)
+
+    def _install(self, states: dict[Any, Any], emit: bool) -> None:
+        """Add keys' windows (from a snapshot or another worker); ends new here get queued.
+
+        Windows that had not fired where they were but end at or before this worker's
+        frontier fire now (``emit``), or on the next epoch (a restore: nothing can be emitted
+        while the graph is built; restored frontiers make this case not arise anyway)."""
         known = set(self.by_end)
         added: set[Any] = set()
-        for key, windows in states.items():
-            if self.session:
-                lst = self.sessions.setdefault(key, [])
-                for start, end, acc in windows:
+        f = self.frontier
+        limit = self._limit()
+        result = self.agg.result
+        due_k: list[Any] = []
+        due_v: list[Any] = []
+        due_t: list[Any] = []
+        late_due: set[Any] = set()
+        for key, state in states.items():
+            if type(state) is tuple:
+                fired_to, windows = state
+            else:  # a snapshot of a version that stored the windows only
+                fired_to, windows = f, state
+            if fired_to is not None and (f is None or fired_to > f):
+                self.fired_to[key] = fired_to
+            lst = self.sessions.setdefault(key, []) if self.session else None
+            for start, end, acc in windows:
+                due = f is not None and end <= f and (fired_to is None or end > fired_to)
+                if due and emit:
+                    due_k.append(key)
+                    due_v.append(_make_result((start, end, result(acc))))
+                    due_t.append(end)
+                    due = False
+                if limit is not None and end <= limit and not due:
+                    continue  # gone here: nothing can update it any more
+                if due:  # cannot emit yet: it fires on the next epoch
+                    late_due.add(end)
+                if lst is not None:
                     sess = [start, end, acc]
                     lst.append(sess)
                     self.by_end.setdefault(end, {})[key] = sess
-                    added.add(end)
-                lst.sort(key=_start)
-            else:
-                for start, end, acc in windows:
+                else:
                     self.by_end.setdefault(end, {})[key] = acc
                     self.begin[end] = start
-                    added.add(end)
-        f = self.frontier
+                added.add(end)
+            if lst is not None:
+                if lst:
+                    lst.sort(key=_start)
+                else:
+                    del self.sessions[key]
         for end in added - known:
             heappush(self.kept if f is not None and end <= f else self.pending, end)
+        for end in late_due:
+            heappush(self.pending, end)
+        if due_k:
+            self.emit_to(0, Batch(due_k, due_v, due_t))
 
     def _limit(self) -> Any:
         """Windows ending at or before this are gone (None: nothing is)."""
@@ -169,7 +226,7 @@ class WindowOp(Operator):
         assigner = self.assigner
         if self.session:
             self._add_sessions(batch)
-        elif self.lateness is None and type(assigner) is Tumbling:
+        elif self.lateness is None and type(assigner) is Tumbling and not self.fired_to:
             anchor = assigner._static_anchor(batch.timestamps[0])
             if anchor is None:
                 self._add_general(batch)
@@ -236,6 +293,8 @@ class WindowOp(Operator):
         add, create, result = self.agg.add, self.agg.create, self.agg.result
         frontier = self.frontier
         limit = self._limit()
+        fired_to = self.fired_to
+        lateness = self.lateness
         missing = _MISSING
         lk: list[Any] = []
         lv: list[Any] = []
@@ -248,17 +307,20 @@ class WindowOp(Operator):
             for k, v, t in zip(batch.keys, batch.values, batch.timestamps):
                 windows = starts_of(t)
                 placed = False
+                kf = fired_to.get(k) if fired_to else None
                 for s in windows:
                     e = s + size
                     if limit is not None and e <= limit:
                         continue  # this window is gone
+                    if kf is not None and e <= (kf if lateness is None else kf - lateness):
+                        continue  # gone where this key was before it moved here
                     placed = True
-                    fired = frontier is not None and e <= frontier
+                    fired = (frontier is not None and e <= frontier) or (kf is not None and e <= kf)
                     bucket = by_end.get(e)
                     if bucket is None:
                         bucket = by_end[e] = {}
                         begin[e] = s
-                        heappush(kept if fired else pending, e)
+                        heappush(kept if frontier is not None and e <= frontier else pending, e)
                     acc = bucket.get(k, missing)
                     acc = bucket[k] = add(create() if acc is missing else acc, v)
                     if fired:  # a late update of a kept window: emit it again at once
@@ -282,6 +344,8 @@ class WindowOp(Operator):
         add, create, merge, result = self.agg.add, self.agg.create, self.agg.merge, self.agg.result
         frontier = self.frontier
         limit = self._limit()
+        fired_to = self.fired_to
+        lateness = self.lateness
         lk: list[Any] = []
         lv: list[Any] = []
         lt: list[Any] = []
@@ -294,8 +358,11 @@ class WindowOp(Operator):
                 ne = t + gap
                 lst = sessions.get(k)
                 hits = [x for x in lst if x[0] < ne and t < x[1]] if lst else None
+                kf = fired_to.get(k) if fired_to else None
                 if not hits:
-                    if limit is not None and ne <= limit:
+                    if (limit is not None and ne <= limit) or (
+                        kf is not None and ne <= (kf if lateness is None else kf - lateness)
+                    ):
                         lk.append(k)
                         lv.append(v)
                         lt.append(t)
@@ -327,7 +394,9 @@ class WindowOp(Operator):
                         self._unindex(k, sess)
                         sess[1] = end
                         self._index(k, sess)
-                if frontier is not None and sess[1] <= frontier:
+                if (frontier is not None and sess[1] <= frontier) or (
+                    kf is not None and sess[1] <= kf
+                ):
                     rk.append(k)
                     rv.append(_make_result((sess[0], sess[1], result(sess[2]))))
                     rt.append(sess[1])
@@ -367,11 +436,13 @@ class WindowOp(Operator):
                 if self.pending and self.pending[0] <= ts:
                     self._fire(ts)
                 if self.kept:
-                    self._expire(ts - self.lateness)
+                    self._expire(ts if self.lateness is None else ts - self.lateness)
             except OperatorError:
                 raise
             except Exception as e:
                 raise user_error(self.name, e) from e
+            if self.fired_to:
+                self.fired_to = {k: f for k, f in self.fired_to.items() if f > ts}
         self.emit_epoch(ts)
 
     def _fire(self, ts: Any) -> None:
@@ -390,12 +461,16 @@ class WindowOp(Operator):
             bucket = by_end.get(e)
             if not bucket:
                 continue  # a session end that moved
-            n = len(bucket)
-            out_k.extend(bucket)
+            due: Any = bucket
+            if self.fired_to:  # keys whose window fired before they moved here: not again
+                fired_to = self.fired_to
+                due = {k: x for k, x in bucket.items() if k not in fired_to or fired_to[k] < e}
+            n = len(due)
+            out_k.extend(due)
             if self.session:
-                out_v.extend([_make_result((x[0], x[1], result(x[2]))) for x in bucket.values()])
+                out_v.extend([_make_result((x[0], x[1], result(x[2]))) for x in due.values()])
             else:
-                vals = bucket.values() if identity else map(result, bucket.values())
+                vals = due.values() if identity else map(result, due.values())
                 out_v.extend(map(_make_result, zip(repeat(begin[e], n), repeat(e, n), vals)))
             out_t.extend(repeat(e, n))
             if keep:

@@ -33,6 +33,7 @@ __all__ = [
     "Installed",
     "Interrogate",
     "Operator",
+    "Released",
     "Rescale",
     "Token",
     "make_record",
@@ -150,15 +151,34 @@ class Rescale(Control):
         self.workers = workers
 
 
-class Interrogate(Control):
-    """Sent by a distributor into its key region when a rescale starts: every keyed operator
-    adds the keys it holds state for to ``keys`` (so their new owners can be worked out
-    ahead of the Collect, a few at a time)."""
+class RegionMessage(Control):
+    """A message a distributor sends into its key region during a rescale.
 
-    __slots__ = ("keys",)
+    Its copies share one object on a worker. Where a region fans out and meets again (a
+    ``split`` or ``cloned`` stream, or two filters of one keyed stream, joined or unioned),
+    one message reaches an operator once per path: :meth:`Operator.on_control` acts on the
+    first copy and consumes the others (``handled`` names the operators that acted), so every
+    operator installs moved state, reports its keys or sees a rescale end exactly once.
+    """
+
+    __slots__ = ("handled",)
 
     def __init__(self, token: Token) -> None:
         super().__init__(token)
+        self.handled: set[str] = set()
+
+
+class Interrogate(RegionMessage):
+    """Sent by a distributor into its key region when rescale ``version`` starts (before any
+    record of the new configuration): every keyed operator adds the keys it holds state for
+    to ``keys`` (so their new owners can be worked out ahead of the Collect, a few at a
+    time), and :meth:`Operator.keys_moving` runs."""
+
+    __slots__ = ("keys", "version")
+
+    def __init__(self, token: Token, version: int) -> None:
+        super().__init__(token)
+        self.version = version
         self.keys: set[Any] = set()
 
 
@@ -166,7 +186,7 @@ Select = Callable[[Iterable[Any]], list[Any]]
 """``select(keys)``: those of ``keys`` that leave this worker (see :class:`Collect`)."""
 
 
-class Collect(Control):
+class Collect(RegionMessage):
     """Sent by a distributor into its key region: hand over the state of every key that
     leaves this worker into ``collection[operator name]``.
 
@@ -207,7 +227,7 @@ class Collect(Control):
         return [*known, *[k for k in rest if moving(k)]]
 
 
-class Acquire(Control):
+class Acquire(RegionMessage):
     """Sent by a distributor into its key region: install ``states[operator name]`` (keys that
     now belong to this worker, collected by their previous owner)."""
 
@@ -218,8 +238,20 @@ class Acquire(Control):
         self.states = states
 
 
-class Installed(Control):
+class Installed(RegionMessage):
     """Every key moving to this worker has been acquired; held records follow it."""
+
+    __slots__ = ("version",)
+
+    def __init__(self, token: Token, version: int) -> None:
+        super().__init__(token)
+        self.version = version
+
+
+class Released(RegionMessage):
+    """The records held during rescale ``version`` have passed (they follow
+    :class:`Installed`): the region runs in the new configuration, and
+    :meth:`Operator.keys_moved` runs."""
 
     __slots__ = ("version",)
 
@@ -290,9 +322,9 @@ class Operator:
     migrates = False
     """Holds keyed state placed by a partitioner: takes part in Collect/Acquire (rescale)."""
     aligns_region = False
-    """Several inputs, all keyed by distributors of one partitioner: the region's Collect and
-    Installed messages align here like barriers (the key's state and its records from every
-    input move together)."""
+    """Several inputs, every one keyed by a distributor: the final Collect, Installed and
+    Released of a rescale align here like barriers (a key's state and its records from every
+    input move together; what follows Released follows every input's held records)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -328,24 +360,46 @@ class Operator:
         self.forward(barrier)
 
     def on_control(self, msg: Control) -> None:
-        t = type(msg)
-        if t is Collect and self.aligns_region and msg.only is not None:  # type: ignore[attr-defined]
-            # One input's chunk: the key's records from the other inputs may still come.
-            # This operator and everything after it hand keys over in the final, aligned one.
-            msg.token.pending -= 1
-            return
-        if self.migrates:
-            if t is Interrogate:
-                self.held_keys(msg.keys)  # type: ignore[attr-defined]
-            elif t is Collect:
-                got = self.extract(msg.select)  # type: ignore[attr-defined]
-                if got:
-                    msg.collection[self.name] = got  # type: ignore[attr-defined]
-            elif t is Acquire:
-                got = msg.states.get(self.name)  # type: ignore[attr-defined]
-                if got:
-                    self.install(got)
+        if isinstance(msg, RegionMessage):
+            if self.name in msg.handled:
+                # Another path's copy of a message this operator acted on and passed on. The
+                # records of keys moving here are held back until Installed, which follows
+                # every Acquire on each path, so none of theirs came in between.
+                msg.token.pending -= 1
+                return
+            msg.handled.add(self.name)
+            if isinstance(msg, Collect):
+                if msg.only is not None and self.aligns_region:
+                    # One input's chunk: the key's records from the other inputs may still
+                    # come. This operator and everything after it hand keys over in the
+                    # final, aligned one.
+                    msg.token.pending -= 1
+                    return
+                if self.migrates:
+                    got = self.extract(msg.select)
+                    if got:
+                        msg.collection[self.name] = got
+            elif isinstance(msg, Acquire):
+                if self.migrates:
+                    states = msg.states.get(self.name)
+                    if states:
+                        self.install(states)
+            elif isinstance(msg, Interrogate):
+                if self.migrates:
+                    self.held_keys(msg.keys)
+                self.keys_moving(msg.version)
+            elif isinstance(msg, Released):
+                self.keys_moved(msg.version)
         self.forward(msg)
+
+    def keys_moving(self, version: int) -> None:
+        """Rescale ``version`` starts in this operator's key region: records of the new
+        configuration may follow, and keys held back may arrive later than newer records of
+        other keys (until :meth:`keys_moved`)."""
+
+    def keys_moved(self, version: int) -> None:
+        """Rescale ``version`` ended in this operator's key region: the moved state is
+        installed and the records held back while it moved have passed."""
 
     def held_keys(self, into: set[Any]) -> None:
         """Add the keys this operator holds state for to ``into``."""
@@ -543,10 +597,13 @@ class Operator:
 
     def _aligns(self, msg: Control) -> bool:
         """Control messages aligned across input channels: barriers and rescales always; a
-        key region's Collect/Installed where every input belongs to that region."""
+        rescale's final Collect, Installed and Released where every input is keyed by a
+        distributor."""
         t = type(msg)
         if t is Barrier or t is Rescale:
             return True
         if not self.aligns_region:
             return False
-        return t is Installed or (t is Collect and msg.only is None)  # type: ignore[attr-defined]
+        if t is Collect:
+            return msg.only is None  # type: ignore[attr-defined]
+        return t is Installed or t is Released
