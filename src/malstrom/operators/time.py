@@ -83,6 +83,12 @@ class GenerateEpochsOp(Operator):
             self._idle = True
             self.emit_epoch(IDLE)
 
+    def backpressured(self) -> None:
+        """Time the worker spends holding its intakes does not count as an idle input: else
+        other workers' event time would run ahead of the records held back here."""
+        if not self._idle:
+            self._last_record = time.monotonic()
+
     def on_batch(self, batch: Batch, port: int) -> None:
         if self.wants_schedule:
             self._last_record = time.monotonic()

@@ -2,7 +2,8 @@
 
 A turn handles pending coordinator commands, polls the sources, runs ``on_schedule`` hooks
 and drains every operator's inputs in topological order, so a batch usually crosses the
-whole graph within the turn that produced it. The worker never blocks.
+whole graph within the turn that produced it. The worker never blocks; under backpressure it
+holds the intakes upstream of a saturated pipe (:mod:`malstrom.runtime._backpressure`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from malstrom.coordinator._messages import (
     StartExecution,
     TakeSnapshot,
 )
+from malstrom.runtime._backpressure import IntakeGate
 from malstrom.runtime._engine import Barrier, BuildContext, Operator, Rescale, Token
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._layout import (
@@ -34,6 +36,7 @@ from malstrom.snapshot._layout import (
     SnapshotWriter,
     worker_blob,
 )
+from malstrom.transport._exchange import NOTHING
 from malstrom.transport._local import Endpoint
 
 __all__ = ["HEARTBEAT_INTERVAL", "Worker", "WorkerPhase"]
@@ -69,6 +72,7 @@ class Worker:
         self.ops: list[Operator] = []
         self._roots: list[Operator] = []
         self._scheduled: list[Operator] = []
+        self._gate: IntakeGate | None = None
         self._snapshot: tuple[int, Token, SnapshotWriter] | None = None
         self._rescale: tuple[int, Token] | None = None
         self._drained_sent = False
@@ -106,6 +110,7 @@ class Worker:
             self.ops.append(op)
         self._roots = [op for op in self.ops if op.is_source]
         self._scheduled = [op for op in self.ops if op.wants_schedule]
+        self._gate = IntakeGate(self.ops)
         self.phase = WorkerPhase.BUILT
         self.endpoint.send(BuildComplete(self.worker_id))
 
@@ -122,12 +127,20 @@ class Worker:
         if self.phase is not WorkerPhase.RUNNING:
             return worked
         exchange = self.services.get("exchange")
-        # Backpressure: while peers are slow to take our output, produce nothing new.
-        if not self._stopping and (exchange is None or not exchange.backlogged()):
+        # Backpressure: take nothing new in upstream of a pipe that peers are slow to take.
+        held = NOTHING
+        if exchange is not None and self._gate is not None:
+            held = self._gate.held(exchange.saturated())
+            exchange.hold(held)
+        if not self._stopping:
             for op in self._roots:
-                if op.poll():
+                if op.name not in held and op.poll():
                     worked = True
         for op in self._scheduled:
+            if held:
+                op.backpressured()
+                if op.name in held and not (op.is_source or op.peer_intake):
+                    continue  # user timers wait while their output cannot leave
             op.schedule()
         for op in self.ops:
             if op.inputs and op.drain():
