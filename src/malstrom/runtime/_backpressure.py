@@ -27,7 +27,9 @@ Why this cannot deadlock
 ------------------------
 Number the distributors in a topological order of the graph (every worker runs the same
 graph). Call a pipe *stuck* if it holds a message that will never be consumed, and suppose
-some pipe ``(A -> B, X)`` is. B stops reading it for one of two reasons only:
+some pipe ``(A -> B, X)`` is. The protocols send on a pipe only what its receiver will read
+(to its current peers, and during a rescale to the old and the new ones), so B stops
+reading it for one of two reasons only:
 
 (h) B holds X's intake because B has a saturated pipe ``(B -> C, Y)`` with Y strictly
     downstream of X. Everything upstream of Y on B is held, so nothing refills that queue;
