@@ -54,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from itertools import compress
 from pathlib import Path
 from typing import Any
@@ -788,22 +788,31 @@ def bench_cpu(n: int, rounds: int, work: int = 0) -> None:
 # ----------------------------------------------------------------------------------------------
 class _PicklingExchange:
     """run_local_cluster's exchange, but what goes to another worker is framed, pickled and
-    unpickled by encode_frames/decode_frame as GrpcExchange does, timing both."""
+    unpickled by encode_frames/decode_frame as GrpcExchange does, timing both (no credit
+    flow control: the bench never saturates a pipe)."""
 
-    def __init__(self, hub: Any, me: int, clock: Counter[str]) -> None:
-        self.hub = hub
+    def __init__(
+        self, queues: dict[tuple[int, int, str], deque[Any]], me: int, clock: Counter[str]
+    ) -> None:
+        self.queues = queues
         self.me = me
         self.clock = clock
         self.out: dict[int, list[tuple[str, Any]]] = {}
 
+    def _q(self, src: int, dst: int, operator: str) -> deque[Any]:
+        q = self.queues.get((src, dst, operator))
+        if q is None:
+            q = self.queues[(src, dst, operator)] = deque()
+        return q
+
     def send(self, peer: int, operator: str, msg: Any) -> None:
         if peer == self.me:
-            self.hub.pipe(peer, peer, operator).append(msg)
+            self._q(peer, peer, operator).append(msg)
         else:
             self.out.setdefault(peer, []).append((operator, msg))
 
     def recv(self, peer: int, operator: str) -> Any | None:
-        q = self.hub.pipe(peer, self.me, operator)
+        q = self._q(peer, self.me, operator)
         return q.popleft() if q else None
 
     def flush(self) -> None:
@@ -814,13 +823,16 @@ class _PicklingExchange:
             t1 = time.perf_counter()
             for payload in payloads:
                 for operator, msg in decode_frame(payload):
-                    self.hub.pipe(self.me, peer, operator).append(msg)
+                    self._q(self.me, peer, operator).append(msg)
             clock["decode_frame"] += time.perf_counter() - t1
             clock["encode_frames"] += t1 - t0
         self.out = {}
 
-    def backlogged(self) -> bool:
-        return False
+    def saturated(self) -> frozenset[str]:
+        return frozenset()
+
+    def hold(self, operators: Any) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -837,8 +849,12 @@ def bench_inproc(n: int, rounds: int) -> None:
     clock: Counter[str] = Counter()
 
     class Hub(LocalExchangeHub):
+        def __init__(self) -> None:
+            super().__init__()
+            self.queues: dict[tuple[int, int, str], deque[Any]] = {}
+
         def endpoint(self, worker_id: int) -> Any:
-            return _PicklingExchange(self, worker_id, clock)
+            return _PicklingExchange(self.queues, worker_id, clock)
 
     timed = [
         (SourceOp, "poll"),

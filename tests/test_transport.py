@@ -81,6 +81,7 @@ def pump(
             while (m := receiver.recv(peer, op)) is not None:
                 out.append(m)
                 n += 1
+        receiver.flush()  # credit reports leave with the receiver's flush
         for s in senders:
             s.flush()
         if time.monotonic() > deadline:
@@ -141,29 +142,99 @@ def test_large_messages_and_chunking(exchanges: Any) -> None:
     assert got[(0, "b")] == big
 
 
-def test_backpressure_bounds_memory(exchanges: Any) -> None:
-    bound = 256 * 1024
-    x0, x1 = exchanges(2, send_buffer_bytes=bound, recv_buffer_bytes=bound)
+def kib(i: int) -> tuple[int, bytes]:
+    """A 1 KiB message numbered ``i`` (distinct bytes: pickle cannot share them)."""
+    return (i, i.to_bytes(4, "big") * 256)
+
+
+def test_credits_bound_each_pipe_on_both_sides(exchanges: Any) -> None:
+    window = bound = 64 * 1024
+    x0, x1 = exchanges(2, window_bytes=window, send_buffer_bytes=bound)
     sent = 0
-    deadline = time.monotonic() + 2.0
-    # A source that honours backlogged(): 64 KiB per loop turn while the peer keeps up.
+    deadline = time.monotonic() + 1.5
+    # A source that honours saturated(): 64 KiB per loop turn while the pipe is not saturated.
     while time.monotonic() < deadline:
-        if not x0.backlogged():
+        if "op" not in x0.saturated():
             for _ in range(64):
-                x0.send(1, "op", (sent, sent.to_bytes(4, "big") * 256))  # 1 KiB, no memo
+                x0.send(1, "op", kib(sent))
                 sent += 1
         x0.flush()
+        x1.flush()
         time.sleep(0.001)
-    # x1 never called recv: x0 must have noticed, and nothing grew without bound.
-    assert x0.backlogged()
-    assert x0.queued_bytes(1) <= bound + 80 * 1024
-    assert x1.inbound_bytes(0) <= bound + 80 * 1024
-    # What gRPC holds in between is bounded too (its 2 MiB stream window).
-    assert sent * 1024 < 2 * bound + 4 * 1024 * 1024
-    # Once x1 consumes, everything arrives in order and the backlog clears.
+    # x1 never consumed: x0 ran out of credit, queued, and stopped at the bound.
+    assert x0.saturated() == {"op"}
+    one = len(pickle.dumps(("op", kib(0)), 5))
+    assert x0.in_flight_bytes(1, "op") <= window + one
+    assert x0.queued_bytes(1, "op") <= bound + 64 * one
+    assert x1.inbound_bytes(0) <= window + one + 1024  # plus frame overhead
+    assert sent * one <= window + bound + 65 * one
+    # Once x1 consumes, everything arrives in order and the pipe is no longer saturated.
     got = pump(x1, [x0], [(0, "op")], sent)[(0, "op")]
     assert [i for i, _ in got] == list(range(sent))
-    wait_until(lambda: not x0.backlogged(), what="backlog to clear")
+    x0.flush()
+    wait_until(lambda: (x0.flush(), not x0.saturated())[1], what="saturation to clear")
+    # What stays unreported is below the report threshold (half a window).
+    wait_until(
+        lambda: (x1.flush(), x0.in_flight_bytes(1, "op") < window // 2)[1], what="last credit"
+    )
+
+
+def test_a_pipe_not_consumed_does_not_block_another_pipe_between_the_same_workers(
+    exchanges: Any,
+) -> None:
+    # 8 MiB for "stalled" (never read) sent before "live": per-pipe credit keeps the stream
+    # flowing; a per-connection bound would leave "live" behind the stalled bytes forever.
+    x0, x1 = exchanges(2, window_bytes=256 * 1024)
+    for i in range(8 * 1024):
+        x0.send(1, "stalled", kib(i))
+    for i in range(1000):
+        x0.send(1, "live", i)
+    x0.flush()
+    got = pump(x1, [x0], [(0, "live")], 1000)[(0, "live")]
+    assert got == list(range(1000))
+    assert x0.in_flight_bytes(1, "stalled") <= 256 * 1024 + 2048
+    assert x0.queued_bytes(1, "stalled") > 7 * 1024 * 1024
+    assert x0.saturated() == {"stalled"}
+    # And it all arrives once the receiver takes it.
+    got = pump(x1, [x0], [(0, "stalled")], 8 * 1024, timeout=10)[(0, "stalled")]
+    assert [i for i, _ in got] == list(range(8 * 1024))
+
+
+def test_held_operator_gets_no_credit_and_others_flow(exchanges: Any) -> None:
+    x0, x1 = exchanges(2, window_bytes=32 * 1024)
+    x1.hold(frozenset({"a"}))
+    for i in range(200):
+        x0.send(1, "a", kib(i))
+        x0.send(1, "b", kib(i))
+    x0.flush()
+    got = pump(x1, [x0], [(0, "a"), (0, "b")], 200, timeout=4)
+    assert got[(0, "a")] == [] and [i for i, _ in got[(0, "b")]] == list(range(200))
+    assert x0.queued_bytes(1, "a") > 100 * 1024 and x0.queued_bytes(1, "b") == 0
+    x1.hold(frozenset())
+    got = pump(x1, [x0], [(0, "a")], 200, timeout=4)
+    assert [i for i, _ in got[(0, "a")]] == list(range(200))
+
+
+def test_credit_reports_are_batched(exchanges: Any) -> None:
+    window = 256 * 1024
+    x0, x1 = exchanges(2, window_bytes=window)
+    n = 8 * 1024  # 8 MiB in 1 KiB messages, sent a little per turn (many small frames)
+    sent = 0
+    got = 0
+    deadline = time.monotonic() + 10
+    while got < n:
+        if sent < n and x0.in_flight_bytes(1, "op") < window:
+            for _ in range(16):
+                x0.send(1, "op", kib(sent))
+                sent += 1
+        x0.flush()
+        while x1.recv(0, "op") is not None:
+            got += 1
+        x1.flush()
+        assert time.monotonic() < deadline, f"{got} of {n} arrived"
+    # One report per half window consumed at most: 64 for 8 MiB, for ~500 data frames.
+    assert x1.credit_frames <= 8 * 1024 * 1024 // (window // 2) + 1
+    assert x0.frames_sent(1) > 5 * x1.credit_frames
 
 
 def test_lost_peer_fails_flush(exchanges: Any) -> None:

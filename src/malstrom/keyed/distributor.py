@@ -105,6 +105,8 @@ def _take(batch: Batch, mask: Sequence[Any]) -> Batch:
 class DistributorOp(Operator):
     """Routes records by key; with ``key_fn`` None, by ``route_fn(key)`` without re-keying."""
 
+    peer_intake = True
+
     def __init__(
         self,
         name: str,

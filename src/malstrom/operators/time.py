@@ -106,6 +106,12 @@ class GenerateEpochsOp(Operator):
     def rescale_done(self, version: int) -> bool:
         return self._moving is None
 
+    def backpressured(self) -> None:
+        """Time the worker spends holding its intakes does not count as an idle input: else
+        other workers' event time would run ahead of the records held back here."""
+        if not self._idle:
+            self._last_record = time.monotonic()
+
     def on_batch(self, batch: Batch, port: int) -> None:
         if self.wants_schedule:
             self._last_record = time.monotonic()

@@ -38,12 +38,13 @@ class LocalCluster:
         persistence: Persistence | None = None,
         snapshot_interval: float | None = None,
         source_turn_budget: float = SOURCE_TURN_BUDGET,
+        hub: LocalExchangeHub | None = None,
     ) -> None:
         if parallelism < 1:
             raise ValueError(f"parallelism must be >= 1, got {parallelism}")
         self.persistence = persistence if persistence is not None else NoPersistence()
         self.graph = build_graph(build)
-        self.hub = LocalExchangeHub()
+        self.hub = hub if hub is not None else LocalExchangeHub()
         self.source_turn_budget = source_turn_budget
         self.workers: dict[int, Worker] = {}
         ends = {wid: self._spawn(wid) for wid in range(parallelism)}
@@ -99,11 +100,13 @@ def run_local_cluster(
     snapshot_interval: float | None = None,
     on_turn: Callable[[int, Coordinator], None] | None = None,
     source_turn_budget: float = SOURCE_TURN_BUDGET,
+    hub: LocalExchangeHub | None = None,
 ) -> Coordinator:
     """Run ``build`` on ``parallelism`` workers to completion; returns the coordinator.
 
     ``on_turn(n, coordinator)`` runs before every round of worker turns (tests use it to
-    inject faults or request snapshots, rescales and stops).
+    inject faults or request snapshots, rescales and stops). ``hub`` sets the pipes' credit
+    windows (tests use tiny ones).
     """
     cluster = LocalCluster(
         build,
@@ -111,6 +114,7 @@ def run_local_cluster(
         persistence=persistence,
         snapshot_interval=snapshot_interval,
         source_turn_budget=source_turn_budget,
+        hub=hub,
     )
     threshold = gc.get_threshold()
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])

@@ -316,6 +316,9 @@ class Operator:
     """Roots of the graph: the worker injects barriers into them and calls :meth:`poll`."""
     wants_schedule = False
     """Call :meth:`schedule` every loop turn (``on_schedule`` hooks)."""
+    peer_intake = False
+    """Takes records from other workers through the exchange in :meth:`schedule`
+    (distributors): under backpressure the worker holds that intake, but keeps scheduling."""
     hooks_on_epoch = False
     """Runs user hooks on epochs: after a restore from a snapshot taken when this operator had
     already ended, its end-of-stream hooks must not run (and emit) a second time."""
@@ -431,6 +434,10 @@ class Operator:
 
     def schedule(self) -> None:
         """Runs every loop turn when :attr:`wants_schedule` is set."""
+
+    def backpressured(self) -> None:
+        """Runs (before :meth:`schedule`, with :attr:`wants_schedule` set) every loop turn in
+        which the worker holds intakes because a pipe to a peer is saturated."""
 
     def on_committed(self, version: int) -> None:
         """A snapshot version this operator took part in is committed (two-phase sinks)."""

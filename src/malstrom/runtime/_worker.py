@@ -6,7 +6,8 @@ whole graph within the turn that produced it. The worker never blocks by itself 
 store calls are bounded, see ``malstrom.snapshot._bounded``), and its sources get a time
 budget per turn (``source_turn_budget``, shared by every part of every source): a source
 whose ``poll()`` blocks delays records, barriers, rescales and stops by about one budget,
-not by a whole batch of polls.
+not by a whole batch of polls. Under backpressure it holds the intakes upstream of a
+saturated pipe (:mod:`malstrom.runtime._backpressure`).
 
 Fencing: the worker learns its job attempt from :class:`StartBuild` and puts it on every
 message, on its data-plane streams and in its blob names. Once the attempt is over (Abort
@@ -19,6 +20,7 @@ without writing it; it runs as soon as the attempt is known to be over.
 from __future__ import annotations
 
 import enum
+from collections.abc import Set as AbstractSet
 from time import monotonic
 from typing import Any
 
@@ -37,6 +39,7 @@ from malstrom.coordinator._messages import (
     StartExecution,
     TakeSnapshot,
 )
+from malstrom.runtime._backpressure import IntakeGate
 from malstrom.runtime._engine import Barrier, BuildContext, Operator, Rescale, Token
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._bounded import BoundedPersistence
@@ -46,6 +49,7 @@ from malstrom.snapshot._layout import (
     SnapshotWriter,
     worker_blob,
 )
+from malstrom.transport._exchange import NOTHING
 from malstrom.transport._local import Endpoint
 
 __all__ = ["HEARTBEAT_INTERVAL", "SOURCE_TURN_BUDGET", "Worker", "WorkerPhase", "check_budget"]
@@ -98,6 +102,7 @@ class Worker:
         self.ops: list[Operator] = []
         self._roots: list[Operator] = []
         self._scheduled: list[Operator] = []
+        self._gate: IntakeGate | None = None
         self._snapshot: tuple[int, Token, SnapshotWriter] | None = None
         self._rescale: tuple[int, Token] | None = None
         self._drained_sent = False
@@ -178,6 +183,7 @@ class Worker:
             self.ops.append(op)
         self._roots = [op for op in self.ops if op.is_source]
         self._scheduled = [op for op in self.ops if op.wants_schedule]
+        self._gate = IntakeGate(self.ops)
         self.phase = WorkerPhase.BUILT
         self.endpoint.send(BuildComplete(self.worker_id, self.attempt))
 
@@ -194,14 +200,18 @@ class Worker:
         if self.phase is not WorkerPhase.RUNNING:
             return worked
         exchange = self.services.get("exchange")
-        # Backpressure: while peers are slow to take our output, produce nothing new.
-        if (
-            not self._stopping
-            and (exchange is None or not exchange.backlogged())
-            and self._poll_sources(now + self.source_turn_budget)
-        ):
+        # Backpressure: take nothing new in upstream of a pipe that peers are slow to take.
+        held = NOTHING
+        if exchange is not None and self._gate is not None:
+            held = self._gate.held(exchange.saturated())
+            exchange.hold(held)
+        if not self._stopping and self._poll_sources(now + self.source_turn_budget, held):
             worked = True
         for op in self._scheduled:
+            if held:
+                op.backpressured()
+                if op.name in held and not (op.is_source or op.peer_intake):
+                    continue  # user timers wait while their output cannot leave
             op.schedule()
         for op in self.ops:
             if op.inputs and op.drain():
@@ -226,9 +236,10 @@ class Worker:
             self.endpoint.send(Drained(self.worker_id, self.attempt))
         return worked
 
-    def _poll_sources(self, deadline: float) -> bool:
-        """Poll every source once, each with its share of the time left until ``deadline``."""
-        roots = self._roots
+    def _poll_sources(self, deadline: float, held: AbstractSet[str]) -> bool:
+        """Poll every source not ``held`` once, each with its share of the time left until
+        ``deadline``."""
+        roots = [op for op in self._roots if op.name not in held] if held else self._roots
         count = len(roots)
         if count == 1:
             return roots[0].poll(deadline)

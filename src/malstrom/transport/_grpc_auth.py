@@ -52,7 +52,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Version of malstrom's wire protocol (messages, framing, pickled types). Peers must agree.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 #: Largest gRPC message either side accepts; larger payloads travel in chunks.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 #: Environment variables a cluster's processes read the job id and token from.

@@ -1,25 +1,28 @@
 """Worker <-> worker data pipes over gRPC: the :class:`Exchange` of multi-process runtimes.
 
 Per ordered pair of workers there is one client-streaming ``DataPlane.Push`` RPC, fed by one
-sender thread. Everything the worker loop sends to a peer during one turn is pickled at
-:meth:`GrpcExchange.flush` into frames of about 256 KiB (Python gRPC costs ~100 us per
-message whatever its size, so records never travel one per message, and a busy turn's output
-usually leaves as one frame). Frames carry a per-pair sequence number: the receiver checks it,
-so FIFO per (peer, operator) holds across frames and reconnections, and a lost frame is an
-error, never silent (DESIGN invariant 1). The gRPC thread that receives a frame only queues
-its bytes; the worker thread unpickles it when ``recv`` reaches it, so the receive threads
-hardly ever hold the GIL the worker loop needs.
+sender thread. Each message is pickled once, when it is sent; at :meth:`GrpcExchange.flush`
+what has credit leaves in frames of about 256 KiB (Python gRPC costs ~100 us per message
+whatever its size, so records never travel one per message, and a busy turn's output usually
+leaves as one frame). Frames carry a per-pair sequence number: the receiver checks it, so
+FIFO per (peer, operator) holds across frames and reconnections, and a lost frame is an
+error, never silent. The gRPC thread that receives a frame only queues its bytes; the worker
+thread unpickles it when ``recv`` reaches it, so the receive threads hardly ever hold the GIL
+the worker loop needs.
 
 Fencing: every stream names the job attempt of its sender in its call metadata; a worker
 refuses (``FAILED_PRECONDITION``) streams of any attempt but its own, and data frames that
 arrive before it knows its attempt, so a worker of a failed attempt never delivers a record
 to a worker of a later one (see ``malstrom.coordinator._messages``).
 
-Backpressure (invariant 3): the sender's per-peer queue reports ``backlogged()`` above its
-byte bound, and the worker stops its sources; the receiver stops reading a peer's stream
-while more than its inbound bound is waiting for ``recv``, so gRPC flow control pushes back
-on the sender. ``flush`` itself never blocks (two workers blocked on each other's buffers
-would deadlock): the bounds hold as long as producers honour ``backlogged()``.
+Flow control is per (sender, receiver, operator) pipe, with credits counted in pickled
+message bytes (see :mod:`malstrom.transport._exchange`): a pipe has ``window_bytes`` in
+flight at most, what has no credit waits pickled in the sender's queue, and the pipe is
+saturated above ``send_buffer_bytes`` queued. Credit reports ride on the frames of the
+opposite direction (``Frame.credits``, one frame per peer and flush at most, on a data frame
+when there is one), and are applied by the receiving gRPC thread at once. Because every
+pipe's window is bounded, the receive threads never stop reading a stream: nothing a peer
+sends can wait behind a message the worker loop is not taking.
 """
 
 from __future__ import annotations
@@ -29,14 +32,15 @@ import pickle
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import grpc
 
 from malstrom.transport import malstrom_pb2 as pb
 from malstrom.transport import malstrom_pb2_grpc as pb_grpc
-from malstrom.transport._exchange import TransportError
+from malstrom.transport._exchange import NOTHING, InPipe, OutPipe, TransportError
 from malstrom.transport._grpc_auth import (
     JobAuth,
     Rejections,
@@ -55,6 +59,10 @@ log = logging.getLogger(__name__)
 FRAME_BYTES = 256 * 1024
 #: Payloads above this travel as several chunks (gRPC refuses messages above 8 MiB).
 CHUNK_BYTES = 4 * 1024 * 1024
+#: Per pipe: pickled bytes in flight (sent, not yet consumed by the receiver's worker loop).
+WINDOW_BYTES = 2 * 1024 * 1024
+#: Per pipe: pickled bytes waiting for credit above which the pipe is saturated.
+SEND_BUFFER_BYTES = 1024 * 1024
 _PICKLE_PROTOCOL = 5
 MD_ATTEMPT = "x-malstrom-attempt"
 
@@ -65,11 +73,15 @@ def encode_frames(box: list[tuple[str, Any]], limit: int = FRAME_BYTES) -> list[
     Each message is pickled once, on its own; a payload is a pickled list of those pickles,
     in order (cut when the next one would pass ``limit``; one huge message travels alone).
     """
+    return _payloads([pickle.dumps(pair, _PICKLE_PROTOCOL) for pair in box], limit)
+
+
+def _payloads(blobs: Iterable[bytes], limit: int) -> list[bytes]:
+    """Pickled messages, in order, packed into payloads of about ``limit`` bytes."""
     frames: list[bytes] = []
     cur: list[bytes] = []
     size = 0
-    for pair in box:
-        blob = pickle.dumps(pair, _PICKLE_PROTOCOL)
+    for blob in blobs:
         if cur and size + len(blob) > limit:
             frames.append(pickle.dumps(cur, _PICKLE_PROTOCOL))
             cur, size = [], 0
@@ -122,12 +134,13 @@ class _Sender:
         self._thread.start()
 
     # ----- worker thread ---------------------------------------------------------------------
-    def enqueue(self, payload: bytes) -> None:
-        """Queue one encoded payload (split into chunks if it is too large for one message)."""
+    def enqueue(self, payload: bytes, credits: list[pb.Credit] | None = None) -> None:
+        """Queue one encoded payload (split into chunks if it is too large for one message),
+        carrying ``credits`` (a payload may be empty when only credits travel)."""
         me = self.owner.worker_id
         n = len(payload)
         if n <= CHUNK_BYTES:
-            frames = [pb.Frame(from_worker=me, seq=self.next_seq, payload=payload)]
+            frames = [pb.Frame(from_worker=me, seq=self.next_seq, payload=payload, credits=credits)]
         else:
             frames = [
                 pb.Frame(
@@ -135,6 +148,7 @@ class _Sender:
                     seq=self.next_seq + i,
                     payload=payload[start : start + CHUNK_BYTES],
                     more=start + CHUNK_BYTES < n,
+                    credits=credits if i == 0 else None,
                 )
                 for i, start in enumerate(range(0, n, CHUNK_BYTES))
             ]
@@ -248,17 +262,18 @@ class _Sender:
 
 
 class _Inbound:
-    """One peer's inbound side: expected seq, partial chunks, and the bytes awaiting recv."""
+    """One peer process's inbound side: expected seq, partial chunks, bytes received and
+    consumed, and the receiving end of each of its pipes (a new process with the same worker
+    id gets a new one, so credits never mix across processes)."""
 
-    __slots__ = ("cond", "consumed", "expected", "partial", "received", "waiting")
+    __slots__ = ("consumed", "expected", "partial", "pipes", "received")
 
     def __init__(self) -> None:
         self.expected = 0
         self.partial: list[bytes] = []
         self.received = 0  # written by the servicer thread
-        self.consumed = 0  # written by the worker thread (recv)
-        self.waiting = False
-        self.cond = threading.Condition()
+        self.consumed = 0  # framing bytes around messages (worker thread, at decode)
+        self.pipes: dict[str, InPipe] = {}  # worker thread only
 
 
 class _DataPlane(pb_grpc.DataPlaneServicer):
@@ -289,10 +304,10 @@ class _DataPlane(pb_grpc.DataPlaneServicer):
 class GrpcExchange:
     """One worker's side of every worker-to-worker pipe, over gRPC (see module docs).
 
-    ``send``/``recv``/``flush``/``backlogged`` are called from the worker loop only; gRPC
-    threads do the networking. ``send_buffer_bytes`` bounds what waits for one peer before
-    ``backlogged()`` turns True; ``recv_buffer_bytes`` bounds what one peer may have waiting
-    here for ``recv`` before we stop reading its stream.
+    ``send``/``recv``/``flush``/``saturated``/``hold`` are called from the worker loop only;
+    gRPC threads do the networking. ``window_bytes`` is each pipe's credit window (what may be
+    in flight to the receiver's worker loop); a pipe with more than ``send_buffer_bytes``
+    waiting for credit is saturated.
     """
 
     def __init__(
@@ -304,27 +319,39 @@ class GrpcExchange:
         *,
         connect_timeout: float = 30.0,
         frame_bytes: int = FRAME_BYTES,
-        send_buffer_bytes: int = 4 * 1024 * 1024,
-        recv_buffer_bytes: int = 4 * 1024 * 1024,
+        window_bytes: int = WINDOW_BYTES,
+        send_buffer_bytes: int = SEND_BUFFER_BYTES,
     ) -> None:
+        if window_bytes < 1 or send_buffer_bytes < 0:
+            raise ValueError(
+                f"window_bytes must be >= 1 and send_buffer_bytes >= 0, got {window_bytes}, "
+                f"{send_buffer_bytes}"
+            )
         self.worker_id = worker_id
         self.auth = auth
         self.tls = tls
         self.connect_timeout = connect_timeout
         self.frame_bytes = frame_bytes
+        self.window_bytes = window_bytes
         self.send_buffer_bytes = send_buffer_bytes
-        self.recv_buffer_bytes = recv_buffer_bytes
+        self.report_bytes = max(1, window_bytes // 2)
         #: Refusals of peers that presented another job, token or version (server side).
         self.rejections = Rejections()
         self.frames_received = 0
-        self._outbox: dict[int, list[tuple[str, Any]]] = {}
+        self.credit_frames = 0  # frames we sent that carried credit reports
+        self._out: dict[tuple[int, str], OutPipe] = {}
+        self._saturated: frozenset[str] = NOTHING
+        self._held: AbstractSet[str] = NOTHING
+        self._due: set[int] = set()  # peers owed a credit report
         self._senders: dict[int, _Sender] = {}
-        self._inbox: dict[tuple[int, str], deque[tuple[Any, int]]] = {}
+        # Per (peer, operator): (message, its pickled size, the pipe it is consumed from).
+        self._inbox: dict[tuple[int, str], deque[tuple[Any, int, InPipe | None]]] = {}
         self._inbound: dict[int, _Inbound] = {}
-        # Frames received and not decoded yet, per peer, with their seq: the gRPC thread that
-        # receives a frame only queues it; the worker thread unpickles it in ``recv`` (doing
-        # it in the receive thread made the worker loop wait for the GIL).
-        self._undecoded: dict[int, deque[tuple[int, bytes]]] = {}
+        # Frames received and not decoded yet, per peer, with their seq and the inbound state
+        # of the process that sent them: the gRPC thread that receives a frame only queues it;
+        # the worker thread unpickles it in ``recv`` (doing it in the receive thread made the
+        # worker loop wait for the GIL).
+        self._undecoded: dict[int, deque[tuple[int, bytes, _Inbound]]] = {}
         self._broken: dict[int, str] = {}  # peer -> why a frame of it could not be decoded
         self._errors: list[str] = []
         self._closed = False
@@ -352,6 +379,8 @@ class GrpcExchange:
             if peers.get(peer) != sender.address:
                 sender.stop()
                 del self._senders[peer]
+                for key in [k for k in self._out if k[0] == peer]:
+                    del self._out[key]  # its queue goes with the stream; a new one starts afresh
         for peer, address in peers.items():
             if peer != self.worker_id and peer not in self._senders:
                 self._senders[peer] = _Sender(self, peer, address)
@@ -369,20 +398,25 @@ class GrpcExchange:
         return True
 
     def send(self, peer: int, operator: str, msg: Any) -> None:
-        """Queue ``msg`` for ``operator`` on ``peer`` (it leaves at the next ``flush``)."""
+        """Queue ``msg`` for ``operator`` on ``peer`` (pickled now; it leaves at a ``flush``
+        once its pipe has credit)."""
         if peer == self.worker_id:
             self._deliver_local(operator, msg)
             return
-        box = self._outbox.get(peer)
-        if box is None:
-            box = self._outbox[peer] = []
-        box.append((operator, msg))
+        pipe = self._out.get((peer, operator))
+        if pipe is None:
+            pipe = self._out[(peer, operator)] = OutPipe()
+        blob = pickle.dumps((operator, msg), _PICKLE_PROTOCOL)
+        pipe.push(blob, len(blob))
 
     def recv(self, peer: int, operator: str) -> Any | None:
         """The next message ``peer`` sent to ``operator`` here, or None. Never blocks.
 
-        Raises TransportError if a frame from ``peer`` cannot be decoded.
+        Returns None while ``operator`` is held. Raises TransportError if a frame from
+        ``peer`` cannot be decoded.
         """
+        if operator in self._held:
+            return None
         q = self._inbox.get((peer, operator))
         if not q:
             if not self._undecoded.get(peer):
@@ -390,17 +424,16 @@ class GrpcExchange:
             q = self._decode_until(peer, operator)
             if not q:
                 return None
-        msg, size = q.popleft()
-        if size:
-            state = self._inbound[peer]
-            state.consumed += size
-            if state.waiting and state.received - state.consumed <= self.recv_buffer_bytes:
-                with state.cond:
-                    state.cond.notify()
+        msg, size, pipe = q.popleft()
+        if pipe is not None:
+            pipe.consumed += size
+            if pipe.consumed - pipe.reported >= self.report_bytes:
+                self._due.add(peer)
         return msg
 
     def flush(self) -> None:
-        """Frame and hand every queued message to its peer's stream. Never blocks.
+        """Frame what has credit and hand it, with due credit reports, to the peers' streams.
+        Never blocks.
 
         Raises TransportError if a peer is lost, refused us, or frames were lost in transit.
         """
@@ -410,26 +443,72 @@ class GrpcExchange:
         for sender in senders.values():
             if sender.error is not None:
                 raise TransportError(sender.error)
-        outbox = self._outbox
-        for peer, box in outbox.items():
-            if not box:
+        window = self.window_bytes
+        bound = self.send_buffer_bytes
+        ready: dict[int, list[bytes]] = {}
+        saturated: list[str] = []
+        for (peer, operator), pipe in self._out.items():
+            if not pipe.queue:
                 continue
+            blobs = pipe.release(window)
+            if blobs:
+                got = ready.get(peer)
+                if got is None:
+                    ready[peer] = blobs
+                else:
+                    got.extend(blobs)
+            if pipe.queued > bound:
+                saturated.append(operator)
+        self._saturated = frozenset(saturated) if saturated else NOTHING
+        due = self._due
+        waiting: list[int] = []
+        for peer in ready.keys() | due if due else ready:
             target = senders.get(peer)
             if target is None:
+                if peer not in ready:
+                    # A peer that sent before we learnt its address (it joined a rescale and
+                    # started first): its credit report leaves once we connect to it.
+                    waiting.append(peer)
+                    continue
                 raise TransportError(
                     f"worker {self.worker_id} has no address for worker {peer} (connect first)"
                 )
-            outbox[peer] = []
-            for payload in encode_frames(box, self.frame_bytes):
-                target.enqueue(payload)
+            credits = self._credit_report(peer) if peer in due else None
+            leaving = ready.get(peer)
+            if leaving:
+                for payload in _payloads(leaving, self.frame_bytes):
+                    target.enqueue(payload, credits)
+                    credits = None
+            elif credits:
+                target.enqueue(b"", credits)
+        due.clear()
+        due.update(waiting)
         # Let the gRPC threads run: a worker loop that never sleeps would otherwise keep the
         # GIL for whole switch intervals (5 ms) and starve them (throughput falls ~20x).
         time.sleep(0)
 
-    def backlogged(self) -> bool:
-        """True while any peer has more than ``send_buffer_bytes`` waiting to be sent."""
-        bound = self.send_buffer_bytes
-        return any(s.bytes_in - s.bytes_out > bound for s in self._senders.values())
+    def saturated(self) -> frozenset[str]:
+        """Operators with a pipe holding more than ``send_buffer_bytes`` without credit (as of
+        the last flush)."""
+        return self._saturated
+
+    def hold(self, operators: AbstractSet[str]) -> None:
+        """Until the next call, ``recv`` returns None on these operators' pipes."""
+        self._held = operators
+
+    def _credit_report(self, peer: int) -> list[pb.Credit] | None:
+        """Every pipe from ``peer`` with unreported consumption, marked reported."""
+        state = self._inbound.get(peer)
+        if state is None:
+            return None
+        out = []
+        for operator, pipe in state.pipes.items():
+            if pipe.consumed > pipe.reported:
+                pipe.reported = pipe.consumed
+                out.append(pb.Credit(operator=operator, consumed=pipe.consumed))
+        if out:
+            self.credit_frames += 1
+        return out or None
 
     def close(self) -> None:
         """Stop the sender threads and the server (queued data is dropped)."""
@@ -438,9 +517,6 @@ class GrpcExchange:
         self._closed = True
         for sender in self._senders.values():
             sender.stop()
-        for state in list(self._inbound.values()):
-            with state.cond:
-                state.cond.notify_all()
         event = self._server.stop(0)
         for sender in self._senders.values():
             sender.join(2.0)
@@ -453,15 +529,31 @@ class GrpcExchange:
         self.close()
 
     # ----- introspection ---------------------------------------------------------------------
-    def queued_bytes(self, peer: int) -> int:
-        """Bytes waiting in our queue for ``peer`` (not yet taken by its gRPC stream)."""
+    def queued_bytes(self, peer: int, operator: str | None = None) -> int:
+        """Bytes waiting for credit on our pipes to ``peer`` (one operator's, or all)."""
+        return sum(
+            p.queued
+            for (w, op), p in self._out.items()
+            if w == peer and (operator is None or op == operator)
+        )
+
+    def in_flight_bytes(self, peer: int, operator: str) -> int:
+        """Bytes sent on our pipe to ``peer`` that it has not reported consumed."""
+        pipe = self._out.get((peer, operator))
+        return 0 if pipe is None else pipe.in_flight
+
+    def wire_bytes(self, peer: int) -> int:
+        """Bytes framed for ``peer`` and not yet taken by its gRPC stream."""
         sender = self._senders.get(peer)
         return 0 if sender is None else sender.queued_bytes
 
     def inbound_bytes(self, peer: int) -> int:
         """Bytes received from ``peer`` and not yet taken by ``recv``."""
         state = self._inbound.get(peer)
-        return 0 if state is None else state.received - state.consumed
+        if state is None:
+            return 0
+        taken = sum(p.consumed for p in list(state.pipes.values()))
+        return state.received - state.consumed - taken
 
     def frames_sent(self, peer: int) -> int:
         """Data frames handed to ``peer``'s stream so far."""
@@ -469,7 +561,7 @@ class GrpcExchange:
         return 0 if sender is None else sender.frames_sent
 
     # ----- worker thread: decoding ----------------------------------------------------------
-    def _decode_until(self, peer: int, operator: str) -> deque[tuple[Any, int]]:
+    def _decode_until(self, peer: int, operator: str) -> deque[tuple[Any, int, InPipe | None]]:
         """Decode ``peer``'s queued frames, in order, until ``operator`` has a message."""
         broken = self._broken.get(peer)
         if broken is not None:  # never skip past a frame that could not be decoded
@@ -478,9 +570,10 @@ class GrpcExchange:
         key = (peer, operator)
         frames = self._undecoded[peer]
         while frames:
-            seq, payload = frames.popleft()
+            seq, payload, state = frames.popleft()
             try:
-                pairs = decode_frame(payload)
+                blobs = pickle.loads(payload)
+                pairs = [(pickle.loads(blob), len(blob)) for blob in blobs]
             except Exception as e:  # never drop a frame silently: fail the pipe, loudly
                 error = (
                     f"undecodable frame #{seq} from worker {peer} to worker {self.worker_id}: "
@@ -490,19 +583,20 @@ class GrpcExchange:
                 self._errors.append(error)
                 self._broken[peer] = error
                 raise TransportError(error) from e
-            # What each message holds of the frame's bytes until recv takes it (backpressure).
-            n = len(pairs)
-            size = len(payload) // n if n else 0
-            extra = len(payload) - size * n  # the remainder goes to the first message
-            for operator_, msg in pairs:
+            # Each message's pickled size is what its pipe's credit counted on the sender.
+            pipes = state.pipes
+            overhead = len(payload)
+            for (operator_, msg), size in pairs:
                 k = (peer, operator_)
                 q = inbox.get(k)
                 if q is None:
                     q = inbox[k] = deque()
-                q.append((msg, size + extra))
-                extra = 0
-            if not n:
-                self._inbound[peer].consumed += len(payload)
+                pipe = pipes.get(operator_)
+                if pipe is None:
+                    pipe = pipes[operator_] = InPipe()
+                q.append((msg, size, pipe))
+                overhead -= size
+            state.consumed += overhead  # the framing around the messages
             q = inbox.get(key)
             if q:
                 return q
@@ -523,7 +617,14 @@ class GrpcExchange:
         q = self._inbox.get(key)
         if q is None:
             q = self._inbox.setdefault(key, deque())
-        q.append((msg, 0))
+        q.append((msg, 0, None))
+
+    def _on_credits(self, peer: int, credits: Iterable[pb.Credit]) -> None:
+        out = self._out
+        for c in credits:
+            pipe = out.get((peer, c.operator))
+            if pipe is not None:
+                pipe.grant(c.consumed)
 
     def _on_frame(self, frame: pb.Frame, context: Any) -> None:
         peer = frame.from_worker
@@ -531,7 +632,9 @@ class GrpcExchange:
         if state is None:
             state = self._inbound.setdefault(peer, _Inbound())
         payload = frame.payload
-        if not payload and frame.seq == 0 and state.expected:
+        credits = frame.credits
+        announce = not payload and not credits  # stream start: announces the next seq only
+        if announce and frame.seq == 0 and state.expected:
             # A stream announcing seq 0 after frames were received: a new process has this
             # worker id (a rescale reused the id of a removed worker). Its pipes start afresh.
             state = self._inbound[peer] = _Inbound()
@@ -543,10 +646,14 @@ class GrpcExchange:
             log.error("%s", error)
             self._errors.append(error)
             context.abort(grpc.StatusCode.DATA_LOSS, error)
-        if not payload:
-            return  # stream start: announces the next seq only
+        if announce:
+            return
         state.expected += 1
         self.frames_received += 1
+        if credits:
+            self._on_credits(peer, credits)
+            if not payload:
+                return
         if frame.more:
             state.partial.append(payload)
             return
@@ -557,17 +664,6 @@ class GrpcExchange:
         frames = self._undecoded.get(peer)
         if frames is None:
             frames = self._undecoded.setdefault(peer, deque())
-        frames.append((frame.seq, payload))
+        frames.append((frame.seq, payload, state))
+        # Never wait here: what a peer may send is bounded by the credit we granted per pipe.
         state.received += len(payload)
-        # Backpressure: do not read this peer's next frame while too much awaits recv().
-        bound = self.recv_buffer_bytes
-        if state.received - state.consumed > bound:
-            with state.cond:
-                state.waiting = True
-                while (
-                    state.received - state.consumed > bound
-                    and not self._closed
-                    and context.is_active()
-                ):
-                    state.cond.wait(0.05)
-                state.waiting = False

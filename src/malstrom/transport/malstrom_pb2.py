@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!malstrom/transport/malstrom.proto\x12\x0bmalstrom.v1\"H\n\x05\x46rame\x12\x13\n\x0b\x66rom_worker\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0c\n\x04more\x18\x04 \x01(\x08\"\x15\n\x03\x41\x63k\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x04\"\x1f\n\x0c\x43ontrolFrame\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"0\n\x0c\x41\x64minRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"8\n\nAdminReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x32;\n\tDataPlane\x12.\n\x04Push\x12\x12.malstrom.v1.Frame\x1a\x10.malstrom.v1.Ack(\x01\x32N\n\x07\x43ontrol\x12\x43\n\x07\x43onnect\x12\x19.malstrom.v1.ControlFrame\x1a\x19.malstrom.v1.ControlFrame(\x01\x30\x01\x32\x43\n\x05\x41\x64min\x12:\n\x04\x43\x61ll\x12\x19.malstrom.v1.AdminRequest\x1a\x17.malstrom.v1.AdminReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!malstrom/transport/malstrom.proto\x12\x0bmalstrom.v1\"n\n\x05\x46rame\x12\x13\n\x0b\x66rom_worker\x18\x01 \x01(\r\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x0c\n\x04more\x18\x04 \x01(\x08\x12$\n\x07\x63redits\x18\x05 \x03(\x0b\x32\x13.malstrom.v1.Credit\",\n\x06\x43redit\x12\x10\n\x08operator\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumed\x18\x02 \x01(\x04\"\x15\n\x03\x41\x63k\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x04\"\x1f\n\x0c\x43ontrolFrame\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"0\n\x0c\x41\x64minRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"8\n\nAdminReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x32;\n\tDataPlane\x12.\n\x04Push\x12\x12.malstrom.v1.Frame\x1a\x10.malstrom.v1.Ack(\x01\x32N\n\x07\x43ontrol\x12\x43\n\x07\x43onnect\x12\x19.malstrom.v1.ControlFrame\x1a\x19.malstrom.v1.ControlFrame(\x01\x30\x01\x32\x43\n\x05\x41\x64min\x12:\n\x04\x43\x61ll\x12\x19.malstrom.v1.AdminRequest\x1a\x17.malstrom.v1.AdminReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,19 +32,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'malstrom.transport.malstrom
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FRAME']._serialized_start=50
-  _globals['_FRAME']._serialized_end=122
-  _globals['_ACK']._serialized_start=124
-  _globals['_ACK']._serialized_end=145
-  _globals['_CONTROLFRAME']._serialized_start=147
-  _globals['_CONTROLFRAME']._serialized_end=178
-  _globals['_ADMINREQUEST']._serialized_start=180
-  _globals['_ADMINREQUEST']._serialized_end=228
-  _globals['_ADMINREPLY']._serialized_start=230
-  _globals['_ADMINREPLY']._serialized_end=286
-  _globals['_DATAPLANE']._serialized_start=288
-  _globals['_DATAPLANE']._serialized_end=347
-  _globals['_CONTROL']._serialized_start=349
-  _globals['_CONTROL']._serialized_end=427
-  _globals['_ADMIN']._serialized_start=429
-  _globals['_ADMIN']._serialized_end=496
+  _globals['_FRAME']._serialized_end=160
+  _globals['_CREDIT']._serialized_start=162
+  _globals['_CREDIT']._serialized_end=206
+  _globals['_ACK']._serialized_start=208
+  _globals['_ACK']._serialized_end=229
+  _globals['_CONTROLFRAME']._serialized_start=231
+  _globals['_CONTROLFRAME']._serialized_end=262
+  _globals['_ADMINREQUEST']._serialized_start=264
+  _globals['_ADMINREQUEST']._serialized_end=312
+  _globals['_ADMINREPLY']._serialized_start=314
+  _globals['_ADMINREPLY']._serialized_end=370
+  _globals['_DATAPLANE']._serialized_start=372
+  _globals['_DATAPLANE']._serialized_end=431
+  _globals['_CONTROL']._serialized_start=433
+  _globals['_CONTROL']._serialized_end=511
+  _globals['_ADMIN']._serialized_start=513
+  _globals['_ADMIN']._serialized_end=580
 # @@protoc_insertion_point(module_scope)

@@ -1,20 +1,32 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Frame(_message.Message):
-    __slots__ = ("from_worker", "seq", "payload", "more")
+    __slots__ = ("from_worker", "seq", "payload", "more", "credits")
     FROM_WORKER_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
+    CREDITS_FIELD_NUMBER: _ClassVar[int]
     from_worker: int
     seq: int
     payload: bytes
     more: bool
-    def __init__(self, from_worker: _Optional[int] = ..., seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., more: _Optional[bool] = ...) -> None: ...
+    credits: _containers.RepeatedCompositeFieldContainer[Credit]
+    def __init__(self, from_worker: _Optional[int] = ..., seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., more: _Optional[bool] = ..., credits: _Optional[_Iterable[_Union[Credit, _Mapping]]] = ...) -> None: ...
+
+class Credit(_message.Message):
+    __slots__ = ("operator", "consumed")
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    CONSUMED_FIELD_NUMBER: _ClassVar[int]
+    operator: str
+    consumed: int
+    def __init__(self, operator: _Optional[str] = ..., consumed: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("frames",)
