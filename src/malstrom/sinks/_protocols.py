@@ -83,7 +83,12 @@ class StatefulSinkPartition(Protocol):
 
 
 class StatefulSinkImpl(Protocol):
-    """A sink whose parts keep state across snapshots and restores."""
+    """A sink whose parts keep state across snapshots and restores.
+
+    It may also define ``bind_operator(name: str)``: called once per worker, before any part
+    is built, with the sink operator's name (stable across restarts: a base for external ids
+    such as Kafka transactional ids).
+    """
 
     def assign_part(self, key: Any) -> Hashable:
         """The part a record with this key goes to (deterministic)."""
