@@ -77,3 +77,18 @@ def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
 
 def values(bootstrap: str, topic: str) -> Counter[str]:
     return Counter(m.value().decode() for m in read_all(bootstrap, topic))
+
+
+def end_offsets(bootstrap: str, topic: str) -> int:
+    """The sum of the partitions' end offsets (0 while the topic does not exist)."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "malstrom-tests-reader"})
+    try:
+        meta = c.list_topics(topic, timeout=5).topics.get(topic)
+        if meta is None or meta.error is not None:
+            return 0
+        return sum(
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+            for p in meta.partitions
+        )
+    finally:
+        c.close()

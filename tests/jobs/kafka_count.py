@@ -14,7 +14,7 @@ def build(
     source_topic: str,
     sink_topic: str,
     exactly_once: bool = True,
-    delay: float = 0.0,
+    delay: float = 0.0,  # seconds of work per record
     discover_interval: float | None = 0.5,
 ) -> None:
     from malstrom.connectors.kafka import KafkaSink, KafkaSource
@@ -34,6 +34,8 @@ def build(
                 deserialize="str",
                 bounded=True,
                 discover_interval=discover_interval,
+                # Small batches: with slow records, snapshots still commit mid-run.
+                max_poll_records=10 if delay else None,
             ),
         )
         .map("word", word)

@@ -75,7 +75,17 @@ class _Reader:
 class _KafkaPart:
     """Reads one partition; its state is the offset of the next record to emit."""
 
-    __slots__ = ("_buf", "_deser", "_kafka_ts", "_next", "_on_error", "_reader", "_stop", "tp")
+    __slots__ = (
+        "_buf",
+        "_deser",
+        "_kafka_ts",
+        "_max",
+        "_next",
+        "_on_error",
+        "_reader",
+        "_stop",
+        "tp",
+    )
 
     def __init__(
         self,
@@ -86,8 +96,10 @@ class _KafkaPart:
         deser: Callable[[bytes | None], Any] | None,
         on_error: str,
         kafka_ts: bool,
+        max_records: int | None = None,
     ) -> None:
         self._reader = reader
+        self._max = max_records
         self.tp = tp
         self._next = offset
         self._stop = stop
@@ -102,6 +114,8 @@ class _KafkaPart:
         return (values[0], stamps[0]) if values else None
 
     def _poll_columns(self, n: int) -> tuple[list[Any], list[Any]]:
+        if self._max is not None and n > self._max:
+            n = self._max
         buf = self._buf
         if not buf:
             if self.is_finished():
@@ -210,6 +224,8 @@ class KafkaSource(StatefulSource):
     ``"fail"`` (the job fails, naming topic, partition and offset), ``"skip"`` (logged), or
     ``"emit"``: the record is emitted with the raw bytes as ``value`` and the reason in
     ``KafkaMessage.error``, so a ``split`` can route it to a dead-letter sink.
+    ``max_poll_records`` caps the records a part emits per poll (for slow per-record work:
+    smaller batches let barriers and rescales through sooner).
 
     The worker never waits on Kafka: each worker has one consumer for the partitions it owns
     and reads what it has fetched in the background. ``config`` adds librdkafka consumer
@@ -230,6 +246,7 @@ class KafkaSource(StatefulSource):
         discover_interval: float | None = 5.0,
         bounded: bool = False,
         metadata_timeout: float = 10.0,
+        max_poll_records: int | None = None,
     ) -> None:
         super().__init__(self)
         self.topics = [topics] if isinstance(topics, str) else list(topics)
@@ -255,6 +272,9 @@ class KafkaSource(StatefulSource):
         self.relist_interval = discover_interval
         self.bounded = bounded
         self.metadata_timeout = metadata_timeout
+        if max_poll_records is not None and max_poll_records < 1:
+            raise ValueError(f"KafkaSource: max_poll_records must be >= 1: {max_poll_records!r}")
+        self.max_poll_records = max_poll_records
         self._reader: _Reader | None = None
         self._listed = False
 
@@ -336,7 +356,14 @@ class KafkaSource(StatefulSource):
             if offset < 0:  # a logical offset: where it points now, to compare with stop
                 offset = low if offset == OFFSET_BEGINNING else high
         return _KafkaPart(
-            reader, tp, int(offset), stop, self._deser, self.on_error, self.timestamp == "kafka"
+            reader,
+            tp,
+            int(offset),
+            stop,
+            self._deser,
+            self.on_error,
+            self.timestamp == "kafka",
+            self.max_poll_records,
         )
 
     def _start_offset(self, reader: _Reader, tp: tuple[str, int]) -> int:
