@@ -56,7 +56,9 @@ def wait_output(kafka: MockCluster, dst: str, at_least: int, handle: Any) -> Non
         time.sleep(0.02)
 
 
-def test_sigkill_a_worker_mid_run_output_is_exactly_once(kafka: MockCluster, tmp_path: Path) -> None:
+def test_sigkill_a_worker_mid_run_output_is_exactly_once(
+    kafka: MockCluster, tmp_path: Path
+) -> None:
     handle, _, dst, ws = start(kafka, tmp_path, 2)
     try:
         wait_output(kafka, dst, 200, handle)
@@ -94,7 +96,8 @@ def test_restore_after_the_topic_gained_partitions(kafka: MockCluster, tmp_path:
     assert 0 < len(read_all(kafka.bootstrap_servers, dst)) < len(ws)
     kafka.grow_topic(src, 6)
     more = job.words(600, vocabulary=60)
-    produce(kafka.bootstrap_servers, src, [(w.encode(), w.encode(), 4 + i % 2) for i, w in enumerate(more)])
+    items = [(w.encode(), w.encode(), 4 + i % 2) for i, w in enumerate(more)]
+    produce(kafka.bootstrap_servers, src, items)
     build = functools.partial(
         job.build, bootstrap=kafka.bootstrap_servers, source_topic=src, sink_topic=dst
     )
