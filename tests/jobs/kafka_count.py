@@ -16,6 +16,7 @@ def build(
     exactly_once: bool = True,
     delay: float = 0.0,  # seconds of work per record
     discover_interval: float | None = 0.5,
+    bounded: bool = True,
 ) -> None:
     from malstrom.connectors.kafka import KafkaSink, KafkaSource
 
@@ -32,7 +33,7 @@ def build(
                 bootstrap,
                 source_topic,
                 deserialize="str",
-                bounded=True,
+                bounded=bounded,
                 discover_interval=discover_interval,
                 # Small batches: with slow records, snapshots still commit mid-run.
                 max_poll_records=10 if delay else None,
