@@ -312,3 +312,21 @@ def test_persistence_backend_failing_crash_then_second_process_resumes(tmp_path:
     out = lines("persistence_backend_failing", tmp_path, "--no-restart")
     assert not any(line.startswith("job failed") for line in out)
     check_resumed_output(out)
+
+
+def test_kafka_wordcount_is_exactly_once_on_two_workers() -> None:
+    """Kafka in (a mock cluster the example starts), 10 s event-time windows, Kafka out."""
+    pytest.importorskip("confluent_kafka")
+    import importlib.util
+
+    path = EXAMPLES / "kafka_wordcount.py"
+    spec = importlib.util.spec_from_file_location("kafka_wordcount", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    counts: Counter[tuple[int, str]] = Counter()
+    for second, sentence in example.SENTENCES:
+        for word in sentence.split():
+            counts[(second // 10 * 10, word)] += 1
+    expected = [f"[{s}s, {s + 10}s) {w}: {n}" for (s, w), n in sorted(counts.items())]
+    assert lines("kafka_wordcount") == expected

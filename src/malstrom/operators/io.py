@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -112,6 +113,12 @@ class SourceOp(Operator):
     A worker with no unfinished part emits ``Epoch(IDLE)`` (it holds back no merged epoch);
     every worker emits ``Epoch(MAX)`` once every part of the source, on any worker, finished.
     On a rescale, parts whose owner changes are collected and rebuilt on their new worker.
+
+    A source whose impl has ``relist_interval`` (seconds) grows while it runs: every worker
+    calls ``list_parts()`` again at that interval and builds the new parts it owns (same
+    rendezvous rule), with ``impl.new_part_state(part)`` as their state when the impl has it.
+    Parts never shrink. A part built on no worker yet is built by its owner once a rescale
+    completes, so a part listed during a rescale is not lost.
     """
 
     is_source = True
@@ -127,11 +134,15 @@ class SourceOp(Operator):
         if len(set(parts)) != len(parts):
             raise OperatorError(name, f"list_parts() returned duplicate parts: {parts!r}")
         self.all_parts = parts
+        self._known = set(parts)
+        interval = getattr(self.impl, "relist_interval", None)
+        self._relist_every: float | None = None if interval is None else float(interval)
+        self._next_relist = time.monotonic() + (self._relist_every or 0.0)
         self.me = me = ctx.worker_id
         self.workers = tuple(ctx.worker_set)
         self.exchange: Any = ctx.services.get("exchange")
         self.remotes = [w for w in self.workers if w != me]
-        self.wants_schedule = self.exchange is not None
+        self.wants_schedule = self.exchange is not None or self._relist_every is not None
         self.finished: set[Any] = set()
         self._idle = False
         self._cycle: _PartsCycle | None = None
@@ -141,8 +152,50 @@ class SourceOp(Operator):
         mine = [p for p in parts if rendezvous_select(p, self.workers) == me]
         restored = dict(ctx.restore_keyed(name, rendezvous_select)) if self.stateful else {}
         self.parts: list[PartReader] = []
+        restoring = ctx.restore is not None
         for p in mine:
-            self._add_part(p, restored.get(p))
+            state = restored.get(p)
+            if state is None and restoring:
+                state = self._new_state(p)  # listed now, absent from the snapshot: new since
+            self._add_part(p, state)
+
+    def _new_state(self, part: Any) -> Any:
+        """The state of a part that appeared after the job started (None: a fresh part)."""
+        fn = getattr(self.impl, "new_part_state", None) if self.stateful else None
+        if fn is None:
+            return None
+        try:
+            return fn(part)
+        except Exception as e:
+            raise user_error(self.name, e) from e
+
+    def _learn(self, part: Any) -> None:
+        """A part another worker listed (or finished) before this one did."""
+        if part not in self._known:
+            self._known.add(part)
+            self.all_parts.append(part)
+
+    def _relist(self) -> None:
+        """List the parts again; build the new ones this worker owns."""
+        try:
+            parts = list(self.impl.list_parts())
+        except Exception as e:
+            raise user_error(self.name, e) from e
+        for p in parts:
+            if p in self._known:
+                continue
+            self._learn(p)
+            if rendezvous_select(p, self.workers) == self.me:
+                self._add_part(p, self._new_state(p))
+
+    def _build_orphans(self) -> None:
+        """After a rescale: build the listed parts this worker owns that no worker built
+        (listed by some workers but not yet by their owner when ownership changed)."""
+        held = {p.key for p in self.parts}
+        for p in list(self.all_parts):
+            mine = rendezvous_select(p, self.workers) == self.me
+            if mine and p not in held and p not in self.finished:
+                self._add_part(p, self._new_state(p))
 
     def _add_part(self, key: Any, state: Any, speed: Any = None) -> None:
         try:
@@ -203,7 +256,7 @@ class SourceOp(Operator):
                     p.finished = True
                     active -= 1
                     self._part_done(p.key)
-        if len(self.finished) == len(self.all_parts):
+        if len(self.finished) >= len(self.all_parts) and self.finished >= self._known:
             self.emit_epoch(MAX)
             return True
         if not active and not self._idle:
@@ -223,14 +276,24 @@ class SourceOp(Operator):
         return self._cycle.peers if self._cycle is not None else self.remotes
 
     def schedule(self) -> None:
+        every = self._relist_every
+        if every is not None and self._cycle is None and not self.done:
+            now = time.monotonic()
+            if now >= self._next_relist:
+                self._next_relist = now + every
+                self._relist()
+        if self.exchange is None:
+            return
         recv = self.exchange.recv
         name = self.name
         for w in self._peers():
             while (msg := recv(w, name)) is not None:
                 t = type(msg)
                 if t is PartDone:
+                    self._learn(msg.part)
                     self.finished.add(msg.part)
                 elif t is PartMove:
+                    self._learn(msg.part)
                     if self._cycle is not None and self._cycle.version == msg.version:
                         self._add_moved(msg)
                     else:
@@ -238,6 +301,8 @@ class SourceOp(Operator):
                         # configuration downstream, so the part starts once that passed.
                         self._early_parts.append(msg)
                 elif t is PartsMoved:
+                    for part in msg.finished:
+                        self._learn(part)
                     self.finished |= msg.finished
                     if self._cycle is not None and self._cycle.version == msg.version:
                         self._cycle.moved.add(w)
@@ -255,6 +320,8 @@ class SourceOp(Operator):
             self.remotes = [w for w in cycle.workers if w != self.me]
             self._done_version = cycle.version
             self._cycle = None
+            if self._relist_every is not None:
+                self._build_orphans()
 
     def on_control(self, msg: Control) -> None:
         if type(msg) is Rescale:
@@ -342,10 +409,14 @@ class StatefulSinkOp(Operator):
         self._assigned: dict[Any, Any] = {}
         self.migrates = True
         self._fence = ctx.fence
-        begin = getattr(impl, "begin_attempt", None)
-        if begin is not None:
+        for hook, arg in (("bind_operator", name), ("begin_attempt", ctx.attempt)):
+            # bind_operator: a base for stable external ids (Kafka transactional ids);
+            # begin_attempt: lets a sink fence writers of older attempts.
+            fn = getattr(impl, hook, None)
+            if fn is None:
+                continue
             try:
-                begin(ctx.attempt)
+                fn(arg)
             except Exception as e:
                 raise user_error(name, e) from e
         # Restore eagerly, so a part can roll back output written after its snapshot even if

@@ -88,6 +88,10 @@ class StatefulSinkPartition(Protocol):
 class StatefulSinkImpl(Protocol):
     """A sink whose parts keep state across snapshots and restores.
 
+    It may also define ``bind_operator(name: str)``: called once per worker, before any part
+    is built, with the sink operator's name (stable across restarts: a base for external ids
+    such as Kafka transactional ids).
+
     Optional: ``begin_attempt(attempt: int)`` is called on each worker before any part is
     built, with the id of the job attempt (ids grow from one attempt to the next). A worker of
     a failed attempt may live on for a while; the engine stops calling its parts once it

@@ -47,7 +47,11 @@ class StatefulSourcePartition(StatelessSourcePartition, Protocol):
 
 
 class StatelessSourceImpl(Protocol):
-    """A source without state: a moved or restarted part starts again from scratch."""
+    """A source without state: a moved or restarted part starts again from scratch.
+
+    It may define ``relist_interval`` (seconds) to grow while it runs, as
+    :class:`StatefulSourceImpl` describes.
+    """
 
     def list_parts(self) -> list[Hashable]:
         """Every part of the source; must be the same on every worker."""
@@ -59,7 +63,15 @@ class StatelessSourceImpl(Protocol):
 
 
 class StatefulSourceImpl(Protocol):
-    """A source whose parts resume from their snapshotted state."""
+    """A source whose parts resume from their snapshotted state.
+
+    Optional, for sources that grow while they run (Kafka partitions added to a topic, files
+    added to a directory): ``relist_interval`` (seconds; every worker calls ``list_parts()``
+    again at that interval and builds the new parts it owns; parts never shrink) and
+    ``new_part_state(part) -> object``: the state a part gets when it appears after the job
+    started (listed while running, or listed on a restore but absent from the snapshot), in
+    place of ``None``, which stands for the first start of the job.
+    """
 
     def list_parts(self) -> list[Hashable]:
         """Every part of the source; must be the same on every worker."""
