@@ -8,6 +8,7 @@ import threading
 from collections.abc import Hashable
 from typing import Any, TextIO
 
+from malstrom.formats import Format, Lines
 from malstrom.sinks._protocols import RecordBatch, StatefulSink, StatelessSink
 from malstrom.types import Record
 
@@ -82,8 +83,8 @@ class ListSink(StatelessSink):
 
 
 class _FilePart:
-    def __init__(self, path: str, state: object | None, fmt: Any) -> None:
-        self._fmt = fmt
+    def __init__(self, path: str, state: object | None, value: Any, format: Format) -> None:
+        self._value = value
         self._path = path
         d = os.path.dirname(path)
         if d:
@@ -99,11 +100,20 @@ class _FilePart:
             f.truncate(0)
         f.seek(0, os.SEEK_END)
         self._f = f
+        self._writer = format._writer(f, path, f.tell() > 0)
+        self._buf: list[Any] = []
 
     def sink(self, record: Record) -> None:
-        self._f.write((self._fmt(record) + "\n").encode())
+        buf = self._buf
+        buf.append(self._value(record))
+        if len(buf) >= 1024:
+            self._buf = []
+            self._writer.write(buf)
 
     def snapshot(self) -> object:
+        if self._buf:
+            buf, self._buf = self._buf, []
+            self._writer.write(buf)
         self._f.flush()
         os.fsync(self._f.fileno())
         return self._f.tell()
@@ -115,25 +125,52 @@ class _FilePart:
 
 
 class FileSink(StatefulSink):
-    """Writes one line per record (``fmt(record)``, default the value's ``str``) to a file.
+    """Writes the records to a file, one record after the other, exactly-once.
 
-    With ``per_key=True`` each key gets its own file ``<path>/<key>.txt``; otherwise all
-    records go to the single file ``path``. The file's length is snapshotted; on restore the
-    file is cut back to that length before writing resumes, so after any crash and restart the
-    file holds every record exactly once. A part not covered by a snapshot (a fresh start)
-    starts with an empty file.
+    ``format`` says how (:mod:`malstrom.formats`): by default one line per record,
+    ``str(value)``; ``Csv()`` (a header row first, then one row per dict or sequence) and
+    ``JsonLines()`` also append. ``fmt(record)`` gives what is written for a record (default:
+    its value). With ``per_key=True`` each key gets its own file ``<path>/<key><suffix>``
+    (``.txt``, ``.csv``, ``.jsonl``); otherwise all records go to the single file ``path``.
+
+    The file's length is snapshotted; on restore the file is cut back to that length before
+    writing resumes, so after any crash and restart the file holds every record exactly once.
+    A part not covered by a snapshot (a fresh start) starts with an empty file. Readers of the
+    file may see records that a crash later takes back: for output published only once its
+    snapshot commits (and for Parquet), use :class:`DirectorySink`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fmt: Any = None, per_key: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fmt: Any = None,
+        per_key: bool = False,
+        *,
+        format: Format | None = None,
+    ):
         super().__init__(self)
         self._path = os.fspath(path)
-        self._fmt = fmt or (lambda r: str(r.value))
+        self._format = format if format is not None else Lines()
+        if not isinstance(self._format, Format):
+            raise TypeError(f"FileSink: format must be a malstrom.formats format, got {format!r}")
+        if not self._format.appendable:
+            raise ValueError(
+                f"FileSink appends to a file and cuts it back on restore, which {self._format!r} "
+                "files do not allow: use DirectorySink, which writes a new part file per snapshot"
+            )
+        self._fmt = fmt or _value
         self._per_key = per_key
 
     def assign_part(self, key: Any) -> Hashable:
         """The file a record with ``key`` goes to."""
-        return os.path.join(self._path, f"{key}.txt") if self._per_key else self._path
+        if self._per_key:
+            return os.path.join(self._path, f"{key}{self._format.suffix}")
+        return self._path
 
     def build_part(self, part: Any, state: object | None) -> _FilePart:
         """Open the file, cut back to the snapshotted length (empty on a fresh start)."""
-        return _FilePart(part, state, self._fmt)
+        return _FilePart(part, state, self._fmt, self._format)
+
+
+def _value(record: Record) -> Any:
+    return record.value

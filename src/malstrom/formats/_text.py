@@ -1,0 +1,360 @@
+"""Text formats: Lines, Csv, JsonLines. A reader's state is ``(byte offset, records read)``,
+so a restored part resumes exactly where its snapshot left it; files can be appended to and
+cut back, which is what FileSink needs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO
+
+from malstrom.formats._base import FileReader, FileWriter, Format
+
+__all__ = ["Csv", "JsonLines", "Lines"]
+
+
+class _LineReader:
+    """One record per line; ``parse`` turns a line's text into a value (None: the text)."""
+
+    def __init__(
+        self,
+        path: str,
+        state: object | None,
+        encoding: str,
+        parse: Callable[[str], Any] | None,
+        skip_blank: bool,
+    ) -> None:
+        offset, index = (0, 0) if state is None else tuple(state)  # type: ignore[arg-type]
+        self._path = path
+        self._f: BinaryIO | None = open(path, "rb")  # noqa: SIM115 - lives as long as the part
+        self._f.seek(offset)
+        self._offset = offset
+        self._index = index
+        self._encoding = encoding
+        self._parse = parse
+        self._skip_blank = skip_blank
+
+    def _poll_columns(self, n: int) -> tuple[list[Any], range]:
+        f = self._f
+        if f is None:
+            return [], range(0)
+        values: list[Any] = []
+        offset = self._offset
+        enc = self._encoding
+        parse = self._parse
+        readline = f.readline
+        while len(values) < n:
+            raw = readline()
+            if not raw:
+                self.close()
+                break
+            start = offset
+            offset += len(raw)
+            # A last line without its newline (the file is still being written) counts only
+            # once the file ends for good: it is taken as it is at EOF.
+            text = raw.decode(enc)
+            if text.endswith("\n"):
+                text = text[:-1].removesuffix("\r")
+            if parse is None:
+                values.append(text)
+                continue
+            if self._skip_blank and not text.strip():
+                continue
+            try:
+                values.append(parse(text))
+            except ValueError as e:
+                self._offset = start
+                raise ValueError(f"{self._path}, byte {start}: {e}") from e
+        start_index = self._index
+        self._index = start_index + len(values)
+        self._offset = offset
+        return values, range(start_index, self._index)
+
+    def is_finished(self) -> bool:
+        return self._f is None
+
+    def snapshot(self) -> object:
+        return (self._offset, self._index)
+
+    def collect(self) -> object:
+        self.close()
+        return (self._offset, self._index)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class _TextWriter:
+    def __init__(self, f: BinaryIO, encode: Callable[[list[Any]], str], encoding: str) -> None:
+        self._f = f
+        self._encode = encode
+        self._encoding = encoding
+
+    def write(self, values: list[Any]) -> None:
+        self._f.write(self._encode(values).encode(self._encoding))
+
+    def finish(self) -> None:
+        pass
+
+
+class Lines(Format):
+    """Plain text, one value per line: values read are the lines without their line ending;
+    values written are ``str(value)``."""
+
+    suffix = ".txt"
+
+    def __init__(self, encoding: str = "utf-8") -> None:
+        self.encoding = encoding
+
+    def _reader(self, path: str, state: object | None) -> FileReader:
+        return _LineReader(path, state, self.encoding, None, False)
+
+    def _writer(self, f: BinaryIO, path: str, has_content: bool) -> FileWriter:
+        return _TextWriter(f, lambda values: "".join([f"{v}\n" for v in values]), self.encoding)
+
+    def __repr__(self) -> str:
+        return "Lines()"
+
+
+class JsonLines(Format):
+    """JSON Lines: one JSON value per line (blank lines are skipped when reading).
+
+    ``default`` is passed to :func:`json.dumps` for values it cannot encode (e.g.
+    ``default=str`` writes datetimes as text).
+    """
+
+    suffix = ".jsonl"
+
+    def __init__(
+        self, encoding: str = "utf-8", default: Callable[[Any], Any] | None = None
+    ) -> None:
+        self.encoding = encoding
+        self.default = default
+
+    def _reader(self, path: str, state: object | None) -> FileReader:
+        def parse(text: str) -> Any:
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"invalid JSON: {e}") from None
+
+        return _LineReader(path, state, self.encoding, parse, True)
+
+    def _writer(self, f: BinaryIO, path: str, has_content: bool) -> FileWriter:
+        dumps = json.JSONEncoder(
+            ensure_ascii=False, separators=(",", ":"), default=self.default
+        ).encode
+        return _TextWriter(
+            f, lambda values: "".join([dumps(v) + "\n" for v in values]), self.encoding
+        )
+
+    def __repr__(self) -> str:
+        return "JsonLines()"
+
+
+Converter = Callable[[str], Any]
+
+
+class Csv(Format):
+    """Comma-separated values (any :mod:`csv` dialect).
+
+    Reading: with ``header=True`` (the default) the first row names the columns and is not a
+    record; each record is a ``dict`` column -> value. Without a header, records are lists,
+    or dicts if ``columns`` names them. ``types`` converts fields: a mapping column -> function
+    (``{"amount": float}``) or a sequence with one function (or None) per column. A row whose
+    number of fields differs from the columns is an error naming the file and byte offset.
+    Blank lines are skipped.
+
+    Writing: values are dicts (written in the order of ``columns``, else of the first dict's
+    keys) or sequences (written as they are). With ``header=True`` a new file starts with the
+    header row (dict values, or ``columns`` given).
+    """
+
+    suffix = ".csv"
+
+    def __init__(
+        self,
+        *,
+        header: bool = True,
+        columns: Sequence[str] | None = None,
+        types: Mapping[str, Converter] | Sequence[Converter | None] | None = None,
+        delimiter: str = ",",
+        encoding: str = "utf-8",
+        **dialect: Any,
+    ) -> None:
+        self.header = header
+        self.columns = list(columns) if columns is not None else None
+        self.types = types
+        self.encoding = encoding
+        self.dialect: dict[str, Any] = {"delimiter": delimiter, **dialect}
+
+    def _reader(self, path: str, state: object | None) -> FileReader:
+        return _CsvReader(path, state, self)
+
+    def _writer(self, f: BinaryIO, path: str, has_content: bool) -> FileWriter:
+        return _CsvWriter(f, path, has_content, self)
+
+    def __repr__(self) -> str:
+        return f"Csv(header={self.header!r}, columns={self.columns!r})"
+
+
+def _converters(
+    types: Mapping[str, Converter] | Sequence[Converter | None] | None,
+    columns: list[str] | None,
+    path: str,
+) -> list[Converter | None] | None:
+    if types is None:
+        return None
+    if isinstance(types, Mapping):
+        if columns is None:
+            raise ValueError(f"{path}: Csv types by column name need a header or columns=")
+        unknown = set(types) - set(columns)
+        if unknown:
+            raise ValueError(f"{path}: Csv types name unknown columns {sorted(unknown)}")
+        return [types.get(c) for c in columns]
+    return list(types)
+
+
+class _CsvReader:
+    def __init__(self, path: str, state: object | None, fmt: Csv) -> None:
+        offset, index = (0, 0) if state is None else tuple(state)  # type: ignore[arg-type]
+        self._path = path
+        self._encoding = fmt.encoding
+        self._f: BinaryIO | None = open(path, "rb")  # noqa: SIM115 - lives as long as the part
+        columns = fmt.columns
+        if fmt.header:
+            self._offset = 0
+            head = next(csv.reader(self._lines(), **fmt.dialect), None)
+            if columns is None and head is not None:
+                columns = head
+            offset = max(offset, self._offset)  # a fresh start begins after the header
+            self._f.seek(offset)
+        else:
+            self._f.seek(offset)
+        self._columns = columns
+        self._conv = _converters(fmt.types, columns, path)
+        self._offset = offset
+        self._index = index
+        self._rows = csv.reader(self._lines(), **fmt.dialect)
+
+    def _lines(self) -> Iterator[str]:
+        # csv pulls one line at a time until a record is complete, so after each record
+        # ``_offset`` is exactly where the next one starts (quoted fields may span lines).
+        f = self._f
+        assert f is not None
+        enc = self._encoding
+        while raw := f.readline():
+            self._offset += len(raw)
+            yield raw.decode(enc)
+
+    def _poll_columns(self, n: int) -> tuple[list[Any], range]:
+        if self._f is None:
+            return [], range(0)
+        values: list[Any] = []
+        columns = self._columns
+        conv = self._conv
+        rows = self._rows
+        width = len(columns) if columns is not None else None
+        while len(values) < n:
+            start = self._offset
+            try:
+                row = next(rows)
+            except StopIteration:
+                self.close()
+                break
+            except csv.Error as e:
+                raise ValueError(f"{self._path}, byte {start}: bad CSV: {e}") from e
+            if not row:
+                continue  # a blank line
+            if width is not None and len(row) != width:
+                raise ValueError(
+                    f"{self._path}, byte {start}: row has {len(row)} fields, "
+                    f"expected {width} ({columns})"
+                )
+            if conv is not None:
+                try:
+                    row = [v if c is None else c(v) for c, v in zip(conv, row)]
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{self._path}, byte {start}: {e}") from e
+            values.append(dict(zip(columns, row)) if columns is not None else row)
+        start_index = self._index
+        self._index = start_index + len(values)
+        return values, range(start_index, self._index)
+
+    def is_finished(self) -> bool:
+        return self._f is None
+
+    def snapshot(self) -> object:
+        return (self._offset, self._index)
+
+    def collect(self) -> object:
+        self.close()
+        return (self._offset, self._index)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class _CsvWriter:
+    def __init__(self, f: BinaryIO, path: str, has_content: bool, fmt: Csv) -> None:
+        self._f = f
+        self._path = path
+        self._encoding = fmt.encoding
+        self._dialect = {"lineterminator": "\n", **fmt.dialect}
+        self._columns = fmt.columns
+        self._need_header = fmt.header and not has_content
+        if fmt.header and has_content and self._columns is None:
+            # Resuming a file: its header fixes the column order.
+            with open(path, newline="", encoding=fmt.encoding) as existing:
+                self._columns = next(csv.reader(existing, **fmt.dialect), None)
+
+    def write(self, values: list[Any]) -> None:
+        if not values:
+            return
+        buf = io.StringIO()
+        w = csv.writer(buf, **self._dialect)
+        columns = self._columns
+        if columns is None and isinstance(values[0], Mapping):
+            columns = self._columns = list(values[0])
+        if self._need_header:
+            if columns is None:
+                raise ValueError(
+                    f"{self._path}: Csv(header=True) writing sequences needs columns=[...]"
+                )
+            w.writerow(columns)
+            self._need_header = False
+        if columns is None:
+            w.writerows(values)
+        else:
+            width = len(columns)
+            rows = []
+            for v in values:
+                if isinstance(v, Mapping):
+                    if len(v) != width:
+                        raise ValueError(
+                            f"{self._path}: row {v!r} does not have exactly the columns {columns}"
+                        )
+                    try:
+                        rows.append([v[c] for c in columns])
+                    except KeyError as e:
+                        raise ValueError(
+                            f"{self._path}: row {v!r} lacks column {e.args[0]!r}"
+                        ) from None
+                else:
+                    if len(v) != width:
+                        raise ValueError(
+                            f"{self._path}: row {v!r} has {len(v)} fields, "
+                            f"expected {width} ({columns})"
+                        )
+                    rows.append(v)
+            w.writerows(rows)
+        self._f.write(buf.getvalue().encode(self._encoding))
+
+    def finish(self) -> None:
+        pass
