@@ -58,10 +58,10 @@ class _FilePart:
         self._reader = reader
 
     def _poll_columns(self, n: int) -> tuple[list[Any], range]:
-        return self._reader._poll_columns(n)  # type: ignore[no-any-return]
+        return self._reader._poll_columns(n)
 
     def is_finished(self) -> bool:
-        return self._reader.is_finished()  # type: ignore[no-any-return]
+        return self._reader.is_finished()
 
     def snapshot(self) -> object:
         return "done" if self._reader.is_finished() else self._reader.snapshot()
@@ -115,7 +115,8 @@ class DirectorySource(StatefulSource):
 
     def list_parts(self) -> list[Hashable]:
         """The names of the matching files now (and, when watching, the watching part)."""
-        names: list[Hashable] = sorted(
+        names: list[Hashable] = []
+        names += sorted(
             e.name
             for e in os.scandir(self._dir)
             if e.name[0] not in "._" and fnmatch.fnmatch(e.name, self._pattern) and e.is_file()

@@ -66,6 +66,10 @@ class _PollingPart:
             return [], []
         return [value], [int(slot * 1000)]
 
+    def poll(self) -> tuple[Any, Any] | None:
+        values, stamps = self._poll_columns(1)
+        return (values[0], stamps[0]) if values else None
+
     def is_finished(self) -> bool:
         return self._max is not None and self._polls >= self._max
 

@@ -79,6 +79,10 @@ class _StdInPart:
         self._line += len(out)
         return out, range(start, self._line)
 
+    def poll(self) -> tuple[Any, Any] | None:
+        values, stamps = self._poll_columns(1)
+        return (values[0], stamps[0]) if values else None
+
     def is_finished(self) -> bool:
         return self._done
 
