@@ -56,9 +56,9 @@ class _PollingPart:
         now = self._clock()
         nxt = slot + self._interval
         if nxt <= now:
-            # Slots missed while the call ran long or the job was down: poll once, at once,
-            # for the latest of them (never a burst of catch-up calls).
-            nxt = slot + self._interval * math.floor((now - slot) / self._interval)
+            # This call also stands for the slots missed while it ran long or the job was
+            # down (no burst of catch-up calls): next is the first slot still ahead.
+            nxt = slot + self._interval * (math.floor((now - slot) / self._interval) + 1)
         self._due = nxt
         if self.is_finished():
             self._shutdown()
