@@ -201,3 +201,84 @@ def test_directory_source_errors(tmp_path: Path) -> None:
         DirectorySink(tmp_path, parts=0)
     with pytest.raises(TypeError, match="format"):
         DirectorySink(tmp_path, JsonLines)  # type: ignore[arg-type]
+
+
+def _engine_grows_sources() -> bool:
+    from malstrom.operators.io import SourceOp
+
+    return hasattr(SourceOp, "_relist")
+
+
+def watch_job(provider: Any, workdir: str) -> None:
+    (
+        provider.new_stream()
+        .source("files", DirectorySource(Path(workdir) / "in", JsonLines(), watch=0.05))
+        .key_distribute("by-n", lambda v: v["n"] % 7)
+        .sink("out", DirectorySink(Path(workdir) / "out", JsonLines(), parts=4))
+    )
+
+
+def add_file(d: Path, name: str, values: range) -> None:
+    """Write under a hidden name, then rename into place (a file appears complete)."""
+    tmp = d / f".{name}.tmp"
+    tmp.write_text("".join(json.dumps({"n": v}) + "\n" for v in values))
+    tmp.rename(d / name)
+
+
+def wait_published(work: Path, count: int, handle: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(published_values(work / "out")) >= count:
+            return
+        assert handle.running
+        time.sleep(0.05)
+    raise AssertionError(f"only {len(published_values(work / 'out'))} of {count} published")
+
+
+@pytest.mark.skipif(
+    not _engine_grows_sources(),
+    reason="needs the engine's support for sources whose parts grow (relist_interval)",
+)
+def test_watching_directory_source_reads_new_files_once_across_kill_stop_and_rescale(
+    tmp_path: Path,
+) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    files = iter(range(100))
+    total = 0
+
+    def add(k: int) -> None:
+        nonlocal total
+        for _ in range(k):
+            i = next(files)
+            add_file(inbox, f"f{i:03d}.jsonl", range(i * 1000, i * 1000 + 300))
+            total += 300
+
+    def start(n: int) -> Any:
+        return MultiProcessRuntime(
+            functools.partial(watch_job, workdir=str(tmp_path)),
+            parallelism=n,
+            persistence=LocalDiskPersistence(tmp_path / "snap"),
+            snapshot_interval=0.1,
+            max_restarts=5,
+        ).start()
+
+    add(3)
+    handle = start(2)
+    wait_published(tmp_path, total, handle)
+    add(4)  # picked up while running
+    wait_published(tmp_path, total, handle)
+    os.kill(handle.status()["pids"][1], signal.SIGKILL)
+    add(3)
+    wait_published(tmp_path, total, handle)
+    handle.stop()
+    add(2)  # arrive while the job is stopped
+    handle = start(3)
+    wait_published(tmp_path, total, handle)
+    handle.rescale(2)
+    add(3)
+    wait_published(tmp_path, total, handle)
+    handle.stop()
+    got = sorted(v["n"] for v in published_values(tmp_path / "out"))
+    want = sorted(n for i in range(15) for n in range(i * 1000, i * 1000 + 300))
+    assert got == want

@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, Literal
 
 from malstrom.keyed.partitioners import stable_hash
-from malstrom.sinks._protocols import StatefulSink
+from malstrom.sinks._protocols import RecordBatch, StatefulSink
 from malstrom.types import Record
 
 __all__ = ["PostgresSink"]
@@ -47,16 +47,19 @@ def _psycopg() -> Any:
     return psycopg
 
 
-def _default_row(record: Record) -> Any:
-    v = record.value
-    if isinstance(v, tuple | list | dict | Mapping):
-        return v
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
-    raise TypeError(
+def _not_a_row(v: Any) -> TypeError:
+    return TypeError(
         f"a record value of type {type(v).__name__} is not a row: emit dicts, tuples or "
         "dataclasses, or give PostgresSink(row=lambda record: {...})"
     )
+
+
+def _as_mapping(v: Any) -> Mapping[str, Any] | None:
+    if isinstance(v, Mapping):
+        return v
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: getattr(v, f.name) for f in dataclasses.fields(v)}
+    return None
 
 
 class _Control:
@@ -190,7 +193,20 @@ class _PgPart:
         buf = self._buf
         if not buf:
             self._first_at = time.monotonic()
-        buf.append(self._row(record))
+        buf.append(record.value if self._row is None else self._row(record))
+        if len(buf) >= self._batch_size or (
+            self._upsert and time.monotonic() - self._first_at >= self._sink.max_delay
+        ):
+            self._flush()
+
+    def sink_batch(self, records: RecordBatch) -> None:
+        buf = self._buf
+        if not buf:
+            self._first_at = time.monotonic()
+        if self._row is None:
+            buf += records.values
+        else:
+            buf += map(self._row, records)
         if len(buf) >= self._batch_size or (
             self._upsert and time.monotonic() - self._first_at >= self._sink.max_delay
         ):
@@ -198,27 +214,44 @@ class _PgPart:
 
     def _rows(self, buf: list[Any]) -> list[Sequence[Any]]:
         """The rows as sequences in the order of ``self._columns`` (fixed by the first row)."""
-        first = buf[0]
         columns = self._columns
         if columns is None:
-            columns = list(first) if isinstance(first, Mapping) else self._table_columns
+            first = buf[0]
+            if type(first) in (tuple, list):
+                named = None
+            elif isinstance(first, tuple) and hasattr(first, "_fields"):
+                named = first._fields  # a NamedTuple names its columns
+            else:
+                named = _as_mapping(first)
+            columns = list(named) if named is not None else self._table_columns
             self._check_columns(columns)
             self._columns = columns
         width = len(columns)
         out: list[Sequence[Any]] = []
         for r in buf:
-            if isinstance(r, Mapping):
-                if len(r) != width:
-                    extra = sorted(set(r) - set(columns))
-                    raise ValueError(f"row {r!r} has columns {extra} not in {columns}")
-                try:
-                    out.append([r[c] for c in columns])
-                except KeyError as e:
-                    raise ValueError(f"row {r!r} lacks column {e.args[0]!r}") from None
-            else:
+            t = type(r)
+            if t is tuple or t is list:
                 if len(r) != width:
                     raise ValueError(f"row {r!r} has {len(r)} values, expected {width} {columns}")
                 out.append(r)
+                continue
+            m = _as_mapping(r)
+            if m is None:
+                if isinstance(r, tuple | list):  # a NamedTuple or list subclass
+                    if len(r) != width:
+                        raise ValueError(
+                            f"row {r!r} has {len(r)} values, expected {width} {columns}"
+                        )
+                    out.append(r)
+                    continue
+                raise _not_a_row(r)
+            if len(m) != width:
+                extra = sorted(set(m) - set(columns))
+                raise ValueError(f"row {r!r} has columns {extra} not in {columns}")
+            try:
+                out.append([m[c] for c in columns])
+            except KeyError as e:
+                raise ValueError(f"row {r!r} lacks column {e.args[0]!r}") from None
         return out
 
     def _flush(self) -> None:
@@ -357,8 +390,8 @@ class PostgresSink(StatefulSink):
 
     ``row(record)`` gives a record's row: a dict column -> value, or a tuple in the order of
     ``columns`` (default: the table's columns). By default the record's value is the row
-    (dicts, tuples and dataclasses). Rows go in batches of ``batch_size`` (COPY; upserts
-    through a staging table), never one round trip per record.
+    (dicts, tuples, named tuples and dataclasses). Rows go in batches of ``batch_size`` (COPY;
+    upserts through a staging table), never one round trip per record.
 
     - ``mode="exactly_once"`` (default): two-phase commit (see the module docs). Every row
       appears exactly once after any crash, visible once the snapshot that covers it commits.
@@ -412,7 +445,7 @@ class PostgresSink(StatefulSink):
         self.table = table
         self.mode: Mode = mode
         self.key_columns = tuple(key_columns)
-        self.row = row or _default_row
+        self.row = row
         self.columns = list(columns) if columns is not None else None
         self.parts = parts
         self.batch_size = batch_size

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import islice
 from typing import Any, BinaryIO
 
 from malstrom.formats._base import FileReader, FileWriter, Format
@@ -40,36 +41,33 @@ class _LineReader:
         f = self._f
         if f is None:
             return [], range(0)
-        values: list[Any] = []
-        offset = self._offset
-        enc = self._encoding
+        raws = list(islice(f, n))  # whole lines (the last one may lack its newline at EOF)
+        if len(raws) < n:
+            self.close()
+        start = self._offset
+        self._offset = start + sum(map(len, raws))
+        # Lines end at b"\n", so a run of whole lines decodes as one piece.
+        text = b"".join(raws).decode(self._encoding)
+        lines = text.split("\n")
+        if text.endswith("\n") or not text:
+            lines.pop()
+        if "\r" in text:
+            lines = [line.removesuffix("\r") for line in lines]
         parse = self._parse
-        readline = f.readline
-        while len(values) < n:
-            raw = readline()
-            if not raw:
-                self.close()
-                break
-            start = offset
-            offset += len(raw)
-            # A last line without its newline (the file is still being written) counts only
-            # once the file ends for good: it is taken as it is at EOF.
-            text = raw.decode(enc)
-            if text.endswith("\n"):
-                text = text[:-1].removesuffix("\r")
-            if parse is None:
-                values.append(text)
-                continue
-            if self._skip_blank and not text.strip():
-                continue
-            try:
-                values.append(parse(text))
-            except ValueError as e:
-                self._offset = start
-                raise ValueError(f"{self._path}, byte {start}: {e}") from e
+        if parse is None:
+            values: list[Any] = lines
+        else:
+            values = []
+            offset = start
+            for raw, line in zip(raws, lines):
+                if not (self._skip_blank and not line.strip()):
+                    try:
+                        values.append(parse(line))
+                    except ValueError as e:
+                        raise ValueError(f"{self._path}, byte {offset}: {e}") from e
+                offset += len(raw)
         start_index = self._index
         self._index = start_index + len(values)
-        self._offset = offset
         return values, range(start_index, self._index)
 
     def is_finished(self) -> bool:

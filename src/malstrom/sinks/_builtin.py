@@ -110,6 +110,16 @@ class _FilePart:
             self._buf = []
             self._writer.write(buf)
 
+    def sink_batch(self, records: RecordBatch) -> None:
+        buf = self._buf
+        if self._value is _value:
+            buf += records.values
+        else:
+            buf += map(self._value, records)
+        if len(buf) >= 1024:
+            self._buf = []
+            self._writer.write(buf)
+
     def snapshot(self) -> object:
         if self._buf:
             buf, self._buf = self._buf, []

@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 
 from malstrom.formats import Format, Lines
 from malstrom.keyed.partitioners import stable_hash
-from malstrom.sinks._protocols import StatefulSink
+from malstrom.sinks._protocols import RecordBatch, StatefulSink
 from malstrom.types import Record
 
 __all__ = ["DirectorySink"]
@@ -89,6 +89,12 @@ class _DirPart:
     def sink(self, record: Record) -> None:
         buf = self._buf
         buf.append(record.value)
+        if len(buf) >= self._buffer_rows:
+            self._write()
+
+    def sink_batch(self, records: RecordBatch) -> None:
+        buf = self._buf
+        buf += records.values
         if len(buf) >= self._buffer_rows:
             self._write()
 

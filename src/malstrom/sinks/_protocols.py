@@ -66,7 +66,9 @@ class StatefulSinkPartition(Protocol):
     """One part of a stateful sink, living on exactly one worker.
 
     Partitions that take part in two-phase commit also define ``commit(version)``, called once
-    the snapshot version that covered their writes is committed.
+    the snapshot version that covered their writes is committed. A partition may also offer
+    ``sink_batch(records: RecordBatch)``, which the runtime then prefers: it gets the part's
+    records of one batch at once, without a Record object per record.
     """
 
     def sink(self, record: Record) -> None:
