@@ -15,9 +15,10 @@ exactly-once sinks writing to it.
 
 Transaction ids are ``<transaction_prefix>:<part>:<build id>:<n>``: the build id is random per
 part build, so a process of a failed attempt can never commit a transaction of the attempt
-that replaced it. ``transaction_prefix`` (default ``malstrom:<table>``) must be unique among
-the jobs and sink operators writing exactly-once to one database cluster: a restore rolls back
-the prepared transactions of its prefix it does not know.
+that replaced it. ``transaction_prefix`` (default ``malstrom:<table>``, followed by ``:<sink
+operator name>`` where the engine tells the sink its name) must be unique among the jobs and
+sink operators writing exactly-once to one database cluster: a restore rolls back the prepared
+transactions of its prefix it does not know.
 """
 
 from __future__ import annotations
@@ -451,7 +452,17 @@ class PostgresSink(StatefulSink):
         self.batch_size = batch_size
         self.max_delay = max_delay
         self.transaction_prefix = prefix
+        self._default_prefix = transaction_prefix is None
         self.connect_timeout = connect_timeout
+
+    def bind_operator(self, name: str) -> None:
+        """Learn the sink operator's name (when the engine tells it): the default
+        transaction prefix then names it too, so two exactly-once sinks of one job may
+        write to the same table."""
+        if self._default_prefix:
+            prefix = f"malstrom:{self.table}:{name}"
+            if len(prefix) <= 160 and prefix.isprintable():
+                self.transaction_prefix = prefix
 
     def assign_part(self, key: Any) -> Hashable:
         """The part (0 .. parts-1) a record with ``key`` goes to."""
