@@ -23,6 +23,7 @@ from malstrom.runtime._multi import MultiProcessRuntime
 from malstrom.sinks import DirectorySink, ListSink
 from malstrom.snapshot import InMemoryPersistence, LocalDiskPersistence
 from malstrom.sources import DirectorySource, IterSource
+from malstrom.sources._directory import engine_relists
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -197,16 +198,13 @@ def test_directory_source_errors(tmp_path: Path) -> None:
         DirectorySource(tmp_path / "nope")
     with pytest.raises(ValueError, match="watch"):
         DirectorySource(tmp_path, watch=0)
+    if not engine_relists():
+        with pytest.raises(NotImplementedError, match="relist_interval"):
+            DirectorySource(tmp_path, watch=1)
     with pytest.raises(ValueError, match="parts"):
         DirectorySink(tmp_path, parts=0)
     with pytest.raises(TypeError, match="format"):
         DirectorySink(tmp_path, JsonLines)  # type: ignore[arg-type]
-
-
-def _engine_grows_sources() -> bool:
-    from malstrom.operators.io import SourceOp
-
-    return hasattr(SourceOp, "_relist")
 
 
 def watch_job(provider: Any, workdir: str) -> None:
@@ -236,7 +234,7 @@ def wait_published(work: Path, count: int, handle: Any, timeout: float = 60) -> 
 
 
 @pytest.mark.skipif(
-    not _engine_grows_sources(),
+    not engine_relists(),
     reason="needs the engine's support for sources whose parts grow (relist_interval)",
 )
 def test_watching_directory_source_reads_new_files_once_across_kill_stop_and_rescale(

@@ -21,6 +21,13 @@ WATCHING = "<watching>"
 watching source ends only when the job is stopped."""
 
 
+def engine_relists() -> bool:
+    """Whether the engine lists a source's parts again while it runs (``relist_interval``)."""
+    from malstrom.operators.io import SourceOp
+
+    return hasattr(SourceOp, "_relist")
+
+
 class _Done:
     """A file read to its end: rebuilt without opening it (it may be gone by now)."""
 
@@ -108,6 +115,11 @@ class DirectorySource(StatefulSource):
             raise ValueError(f"DirectorySource: watch must be > 0 seconds, got {watch!r}")
         if not os.path.isdir(self._dir):
             raise NotADirectoryError(f"DirectorySource: {self._dir!r} is not a directory")
+        if watch is not None and not engine_relists():
+            raise NotImplementedError(
+                "DirectorySource(watch=...) needs the engine's support for sources whose parts "
+                "grow while the job runs (relist_interval), which this build lacks"
+            )
         self._pattern = pattern
         self._watch = watch
         if watch is not None:

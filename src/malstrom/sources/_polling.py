@@ -103,7 +103,7 @@ class PollingSource(StatefulSource):
     whose result was emitted after the last committed snapshot is repeated after a failure,
     so ``fn`` may be called more than once for a slot, and the repeated call may see newer
     data (an API is not a replayable log): make ``fn`` idempotent, or ask the API for data as
-    of a time you pass in.
+    of a time you pass in. ``clock`` is the wall clock in seconds (replace it in tests).
     """
 
     def __init__(

@@ -100,7 +100,8 @@ class StdInSource(StatelessSource):
     It reads the standard input of the process its part runs in: use it with
     :class:`~malstrom.SingleThreadRuntime` (or a ``malstrom worker`` whose stdin you feed);
     worker processes of ``MultiProcessRuntime`` have no standard input. ``stream`` reads
-    another binary stream instead (e.g. a pipe).
+    another binary stream instead (e.g. a pipe). At most ``buffer_chunks`` chunks of lines
+    (up to 64 KiB each) wait between the reader thread and the job.
     """
 
     def __init__(
