@@ -245,40 +245,53 @@ class _CsvReader:
         f = self._f
         assert f is not None
         enc = self._encoding
-        while raw := f.readline():
+        for raw in f:
             self._offset += len(raw)
             yield raw.decode(enc)
 
     def _poll_columns(self, n: int) -> tuple[list[Any], range]:
         if self._f is None:
             return [], range(0)
-        values: list[Any] = []
+        start = self._offset
+        try:
+            rows = list(islice(self._rows, n))
+        except csv.Error as e:
+            raise ValueError(f"{self._path}, in the rows after byte {start}: bad CSV: {e}") from e
+        if len(rows) < n:
+            self.close()
+        if not all(rows):
+            rows = [r for r in rows if r]  # blank lines
         columns = self._columns
-        conv = self._conv
-        rows = self._rows
-        width = len(columns) if columns is not None else None
-        while len(values) < n:
-            start = self._offset
-            try:
-                row = next(rows)
-            except StopIteration:
-                self.close()
-                break
-            except csv.Error as e:
-                raise ValueError(f"{self._path}, byte {start}: bad CSV: {e}") from e
-            if not row:
-                continue  # a blank line
-            if width is not None and len(row) != width:
+        if columns is not None:
+            width = len(columns)
+            if any(len(r) != width for r in rows):
+                i, bad = next((i, r) for i, r in enumerate(rows) if len(r) != width)
                 raise ValueError(
-                    f"{self._path}, byte {start}: row has {len(row)} fields, "
-                    f"expected {width} ({columns})"
+                    f"{self._path}, record {self._index + i} (in the rows after byte {start}): "
+                    f"row has {len(bad)} fields, expected {width} ({columns})"
                 )
-            if conv is not None:
-                try:
-                    row = [v if c is None else c(v) for c, v in zip(conv, row)]
-                except (TypeError, ValueError) as e:
-                    raise ValueError(f"{self._path}, byte {start}: {e}") from e
-            values.append(dict(zip(columns, row)) if columns is not None else row)
+        conv = self._conv
+        if conv is not None and rows and columns is None and len({len(r) for r in rows}) > 1:
+            try:  # rows of different lengths: convert row by row
+                rows = [
+                    [v if c is None else c(v) for c, v in zip(conv, r)] + r[len(conv) :]
+                    for r in rows
+                ]
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{self._path}, in the rows after byte {start}: {e}") from e
+        elif conv is not None and rows:
+            # Convert column by column (one C-level map per column), then rebuild the rows.
+            cols: list[Any] = list(zip(*rows))
+            for j, c in enumerate(conv[: len(cols)]):
+                if c is not None:
+                    try:
+                        cols[j] = list(map(c, cols[j]))
+                    except (TypeError, ValueError) as e:
+                        raise ValueError(
+                            f"{self._path}, column {j} in the rows after byte {start}: {e}"
+                        ) from e
+            rows = list(zip(*cols)) if columns is not None else list(map(list, zip(*cols)))
+        values: list[Any] = [dict(zip(columns, r)) for r in rows] if columns is not None else rows
         start_index = self._index
         self._index = start_index + len(values)
         return values, range(start_index, self._index)
