@@ -254,7 +254,7 @@ class _CsvReader:
             return [], range(0)
         start = self._offset
         try:
-            rows = list(islice(self._rows, n))
+            rows: list[Any] = list(islice(self._rows, n))
         except csv.Error as e:
             raise ValueError(f"{self._path}, in the rows after byte {start}: bad CSV: {e}") from e
         if len(rows) < n:
@@ -290,7 +290,7 @@ class _CsvReader:
                         raise ValueError(
                             f"{self._path}, column {j} in the rows after byte {start}: {e}"
                         ) from e
-            rows = list(zip(*cols)) if columns is not None else list(map(list, zip(*cols)))
+            rows = list(map(list, zip(*cols)))
         values: list[Any] = [dict(zip(columns, r)) for r in rows] if columns is not None else rows
         start_index = self._index
         self._index = start_index + len(values)
