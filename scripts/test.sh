@@ -4,9 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The multi-host tests build network namespaces with iproute2 (they need root).
-if ! command -v ip >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null
+# Debian packages the tests need: iproute2 (the multi-host tests build network namespaces,
+# as root) and the PostgreSQL server (the PostgresSink tests start a throw-away server).
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null \
+  || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "== apt-get install ${need[*]}"
+  log=$(mktemp)
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      --no-install-recommends "${need[@]}"; } >"$log" 2>&1; then
+    cat "$log"; rm -f "$log"; exit 1
+  fi
+  rm -f "$log"
 fi
 echo "== ruff"; .venv/bin/ruff check src tests examples bench
 echo "== mypy"; .venv/bin/mypy

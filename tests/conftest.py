@@ -61,3 +61,33 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsConfig:
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return TlsConfig(d / "node.pem", d / "node.key", d / "ca.pem")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Any:
+    """A PostgreSQL server for the session (scripts/test.sh installs the Debian package)."""
+    from malstrom.testing._postgres import temporary_postgres
+
+    with temporary_postgres() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def pg(postgres_server: str) -> Any:
+    """A fresh database on the session's server; yields its DSN."""
+    import secrets
+
+    import psycopg
+
+    name = f"t_{secrets.token_hex(4)}"
+    with psycopg.connect(postgres_server, autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    dsn = postgres_server.rsplit("/", 1)[0] + "/" + name
+    yield dsn
+    with psycopg.connect(dsn, autocommit=True) as c:
+        for (gid,) in c.execute(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database()"
+        ).fetchall():
+            c.execute(f"ROLLBACK PREPARED '{gid}'")
+    with psycopg.connect(postgres_server, autocommit=True) as c:
+        c.execute(f"DROP DATABASE {name} WITH (FORCE)")

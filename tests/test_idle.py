@@ -20,9 +20,7 @@ class _Parts:
     """Part ``fast`` yields ``n`` records (ts 0..n-1), 50 per poll and one poll every
     ``pace`` seconds; part ``slow`` waits ``wait`` seconds first."""
 
-    def __init__(
-        self, fast: int, slow: int | None, n: int, wait: float, pace: float = 0.0
-    ) -> None:
+    def __init__(self, fast: int, slow: int | None, n: int, wait: float, pace: float = 0.0) -> None:
         self.fast, self.slow, self.n, self.wait, self.pace = fast, slow, n, wait, pace
 
     def list_parts(self) -> list[int]:

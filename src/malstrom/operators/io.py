@@ -400,7 +400,11 @@ class StatelessSinkOp(Operator):
 
 
 class StatefulSinkOp(Operator):
-    """Routes each record to its part (``assign_part(key)``); parts snapshot and restore."""
+    """Routes each record to its part (``assign_part(key)``); parts snapshot and restore.
+
+    A part's records of one batch go to its ``sink_batch(records)`` when it has one (a
+    :class:`RecordBatch`), else to ``sink(record)`` one by one.
+    """
 
     def __init__(self, name: str, impl: Any, ctx: BuildContext) -> None:
         super().__init__(name)
@@ -434,25 +438,61 @@ class StatefulSinkOp(Operator):
 
     def on_batch(self, batch: Batch, port: int) -> None:
         self._fence()  # nothing of an attempt that is over reaches the sink
-        parts = self.parts
+        keys = batch.keys
         assigned = self._assigned
-        assign = self.impl.assign_part
-        k = v = t = None
+        owners = list(map(assigned.get, keys))
+        if None in owners:
+            assign = self.impl.assign_part
+            k = None
+            try:
+                for i, k in enumerate(keys):
+                    if owners[i] is None:
+                        part = assigned.get(k)
+                        if part is None:
+                            part = assigned[k] = assign(k)
+                        owners[i] = part
+            except Exception as e:
+                raise user_error(self.name, e, batch.record(keys.index(k))) from e
+        first = owners[0]
+        if owners.count(first) == len(owners):  # one part takes the whole batch (common)
+            self._write(first, batch.keys, batch.values, batch.timestamps)
+        else:
+            groups: dict[Any, list[int]] = {}
+            for i, part in enumerate(owners):
+                g = groups.get(part)
+                if g is None:
+                    groups[part] = [i]
+                else:
+                    g.append(i)
+            ks, vs, ts = batch.keys, batch.values, batch.timestamps
+            for part, idx in groups.items():
+                self._write(part, [ks[i] for i in idx], [vs[i] for i in idx], [ts[i] for i in idx])
+        if len(assigned) > 100_000:
+            assigned.clear()
+
+    def _write(self, part: Any, keys: Any, values: Any, stamps: Any) -> None:
+        """Hand one part its records: ``sink_batch`` when the part has it, else one by one."""
+        p = self.parts.get(part)
+        if p is None:
+            p = self.parts[part] = self._build(part, None)
+        sink_batch = getattr(p, "sink_batch", None)
+        if sink_batch is not None:
+            try:
+                sink_batch(RecordBatch(keys, values, stamps))
+            except (OperatorError, AttemptFenced):
+                raise
+            except Exception as e:
+                raise user_error(self.name, e) from e
+            return
+        sink = p.sink
+        rec = None
         try:
-            for k, v, t in zip(batch.keys, batch.values, batch.timestamps):
-                part = assigned.get(k)
-                if part is None:
-                    part = assigned[k] = assign(k)
-                p = parts.get(part)
-                if p is None:
-                    p = parts[part] = self._build(part, None)
-                p.sink(make_record((k, v, t)))
+            for rec in map(make_record, zip(keys, values, stamps)):
+                sink(rec)
         except (OperatorError, AttemptFenced):
             raise
         except Exception as e:
-            raise user_error(self.name, e, make_record((k, v, t))) from e
-        if len(assigned) > 100_000:
-            assigned.clear()
+            raise user_error(self.name, e, rec) from e
 
     def on_epoch(self, ts: Any) -> None:
         if ts is MAX:

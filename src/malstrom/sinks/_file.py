@@ -1,4 +1,4 @@
-"""FileSink: one line per record in a file, or one file per key; exactly once.
+"""FileSink: records appended to a file (or one file per key) in a text format; exactly once.
 
 **Exactly once.** A part snapshots its file's length; restoring cuts the file back to that
 length before writing resumes, so after any crash and restart the file holds every record
@@ -11,9 +11,11 @@ newest attempt that used the sink's files: a part of an older attempt is refused
 (:class:`~malstrom._errors.AttemptFenced`) and its output never reaches the file; a newer one
 takes the fence over. The fence file sits next to the output: ``.<name>.malstrom-fence`` for a
 single file, ``.malstrom-fence`` in the directory of per-key files. Parts buffer their lines
-in memory and write them at snapshots (and every 16 KiB); an aborted part drops its buffer.
+in memory, encoded by the format, and write them at snapshots (and every 16 KiB); an aborted
+part drops its buffer.
 
-**Per-key file names.** A key's file is ``<encoded str(key)>.txt``: letters, digits, ``_``,
+**Per-key file names.** A key's file is ``<encoded str(key)><suffix>`` (``.txt``, ``.csv``,
+``.jsonl`` by format): letters, digits, ``_``,
 ``-`` and ``.`` stay as they are (except a leading ``.``); every other byte of the key's
 UTF-8 text is written ``%XX``, and the empty text is ``%``. So a key never names a path
 outside the directory (``../x``, ``/etc/x``, NUL), names are reversible
@@ -27,13 +29,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import time
 from collections.abc import Hashable, Iterator
 from typing import Any
 
 from malstrom._errors import AttemptFenced
-from malstrom.sinks._protocols import StatefulSink
+from malstrom.formats import Format, Lines
+from malstrom.sinks._protocols import RecordBatch, StatefulSink
 from malstrom.types import Record
 
 try:
@@ -157,15 +161,19 @@ class _Fence:
 
 class _FilePart:
     def __init__(
-        self, path: str, state: object | None, fmt: Any, fence: _Fence, attempt: int
+        self,
+        path: str,
+        state: object | None,
+        value: Any,
+        format: Format,
+        fence: _Fence,
+        attempt: int,
     ) -> None:
         self._fd: int | None = None
-        self._fmt = fmt
+        self._value = value
         self._path = path
         self._fence = fence
         self._attempt = attempt
-        self._buf: list[bytes] = []
-        self._buffered = 0
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, exist_ok=True)
@@ -190,18 +198,26 @@ class _FilePart:
         self._fd = fd
         self._pos = want
         self._synced = False
+        # The format encodes into memory; _write moves the bytes to the file under the fence.
+        self._pending = io.BytesIO()
+        self._writer = format._writer(self._pending, path, want > 0)
 
     def sink(self, record: Record) -> None:
-        line = (self._fmt(record) + "\n").encode()
-        self._buf.append(line)
-        self._buffered += len(line)
-        if self._buffered >= _FLUSH_BYTES:
+        self._writer.write([self._value(record)])
+        if self._pending.tell() >= _FLUSH_BYTES:
+            self._write()
+
+    def sink_batch(self, records: RecordBatch) -> None:
+        value = self._value
+        self._writer.write(records.values if value is _value else list(map(value, records)))
+        if self._pending.tell() >= _FLUSH_BYTES:
             self._write()
 
     def _write(self) -> None:
-        if not self._buf:
+        pending = self._pending
+        if not pending.tell():
             return
-        data = b"".join(self._buf)
+        data = pending.getvalue()
         fd = self._fd
         if fd is None:
             raise RuntimeError(f"FileSink: part {self._path} is closed")
@@ -210,8 +226,8 @@ class _FilePart:
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
-        self._buf = []
-        self._buffered = 0
+        pending.seek(0)
+        pending.truncate()
         self._pos += len(data)
         self._synced = False
 
@@ -228,9 +244,8 @@ class _FilePart:
         return pos
 
     def abort(self) -> None:
-        """Drop the buffered lines unwritten and close the file (the attempt is over)."""
-        self._buf = []
-        self._buffered = 0
+        """Drop the buffered records unwritten and close the file (the attempt is over)."""
+        self._pending = io.BytesIO()
         self._close()
 
     def _close(self) -> None:
@@ -240,25 +255,52 @@ class _FilePart:
             self._fd = None
 
     def __del__(self) -> None:
-        self._close()  # never writes: buffered lines of a dropped part are not output
+        self._close()  # never writes: buffered records of a dropped part are not output
+
+
+def _value(record: Record) -> Any:
+    return record.value
 
 
 class FileSink(StatefulSink):
-    """Writes one line per record (``fmt(record)``, default the value's ``str``) to a file.
+    """Writes the records to a file, one after the other, exactly-once.
 
-    With ``per_key=True`` each key gets its own file ``<path>/<name>.txt`` (``name`` encodes
-    ``str(key)`` so that it stays inside the directory: :meth:`file_name`); otherwise all
-    records go to the single file ``path``. The file's length is snapshotted; on restore the
-    file is cut back to that length before writing resumes, so after any crash and restart the
-    file holds every record exactly once. A part not covered by a snapshot (a fresh start)
-    starts with an empty file. Writes of a worker whose job attempt is over are refused (the
-    hidden ``.malstrom-fence`` file next to the output records the newest attempt).
+    ``format`` says how (:mod:`malstrom.formats`): by default one line per record,
+    ``str(value)``; ``Csv()`` (a header row first, then one row per dict or sequence) and
+    ``JsonLines()`` also append. ``fmt(record)`` gives what is written for a record (default:
+    its value). With ``per_key=True`` each key gets its own file ``<path>/<name><suffix>``
+    (``name`` encodes ``str(key)`` so that it stays inside the directory: :meth:`file_name`;
+    the suffix is the format's, ``.txt``, ``.csv``, ``.jsonl``); otherwise all records go to
+    the single file ``path``.
+
+    The file's length is snapshotted; on restore the file is cut back to that length before
+    writing resumes, so after any crash and restart the file holds every record exactly once.
+    A part not covered by a snapshot (a fresh start) starts with an empty file. Writes of a
+    worker whose job attempt is over are refused (the hidden ``.malstrom-fence`` file next to
+    the output records the newest attempt). Readers of the file may see records that a crash
+    later takes back: for output published only once its snapshot commits (and for Parquet),
+    use :class:`~malstrom.sinks.DirectorySink`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], fmt: Any = None, per_key: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fmt: Any = None,
+        per_key: bool = False,
+        *,
+        format: Format | None = None,
+    ) -> None:
         super().__init__(self)
         self._path = os.fspath(path)
-        self._fmt = fmt or (lambda r: str(r.value))
+        self._format = format if format is not None else Lines()
+        if not isinstance(self._format, Format):
+            raise TypeError(f"FileSink: format must be a malstrom.formats format, got {format!r}")
+        if not self._format.appendable:
+            raise ValueError(
+                f"FileSink appends to a file and cuts it back on restore, which {self._format!r} "
+                "files do not allow: use DirectorySink, which writes a new part file per snapshot"
+            )
+        self._fmt = fmt or _value
         self._per_key = per_key
         self._attempt = 0
         if per_key:
@@ -274,15 +316,16 @@ class FileSink(StatefulSink):
         return state
 
     @staticmethod
-    def file_name(key: Any) -> str:
-        """The name of the file that records with ``key`` go to (``per_key=True``)."""
-        return f"{encode_key(str(key))}.txt"
+    def file_name(key: Any, suffix: str = ".txt") -> str:
+        """The name of the file that records with ``key`` go to (``per_key=True``; ``suffix``
+        is the format's)."""
+        return f"{encode_key(str(key))}{suffix}"
 
     @staticmethod
-    def key_text(file_name: str) -> str | None:
+    def key_text(file_name: str, suffix: str = ".txt") -> str | None:
         """The ``str`` of the key a per-key file holds, from its name (``3.txt`` -> ``"3"``);
         None for the names of very long keys, which are cut and hashed."""
-        stem = file_name[:-4] if file_name.endswith(".txt") else file_name
+        stem = file_name.removesuffix(suffix) if suffix else file_name
         return decode_key(stem)
 
     def begin_attempt(self, attempt: int) -> None:
@@ -291,8 +334,10 @@ class FileSink(StatefulSink):
 
     def assign_part(self, key: Any) -> Hashable:
         """The file a record with ``key`` goes to."""
-        return os.path.join(self._path, self.file_name(key)) if self._per_key else self._path
+        if self._per_key:
+            return os.path.join(self._path, self.file_name(key, self._format.suffix))
+        return self._path
 
     def build_part(self, part: Any, state: object | None) -> _FilePart:
         """Open the file, cut back to the snapshotted length (empty on a fresh start)."""
-        return _FilePart(part, state, self._fmt, self._fence, self._attempt)
+        return _FilePart(part, state, self._fmt, self._format, self._fence, self._attempt)

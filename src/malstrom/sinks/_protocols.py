@@ -69,7 +69,9 @@ class StatefulSinkPartition(Protocol):
     ``commit(version)``, called once the snapshot version that covered their writes is
     committed. ``abort()`` is called when the worker's job attempt is over (it failed or was
     aborted): drop buffered output without writing or publishing it; the part is not used
-    again (a later attempt rebuilds it from the last committed snapshot).
+    again (a later attempt rebuilds it from the last committed snapshot). A partition may also
+    offer ``sink_batch(records: RecordBatch)``, which the runtime then prefers: it gets the
+    part's records of one batch at once, without a Record object per record.
     """
 
     def sink(self, record: Record) -> None:
