@@ -187,7 +187,7 @@ def test_directory_source_reads_each_file_once_across_a_restore(tmp_path: Path) 
         rt.execute()
     finally:
         io.BATCH_SIZE = old
-    assert rt.restored_from
+    assert rt.restored_from is not None
     got = sorted(int(x) for x in out.read_text().split())
     assert got == sorted(i * 1000 + j for i in range(6) for j in range(400))
 
