@@ -25,7 +25,13 @@ from malstrom.transport._grpc_auth import (
     make_channel,
     new_token,
 )
-from malstrom.transport._grpc_codegen import GENERATED, PROTO, generate, normalize_versions
+from malstrom.transport._grpc_codegen import (
+    GENERATED,
+    PROTO,
+    generate,
+    normalize_versions,
+    stamp_floors,
+)
 from malstrom.transport._grpc_control import (
     AdminClient,
     AdminError,
@@ -98,6 +104,9 @@ def test_generated_modules_match_the_proto(tmp_path: Path) -> None:
             assert normalize_versions(new) == normalize_versions(committed), (
                 f"{fresh.name} is stale: run python -m malstrom.transport._grpc_codegen"
             )
+        # The committed modules ask for the oldest grpcio/protobuf they run on, not for the
+        # generator's own version (which would exclude PyFlink's and others' pins).
+        assert stamp_floors(committed) == committed, f"{fresh.name}: run the codegen module"
     assert {p.name for p in tmp_path.rglob("*_pb2*")} == set(GENERATED)
 
 
@@ -434,3 +443,4 @@ def test_admin_round_trip_and_errors() -> None:
             admin.call("frobnicate")
     with AdminClient(server.address, AUTH) as admin, pytest.raises(TransportError):
         admin.call("status", timeout=1)
+
