@@ -94,7 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", parents=[common], help="run one worker of a cluster job")
     p.add_argument("app", metavar="APP")
     p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
-    p.add_argument("--listen", default="0.0.0.0", help="host to bind the data plane on")
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0",
+        help="HOST or HOST:PORT to bind the data plane on (default: any free port); a fixed "
+        "port is what a Kubernetes probe checks",
+    )
     p.add_argument(
         "--advertise",
         help="host peers reach this worker at (default: the local "
@@ -191,17 +196,29 @@ def _coordinator(args: argparse.Namespace) -> int:
     return 0 if sup.phase in ("finished", "stopped") else 1
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    """``HOST`` or ``HOST:PORT`` (IPv6 as ``[::]:PORT``); port 0 (any free one) if not given."""
+    host, sep, port = value.rpartition(":")
+    if not sep or (":" in host and not host.endswith("]")):  # a host alone, maybe bare IPv6
+        return value, 0
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen {value!r}: the port must be a number from 0 to 65535")
+    return host, int(port)
+
+
 def _worker(args: argparse.Namespace) -> int:
     from malstrom.runtime._process import cluster_worker_main, die_with_parent
 
     die_with_parent()
     auth, tls = _auth(args)
+    host, port = _host_port(args.listen)
     return cluster_worker_main(
         args.app,
         args.coordinator,
         auth,
         tls,
-        listen_host=args.listen,
+        listen_host=host,
+        listen_port=port,
         advertise=args.advertise,
         worker_id=args.id,
         reconnect_timeout=args.reconnect_timeout,
