@@ -80,7 +80,9 @@ def test_extras_and_all() -> None:
     }.items():
         assert package in {requirement_name(r) for r in extras[name]}, name
     (everything,) = extras["all"]
-    covered = set(re.fullmatch(r"malstrom\[(.*)\]", everything).group(1).split(","))  # type: ignore[union-attr]
+    m = re.fullmatch(r"malstrom\[(.*)\]", everything)
+    assert m is not None
+    covered = set(m.group(1).split(","))
     assert covered == set(extras) - {"all", "dev"}
     assert "malstrom[all]" in extras["dev"]
 
@@ -105,7 +107,7 @@ def test_dependency_floors_match_the_generated_code() -> None:
     assert ".".join(map(str, PROTOBUF_FLOOR)).startswith(lower_bound("protobuf"))
 
 
-# ----- grpcio / protobuf range ----------------------------------------------------------------------
+# ----- grpcio / protobuf range --------------------------------------------------------------------
 #: (grpcio, protobuf, grpcio-health-checking) combinations the transport is run on.
 FLOOR = (GRPCIO_FLOOR, ".".join(map(str, PROTOBUF_FLOOR)), GRPCIO_FLOOR)
 PYFLINK_2 = ("1.65.5", "5.29.6", "1.65.5")  # what pip picks beside apache-flink 2.3
@@ -221,7 +223,7 @@ def test_installs_beside_pyflink_2_and_quix_streams_3(tmp_path: Path) -> None:
     assert chosen["quixstreams"].startswith("3.")
 
 
-# ----- the README's first command on a fresh checkout ------------------------------------------------
+# ----- the README's first command on a fresh checkout ---------------------------------------------
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_demo_installs_the_library_only_and_runs(tmp_path: Path) -> None:
