@@ -359,8 +359,10 @@ class Supervisor(threading.Thread):
         try:
             self._run()
         finally:
-            self.server.close()
+            # Answer what is still waiting (e.g. a stop that arrived as the job finished)
+            # while the server can still send the answers.
             self._fail_requests(OperationRefused(f"the job is {self.phase}"))
+            self.server.close(grace=1.0)
             self.done.set()
 
     def _run(self) -> None:

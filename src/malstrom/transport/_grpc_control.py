@@ -289,13 +289,14 @@ class ControlServer:
         for w in ids:
             self.forget(w)
 
-    def close(self) -> None:
-        """Stop the server and every stream at once."""
+    def close(self, grace: float = 0.0) -> None:
+        """End every worker stream and stop the server; calls still running (an admin
+        command's answer) get ``grace`` seconds to finish."""
         with self._lock:
             links = list(self._links.values())
         for link in links:
             link._end()
-        self._server.stop(0).wait(2.0)
+        self._server.stop(grace).wait(grace + 2.0)
 
     def __enter__(self) -> ControlServer:
         return self
