@@ -1,5 +1,6 @@
-"""What Kubernetes probes see: a `malstrom coordinator` and `malstrom worker` processes (the
-worker on a fixed data port) answer `grpc.health.v1.Health/Check` while the job runs."""
+"""What Kubernetes sees of the processes: `malstrom coordinator` and `malstrom worker` (the
+worker on a fixed data port) answer `grpc.health.v1.Health/Check` while the job runs, and the
+coordinator leaves the job's final status in its termination log."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ def test_coordinator_and_workers_on_fixed_ports_answer_health_probes(tmp_path: P
         c.coord = c._spawn(
             "coordinator", APP, "-w", "2", "--listen", c.addr,
             "--persistence", str(tmp_path / "snap"), "--snapshot-interval", "0.2",
+            "--termination-log", str(tmp_path / "termination-log"),
         )  # fmt: skip
         for port in ports:
             c._spawn("worker", *c.worker_args(), "--listen", f"127.0.0.1:{port}")
@@ -43,6 +45,8 @@ def test_coordinator_and_workers_on_fixed_ports_answer_health_probes(tmp_path: P
     finally:
         c.close()
     check(tmp_path)
+    final = json.loads((tmp_path / "termination-log").read_text())
+    assert final["phase"] == "finished" and isinstance(final["last_committed"], int)
 
 
 def test_a_bad_worker_listen_port_is_a_clear_error(tmp_path: Path) -> None:

@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_job(p)
     p.add_argument("--listen", required=True, help="HOST:PORT for workers and admin calls")
+    p.add_argument(
+        "--termination-log",
+        metavar="PATH",
+        help="write the job's final status (JSON) there on exit; Kubernetes shows "
+        "/dev/termination-log as the container's termination message",
+    )
     _add_auth(p, True)
 
     p = sub.add_parser("worker", parents=[common], help="run one worker of a cluster job")
@@ -189,11 +195,23 @@ def _coordinator(args: argparse.Namespace) -> int:
     sup.start()
     while not sup.done.wait(0.2):
         pass
+    if args.termination_log:
+        _write_termination_log(args.termination_log, sup.status())
     if sup.failure is not None:
         print(f"malstrom: {sup.failure}", file=sys.stderr)
         return 1
     print(f"malstrom: job {sup.phase}", flush=True)
     return 0 if sup.phase in ("finished", "stopped") else 1
+
+
+def _write_termination_log(path: str, status: dict[str, Any]) -> None:
+    """The final status for an orchestrator (how the job ended, its last snapshot)."""
+    keys = ("phase", "last_committed", "restored_from", "failure")
+    try:
+        with open(path, "w") as f:
+            json.dump({k: status.get(k) for k in keys}, f)
+    except OSError as e:
+        log.warning("cannot write the termination log %s: %s", path, e)
 
 
 def _host_port(value: str) -> tuple[str, int]:
