@@ -36,16 +36,23 @@ def _render(args: argparse.Namespace) -> int:
     from malstrom.k8s._resources import render
     from malstrom.k8s._spec import JobSpec
 
-    spec = JobSpec.from_resource(_load(args.job))
+    job = _load(args.job)
+    spec = JobSpec.from_resource(job)
     objects = render(
         spec,
         workers=0 if spec.suspend else spec.parallelism,
         coordinator=0 if spec.suspend else 1,
         owned=False,
     )
+    namespaced = bool((job.get("metadata") or {}).get("namespace"))
+    if not namespaced:  # like the MalstromJob: for `kubectl apply -n NAMESPACE`
+        for obj in objects:
+            del obj["metadata"]["namespace"]
+    where = f" -n {spec.namespace}" if namespaced else ""
     print(
-        f"# The objects that run the MalstromJob {spec.name!r} (no operator needed).\n"
-        f"# Create its token first: kubectl -n {spec.namespace} create secret generic "
+        f"# The objects that run the job {spec.name!r} without the operator\n"
+        f"# (python -m malstrom.k8s render {args.job}).\n"
+        f"# Create its token first: kubectl{where} create secret generic "
         f"{spec.token_secret_name} --from-literal=token=$(openssl rand -hex 32)"
     )
     for obj in objects:

@@ -230,7 +230,8 @@ def worker_statefulset(spec: JobSpec, replicas: int, owned: bool = True) -> dict
         "worker",
         "$(MALSTROM_APP)",
         "--coordinator",
-        f"{spec.coordinator_host}:{COORDINATOR_PORT}",
+        # The Service's short name: the workers are in its namespace.
+        f"{spec.coordinator_name}:{COORDINATOR_PORT}",
         "--listen",
         f"0.0.0.0:{WORKER_PORT}",
         "--advertise",

@@ -84,7 +84,7 @@ class JobSpec:
 
     @property
     def coordinator_host(self) -> str:
-        """The coordinator Service's DNS name inside the cluster."""
+        """The coordinator Service's DNS name from anywhere in the cluster (the operator)."""
         return f"{self.coordinator_name}.{self.namespace}.svc"
 
     @staticmethod
