@@ -203,3 +203,41 @@ def test_scale_down_then_delete_stops_with_a_snapshot_a_new_job_resumes(
     assert sum(len(v) for v in updates.values()) == mp_sums.PARTS * mp_sums.PER_PART
     log = json.dumps(status)
     assert "Failed" not in log
+
+
+def test_the_kopf_handlers_run_the_same_rounds(tmp_path: Path) -> None:
+    """kopf needs an API server to run its event loop, so its handlers are called here as
+    kopf calls them (with the resource body), against the local cluster."""
+    kopf = pytest.importorskip("kopf")
+    from malstrom.k8s import _kopf as adapter
+
+    registry = kopf.get_default_registry()
+    changing = {(h.id, h.reason) for h in registry._changing.get_all_handlers()}
+    assert ("_on_change", kopf.Reason.CREATE) in changing
+    assert ("_on_change/spec", kopf.Reason.UPDATE) in changing
+    assert ("_on_delete", kopf.Reason.DELETE) in changing
+    assert [h.id for h in registry._spawning.get_all_handlers()] == ["_on_timer"]
+
+    with LocalCluster(tmp_path / "cluster", restart_backoff=0.5) as cluster:
+        adapter._operator = Operator(cluster, status_timeout=3.0)
+        try:
+            cluster.create(job_resource("kopf", parallelism=2, delay=0.3))
+            deadline = time.monotonic() + 120
+            while (cluster.get(NS, "kopf") or {}).get("status", {}).get("phase") != "Running":
+                assert time.monotonic() < deadline, cluster.get(NS, "kopf")
+                adapter._on_timer(body=cluster.get(NS, "kopf"))  # kopf's timer, and...
+                time.sleep(0.5)
+            cluster.patch_spec(NS, "kopf", {"parallelism": 3})
+            while (cluster.get(NS, "kopf") or {}).get("status", {}).get("workers") != 3:
+                assert time.monotonic() < deadline, cluster.get(NS, "kopf")
+                adapter._on_change(body=cluster.get(NS, "kopf"))  # ...its update handler
+                time.sleep(0.5)
+            cluster.delete(NS, "kopf")
+            adapter._on_delete(body=cluster.get(NS, "kopf"))  # stops with a snapshot
+            status = (cluster.get(NS, "kopf") or {})["status"]
+            assert status["phase"] == "Deleting" and isinstance(status["lastSnapshot"], int)
+            while cluster.pids("kopf-"):
+                assert time.monotonic() < deadline, cluster.pids("kopf-")
+                time.sleep(0.1)
+        finally:
+            adapter._operator = None
