@@ -176,7 +176,7 @@ def test_shipped_crd_and_plain_manifests_are_current() -> None:
         ROOT / "src" / "malstrom" / "k8s" / "crd.yaml"
     ).read_text()
     code = documents(DEPLOY / "example" / "events-code.yaml")[0]
-    assert code["data"]["events.py"] == (DEPLOY / "example" / "events.py").read_text()
+    assert code["data"]["events.py"] == (ROOT / "examples" / "events.py").read_text()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert k8s_main(["render", "deploy/kubernetes/example/events-job.yaml"]) == 0

@@ -1,9 +1,13 @@
-"""The example job of the Kubernetes manifests: an endless, resumable event stream counted per
-key. Each of 8 source parts emits 200 events a second; each event moves to the worker owning
-its key, where a running count per key is kept (snapshotted, so it survives restarts,
-rescales and suspends exactly once). Every 1,000th count of a key is logged.
+"""An endless job, the example of the command line and of the Kubernetes manifests.
 
-Run it anywhere: `malstrom run events.py:build -w 2 --persistence snap --snapshot-interval 5`.
+A resumable event stream counted per key: each of 8 source parts emits 200 events a second;
+each event moves to the worker owning its key, where a running count per key is kept
+(snapshotted, so it survives restarts, rescales and suspends exactly once). Every 1,000th
+count of a key is logged.
+
+    malstrom run examples/events.py:build -w 2 --persistence snap --snapshot-interval 5
+
+Ctrl-C stops it with a final snapshot; the next run resumes from it.
 """
 
 from __future__ import annotations
