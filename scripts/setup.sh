@@ -39,11 +39,12 @@ fi
 # The development install includes the library, so it also satisfies a --lib request.
 digest=$(sha256sum pyproject.toml | cut -c1-16)
 stamp_dir=.venv/.malstrom-setup
-if [ -f "$stamp_dir/$spec" ] && [ "$(cat "$stamp_dir/$spec")" = "$digest" ]; then
+stamp="$stamp_dir/installed${extras:+-$extras}"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$digest" ]; then
   exit 0
 fi
-if [ "$kind" = lib ] && [ -z "$extras" ] && [ -f "$stamp_dir/.[dev]" ] \
-    && [ "$(cat "$stamp_dir/.[dev]")" = "$digest" ]; then
+if [ "$kind" = lib ] && [ -z "$extras" ] && [ -f "$stamp_dir/installed-dev" ] \
+    && [ "$(cat "$stamp_dir/installed-dev")" = "$digest" ]; then
   exit 0
 fi
 
@@ -67,5 +68,5 @@ if [ "$code" -ne 0 ]; then
   echo "malstrom setup: pip install -e '$spec' failed (log: $stamp_dir/pip.log)" >&2
   exit 1
 fi
-echo "$digest" > "$stamp_dir/$spec"
+echo "$digest" > "$stamp"
 echo "malstrom setup: done in $((SECONDS - start)) s" >&2
