@@ -116,6 +116,13 @@ CASES = [
         expect={"phase": "Pending", "message": "waiting for the coordinator: connection refused"},
     ),
     Case(
+        "running, one status call failed, coordinator pod ready: still running",
+        expect={
+            "phase": "Running",
+            "message": "running on 2 workers (the last status call failed: connection refused)",
+        },
+    ),
+    Case(
         "running as asked: nothing to do",
         status=RUNNING,
         expect={"phase": "Running", "workers": 2, "lastSnapshot": 41},

@@ -3,8 +3,9 @@
     python -m malstrom.k8s crd                        print the CustomResourceDefinition
     python -m malstrom.k8s render JOB.yaml            print the objects that run a MalstromJob
     python -m malstrom.k8s operator [-n NAMESPACE]    run the operator (kopf) in a cluster
-    python -m malstrom.k8s local JOB.yaml [--root D]  run a MalstromJob on local processes
-                                                      (edit the file: the operator follows)
+    python -m malstrom.k8s local FILE.yaml... [--root D]   run a MalstromJob (and the
+                          ConfigMaps and Secrets beside it) on local processes; edit the
+                          MalstromJob's file and the operator follows
 """
 
 from __future__ import annotations
@@ -82,27 +83,43 @@ def _local(args: argparse.Namespace) -> int:
     import logging
     import time
 
+    import yaml
+
     from malstrom.k8s._local import LocalCluster, run_operator
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    job = _load(args.job)
+    others, job_file = [], None
+    for path in args.files:
+        with open(path) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+        if any(d.get("kind") == "MalstromJob" for d in docs):
+            if job_file is not None:
+                raise SystemExit("give one MalstromJob")
+            job_file = path
+        others += [d for d in docs if d.get("kind") in ("ConfigMap", "Secret")]
+    if job_file is None:
+        raise SystemExit("none of the files has a MalstromJob")
+    job = _load(job_file)
     meta = job.setdefault("metadata", {})
     meta.setdefault("namespace", "default")
     ns, name = meta["namespace"], meta["name"]
     stop = threading.Event()
     with LocalCluster(args.root) as cluster:
+        for obj in others:
+            obj.setdefault("metadata", {}).setdefault("namespace", ns)
+            cluster.apply(obj)
         cluster.create(job)
         loop = threading.Thread(target=run_operator, args=(cluster,), kwargs={"stop": stop})
         loop.start()
-        seen = Path(args.job).stat().st_mtime
+        seen = Path(job_file).stat().st_mtime
         last = None
         try:
             while cluster.get(ns, name) is not None:
                 time.sleep(0.5)
-                mtime = Path(args.job).stat().st_mtime
+                mtime = Path(job_file).stat().st_mtime
                 if mtime != seen:  # the file changed: apply its spec
                     seen = mtime
-                    cluster.patch_spec(ns, name, _load(args.job).get("spec") or {})
+                    cluster.patch_spec(ns, name, _load(job_file).get("spec") or {})
                 status = (cluster.get(ns, name) or {}).get("status") or {}
                 line = f"{status.get('phase')}: {status.get('message')}"
                 if line != last:
@@ -128,8 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("operator", help="run the operator (kopf)")
     p.add_argument("-n", "--namespace", action="append", help="watch only these namespaces")
     p.add_argument("--health-port", type=int, default=8080)
-    p = sub.add_parser("local", help="run a MalstromJob on local processes, following the file")
-    p.add_argument("job", help="a YAML file with one MalstromJob")
+    p = sub.add_parser("local", help="run a MalstromJob on local processes, following its file")
+    p.add_argument("files", nargs="+", help="YAML files: one MalstromJob, ConfigMaps, Secrets")
     p.add_argument("--root", default="malstrom-local", help="directory for volumes and logs")
     args = ap.parse_args(argv)
     if args.command == "crd":

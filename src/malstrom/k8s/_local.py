@@ -557,7 +557,7 @@ def run_operator(
 ) -> None:
     """The operator's loop over the local cluster's MalstromJobs until ``stop`` is set: what
     kopf's event handlers and timer do on a real cluster (one job after the other here)."""
-    operator = operator or Operator(cluster, status_timeout=2.0)
+    operator = operator or Operator(cluster)
     while not stop.is_set():
         wait = interval
         for job in cluster.jobs():

@@ -377,6 +377,13 @@ def _unreachable(
             f"(restarted {pod.restarts} times; the job resumes from its last snapshot)",
         }
         return plan
+    if pod is not None and pod.ready and old.get("phase") in ("Running", "Rescaling"):
+        # Its pod is up and ready: one status call that timed out (a busy coordinator) does
+        # not make a running job pending.
+        before = str(old.get("message") or "").split(" (the last status call failed")[0]
+        failed = f"(the last status call failed: {observed.job_error})"
+        plan.status = {**base, "phase": old["phase"], "message": f"{before} {failed}".strip()}
+        return plan
     phase = old.get("phase") if old.get("phase") in ("Pending", "Restarting") else "Pending"
     plan.status = {
         **base,
