@@ -59,7 +59,9 @@ def job_resource(name: str, parallelism: int, delay: float) -> dict[str, Any]:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    with LocalCluster(tmp_path / "cluster", restart_backoff=0.5, max_backoff=2.0) as c:
+    # The kubelet restarts an exited container at once the first time, then after 10 s,
+    # 20 s...; 2 s here keeps the tests short.
+    with LocalCluster(tmp_path / "cluster", restart_backoff=2.0, max_backoff=4.0) as c:
         stop = threading.Event()
         loop = threading.Thread(
             target=run_operator,
