@@ -1,16 +1,13 @@
 """Keyed streams: ``key_distribute`` re-keys records and sends each key to the worker owning it.
 
 Every worker runs the whole dataflow; records only move between workers at ``key_distribute``.
-Here numbers are keyed by parity, so with two workers the even numbers are all printed by one
-worker and the odd numbers by the other (which one is decided by the partitioner,
-``rendezvous_select`` by default, and is stable across runs).
-
-This runs on :class:`~malstrom.SingleThreadRuntime` today, where the one worker (id 0) owns
-both keys. The same ``build`` runs unchanged on two workers with the multi-process runtime
-(coming): ``MultiProcessRuntime(build, parallelism=2).execute()``.
+Here numbers are keyed by parity and the job runs on two worker processes, so the even numbers
+are all printed by one worker and the odd numbers all by one worker (which one is decided by
+the partitioner, ``rendezvous_select`` by default, and is the same on every run; with two
+keys it may be the same worker for both). Lines of the two workers interleave in any order.
 """
 
-from malstrom import OperatorContext, Record, SingleThreadRuntime, StreamProvider
+from malstrom import MultiProcessRuntime, OperatorContext, Record, StreamProvider
 from malstrom.sources import IterSource
 
 
@@ -19,7 +16,7 @@ def parity(value: int) -> str:
 
 
 def print_with_worker(record: Record, ctx: OperatorContext) -> None:
-    print(f"{record} @ Worker {ctx.worker_id}")
+    print(f"{record} @ Worker {ctx.worker_id}", flush=True)
 
 
 def build(provider: StreamProvider) -> None:
@@ -32,5 +29,4 @@ def build(provider: StreamProvider) -> None:
 
 
 if __name__ == "__main__":
-    # Same build on two workers (coming): MultiProcessRuntime(build, parallelism=2).execute()
-    SingleThreadRuntime(build).execute()
+    MultiProcessRuntime(build, parallelism=2).execute()

@@ -1,21 +1,22 @@
 """Parallelism: the same dataflow on several workers.
 
 Numbers are keyed by their own value with ``key_distribute``, doubled, and printed together
-with the id of the worker that processed them. With four workers the keys (and so the
-records) spread over workers 0 to 3; each key always lands on the same worker.
+with the id of the worker that processed them. On four workers the keys (and so the records)
+spread over workers 0 to 3; each key always lands on the same worker (the one
+``rendezvous_select`` picks), whatever the run.
 
 In Python a worker is an OS process (threads would share one GIL), so the multi-worker
-runtime is ``MultiProcessRuntime`` (coming): ``MultiProcessRuntime(build,
-parallelism=4).execute()`` runs this very ``build`` on four processes. Today the example runs
-on :class:`~malstrom.SingleThreadRuntime`, where every record is handled by worker 0.
+runtime is :class:`~malstrom.MultiProcessRuntime`: the very ``build`` that
+``SingleThreadRuntime(build).execute()`` runs on one worker runs here on four processes.
+Lines from different workers interleave in any order.
 """
 
-from malstrom import OperatorContext, Record, SingleThreadRuntime, StreamProvider
+from malstrom import MultiProcessRuntime, OperatorContext, Record, StreamProvider
 from malstrom.sources import IterSource
 
 
 def print_with_worker(record: Record, ctx: OperatorContext) -> None:
-    print(f"{record.value} @ Worker {ctx.worker_id}")
+    print(f"{record.value} @ Worker {ctx.worker_id}", flush=True)
 
 
 def build(provider: StreamProvider) -> None:
@@ -29,6 +30,4 @@ def build(provider: StreamProvider) -> None:
 
 
 if __name__ == "__main__":
-    # Same build on four worker processes (coming):
-    #     MultiProcessRuntime(build, parallelism=4).execute()
-    SingleThreadRuntime(build).execute()
+    MultiProcessRuntime(build, parallelism=4).execute()

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: install, lint, type-check, test.
-# Extra arguments go to pytest (e.g. `bash scripts/test.sh -m slow` for the soak tests).
+# The whole test suite, as CI runs it: install (library + development toolchain), lint,
+# type-check, test. Extra arguments go to pytest (e.g. `bash scripts/test.sh -m slow` for the
+# soak tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --dev
 # Debian packages the tests need: iproute2 (the multi-host tests build network namespaces,
 # as root) and the PostgreSQL server (the PostgresSink tests start a throw-away server).
 need=()

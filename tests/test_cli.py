@@ -153,7 +153,8 @@ class Cluster:
 
 
 def test_cluster_admin_snapshot_status_stop_then_resume(tmp_path: Path) -> None:
-    c = Cluster(tmp_path, delay=0.05)  # slow enough to be stopped before it completes
+    # Slow enough (about 5 s of input) that the job is still running when `stop` arrives.
+    c = Cluster(tmp_path, delay=0.05)
     try:
         c.start()
         deadline = time.monotonic() + 60

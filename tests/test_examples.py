@@ -164,14 +164,25 @@ def test_stateful_program_multiple_keys_sums_evens_and_odds() -> None:
 
 
 def test_keyed_streams_keys_by_parity() -> None:
+    """Two worker processes: each key on the worker the partitioner picks, every record once."""
+    from malstrom import rendezvous_select
+
     out = lines("keyed_streams")
-    assert out == [
-        f"{rec(repr('even' if n % 2 == 0 else 'odd'), n, n)} @ Worker 0" for n in range(101)
-    ]
+    expected = {
+        f"{rec(repr(parity), n, n)} @ Worker {rendezvous_select(parity, [0, 1])}"
+        for n in range(101)
+        for parity in ["even" if n % 2 == 0 else "odd"]
+    }
+    assert len(out) == 101 and set(out) == expected
 
 
-def test_multithreading_doubles_values_on_worker_0() -> None:
-    assert lines("multithreading") == [f"{2 * n} @ Worker 0" for n in range(101)]
+def test_multithreading_doubles_values_on_four_workers() -> None:
+    from malstrom import rendezvous_select
+
+    out = lines("multithreading")
+    expected = {f"{2 * n} @ Worker {rendezvous_select(n, [0, 1, 2, 3])}" for n in range(101)}
+    assert len(out) == 101 and set(out) == expected
+    assert len({line.rsplit(" ", 1)[1] for line in out}) > 1  # spread over several workers
 
 
 def test_rescaling_sums_per_parity() -> None:
@@ -330,3 +341,31 @@ def test_kafka_wordcount_is_exactly_once_on_two_workers() -> None:
             counts[(second // 10 * 10, word)] += 1
     expected = [f"[{s}s, {s + 10}s) {w}: {n}" for (s, w), n in sorted(counts.items())]
     assert lines("kafka_wordcount") == expected
+
+
+def test_events_runs_on_the_command_line_until_ctrl_c(tmp_path: Path) -> None:
+    """The README's command line example: `malstrom run examples/events.py:build ...` runs
+    until Ctrl-C, which stops it with a snapshot; a second run starts from there."""
+    import os
+    import signal
+    import time
+
+    from malstrom.snapshot import LocalDiskPersistence
+
+    snap = tmp_path / "snap"
+    cmd = [sys.executable, "-m", "malstrom.cli", "run", "examples/events.py:build", "-w", "2"]
+    cmd += ["--persistence", str(snap), "--snapshot-interval", "0.5"]
+    versions = []
+    for _ in range(2):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 90
+        start = LocalDiskPersistence(snap).last_committed()
+        while LocalDiskPersistence(snap).last_committed() in (None, start):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: stop with a final snapshot
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode in (0, 130), err
+        versions.append(LocalDiskPersistence(snap).last_committed())
+    assert versions[1] > versions[0]

@@ -25,7 +25,13 @@ from malstrom.transport._grpc_auth import (
     make_channel,
     new_token,
 )
-from malstrom.transport._grpc_codegen import GENERATED, PROTO, generate, normalize_versions
+from malstrom.transport._grpc_codegen import (
+    GENERATED,
+    PROTO,
+    generate,
+    normalize_versions,
+    stamp_floors,
+)
 from malstrom.transport._grpc_control import (
     AdminClient,
     AdminError,
@@ -99,6 +105,9 @@ def test_generated_modules_match_the_proto(tmp_path: Path) -> None:
             assert normalize_versions(new) == normalize_versions(committed), (
                 f"{fresh.name} is stale: run python -m malstrom.transport._grpc_codegen"
             )
+        # The committed modules ask for the oldest grpcio/protobuf they run on, not for the
+        # generator's own version (which would exclude PyFlink's and others' pins).
+        assert stamp_floors(committed) == committed, f"{fresh.name}: run the codegen module"
     assert {p.name for p in tmp_path.rglob("*_pb2*")} == set(GENERATED)
 
 
@@ -505,3 +514,36 @@ def test_admin_round_trip_and_errors() -> None:
             admin.call("frobnicate")
     with AdminClient(server.address, AUTH) as admin, pytest.raises(TransportError):
         admin.call("status", timeout=1)
+
+
+# ----- health -----------------------------------------------------------------------------------
+def health_check(address: str, timeout: float = 5.0) -> Any:
+    """What a Kubernetes ``grpc`` probe asks: ``grpc.health.v1.Health/Check``, no metadata."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout).status
+
+
+def test_coordinator_and_worker_servers_answer_health_checks_without_a_token() -> None:
+    from grpc_health.v1 import health_pb2
+
+    serving = health_pb2.HealthCheckResponse.SERVING
+    with ControlServer(AUTH) as server, GrpcExchange(0, AUTH) as worker:
+        assert health_check(server.address) == serving
+        assert health_check(worker.address) == serving
+        # Only health checks go without a token: the job's own services still refuse.
+        with grpc.insecure_channel(server.address) as channel:
+            call = channel.unary_unary(
+                "/malstrom.v1.Admin/Call",
+                request_serializer=pb.AdminRequest.SerializeToString,
+                response_deserializer=pb.AdminReply.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                call(pb.AdminRequest(command="status"), timeout=5)
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        address = server.address
+    with pytest.raises(grpc.RpcError) as err:  # a stopped server fails the probe
+        health_check(address, timeout=1)
+    assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)

@@ -111,12 +111,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_job(p)
     p.add_argument("--listen", required=True, help="HOST:PORT for workers and admin calls")
+    p.add_argument(
+        "--termination-log",
+        metavar="PATH",
+        help="write the job's final status (JSON) there on exit; Kubernetes shows "
+        "/dev/termination-log as the container's termination message",
+    )
     _add_auth(p, True)
 
     p = sub.add_parser("worker", parents=[common], help="run one worker of a cluster job")
     p.add_argument("app", metavar="APP")
     p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
-    p.add_argument("--listen", default="0.0.0.0", help="host to bind the data plane on")
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0",
+        help="HOST or HOST:PORT to bind the data plane on (default: any free port); a fixed "
+        "port is what a Kubernetes probe checks",
+    )
     p.add_argument(
         "--advertise",
         help="host peers reach this worker at (default: the local "
@@ -210,11 +221,33 @@ def _coordinator(args: argparse.Namespace) -> int:
     sup.start()
     while not sup.done.wait(0.2):
         pass
+    if args.termination_log:
+        _write_termination_log(args.termination_log, sup.status())
     if sup.failure is not None:
         print(f"malstrom: {sup.failure}", file=sys.stderr)
         return 1
     print(f"malstrom: job {sup.phase}", flush=True)
     return 0 if sup.phase in ("finished", "stopped") else 1
+
+
+def _write_termination_log(path: str, status: dict[str, Any]) -> None:
+    """The final status for an orchestrator (how the job ended, its last snapshot)."""
+    keys = ("phase", "last_committed", "restored_from", "failure")
+    try:
+        with open(path, "w") as f:
+            json.dump({k: status.get(k) for k in keys}, f)
+    except OSError as e:
+        log.warning("cannot write the termination log %s: %s", path, e)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """``HOST`` or ``HOST:PORT`` (IPv6 as ``[::]:PORT``); port 0 (any free one) if not given."""
+    host, sep, port = value.rpartition(":")
+    if not sep or (":" in host and not host.endswith("]")):  # a host alone, maybe bare IPv6
+        return value, 0
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen {value!r}: the port must be a number from 0 to 65535")
+    return host, int(port)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -224,12 +257,14 @@ def _worker(args: argparse.Namespace) -> int:
     die_with_parent()
     auth, tls = _auth(args)
     check_budget(args.source_turn_budget)
+    host, port = _host_port(args.listen)
     return cluster_worker_main(
         args.app,
         args.coordinator,
         auth,
         tls,
-        listen_host=args.listen,
+        listen_host=host,
+        listen_port=port,
         advertise=args.advertise,
         worker_id=args.id,
         reconnect_timeout=args.reconnect_timeout,

@@ -375,8 +375,9 @@ class Supervisor(threading.Thread):
         try:
             self._run()
         finally:
+            # Answer what is still waiting (e.g. a stop that arrived as the job finished)
+            # while the server can still send the answers.
             self._fail_requests(OperationRefused(f"the job is {self.phase}"))
-            # The answer to a stop (or a refusal) may still be on its way to an admin client.
             self.server.close(grace=1.0)
             self.done.set()
 

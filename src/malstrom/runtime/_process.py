@@ -144,6 +144,7 @@ def cluster_worker_main(
     tls: Any = None,
     *,
     listen_host: str = "0.0.0.0",
+    listen_port: int = 0,
     advertise: str | None = None,
     worker_id: int | None = None,
     reconnect_timeout: float = 300.0,
@@ -163,7 +164,10 @@ def cluster_worker_main(
     backoff = 0.2
     while True:
         exchange = GrpcExchange(
-            worker_id if worker_id is not None else -1, auth, tls, listen=f"{listen_host}:0"
+            worker_id if worker_id is not None else -1,
+            auth,
+            tls,
+            listen=f"{listen_host}:{listen_port}",
         )
         port = exchange.address.rpartition(":")[2]
         control = None

@@ -11,6 +11,9 @@ client sends a random nonce, the server answers with ``HMAC(token, nonce)`` in i
 metadata, and the client checks it (:func:`verify_server`) before unpickling anything. So
 pickle only ever flows between authenticated peers of one job (DESIGN invariant 8).
 Without TLS the token travels in clear text: use :class:`TlsConfig` across untrusted networks.
+
+Every server also answers the standard gRPC health checking protocol (``grpc.health.v1``,
+what Kubernetes' ``grpc`` probes call) without a token: it tells only that the process serves.
 """
 
 from __future__ import annotations
@@ -202,6 +205,8 @@ class _AuthInterceptor(grpc.ServerInterceptor):
         self._rejections = rejections
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: Any) -> Any:
+        if details.method.startswith(_HEALTH_METHODS):  # probes carry no job token
+            return continuation(details)
         md = dict(details.invocation_metadata or ())
         refusal = self._auth.check(md)
         handler = continuation(details)
@@ -293,6 +298,10 @@ _CHANNEL_OPTIONS = (
 )
 
 
+#: The health checking service's methods (answered without a token).
+_HEALTH_METHODS = "/grpc.health.v1.Health/"
+
+
 def make_server(
     auth: JobAuth,
     tls: TlsConfig | None = None,
@@ -307,8 +316,11 @@ def make_server(
     Add services, then call ``server.start()``. Every streaming RPC holds one thread of the
     pool while it lasts, so ``max_workers`` bounds the number of concurrent streams (threads
     are started only when needed). Refusals are logged and recorded in ``rejections``.
+    The server answers health checks (``grpc.health.v1``, status SERVING) once started.
     """
     from concurrent.futures import ThreadPoolExecutor
+
+    from grpc_health.v1 import health, health_pb2_grpc
 
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="malstrom-grpc"),
@@ -325,6 +337,7 @@ def make_server(
         raise TransportError(f"cannot listen on {listen}: {e}") from e
     if not port:
         raise TransportError(f"cannot listen on {listen}")
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
     return server, f"{host}:{port}"
 
 

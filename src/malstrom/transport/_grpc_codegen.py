@@ -4,6 +4,13 @@ Run ``python -m malstrom.transport._grpc_codegen`` after editing the ``.proto``;
 ``grpcio-tools`` (the ``dev`` extra). The generated modules are committed next to the
 ``.proto``; ``tests/test_transport.py`` regenerates them into a temporary directory and
 checks that nothing drifted.
+
+protoc stamps the generated modules with its own version as the oldest runtime they accept
+(``grpcio>=`` and ``protobuf>=``), which would force users onto the newest grpcio and
+protobuf. The committed modules carry :data:`GRPCIO_FLOOR` and :data:`PROTOBUF_FLOOR`
+instead: the oldest releases that run this code (``grpcio`` 1.64 added the registered-method
+calls the stubs use; ``protobuf`` 5.27 added the runtime version check the messages call).
+``tests/test_packaging.py`` runs the transport tests on exactly those releases.
 """
 
 from __future__ import annotations
@@ -12,12 +19,24 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["GENERATED", "PROTO", "generate", "normalize_versions"]
+__all__ = [
+    "GENERATED",
+    "GRPCIO_FLOOR",
+    "PROTO",
+    "PROTOBUF_FLOOR",
+    "generate",
+    "normalize_versions",
+    "stamp_floors",
+]
 
 #: The .proto file, inside the package (``src/malstrom/transport/malstrom.proto``).
 PROTO = Path(__file__).with_name("malstrom.proto")
 #: Names of the generated files, all next to the .proto.
 GENERATED = ("malstrom_pb2.py", "malstrom_pb2.pyi", "malstrom_pb2_grpc.py")
+#: The oldest grpcio the committed stubs accept (and the tests run on).
+GRPCIO_FLOOR = "1.64.0"
+#: The oldest protobuf runtime the committed messages accept (and the tests run on).
+PROTOBUF_FLOOR = (5, 27, 0)
 
 
 def generate(out_dir: Path | str) -> list[Path]:
@@ -68,14 +87,27 @@ def normalize_versions(text: str) -> str:
     return text
 
 
+def stamp_floors(text: str) -> str:
+    """``text`` with the generator's version numbers replaced by the supported floors."""
+    major, minor, patch = PROTOBUF_FLOOR
+    floors = (
+        f"# Protobuf Python Version: {major}.{minor}.{patch}",
+        rf"\1    {major},\n    {minor},\n    {patch},\n",
+        f"GRPC_GENERATED_VERSION = '{GRPCIO_FLOOR}'",
+    )
+    for (pattern, _), repl in zip(_VERSION_PATTERNS, floors, strict=True):
+        text = pattern.sub(repl, text)
+    return text
+
+
 def main() -> int:
-    """Regenerate the committed modules in place."""
+    """Regenerate the committed modules in place, stamped with the supported floors."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         for path in generate(tmp):
             dest = PROTO.with_name(path.name)
-            dest.write_bytes(path.read_bytes())
+            dest.write_text(stamp_floors(path.read_text()))
             print(f"wrote {dest}")
     return 0
 

@@ -290,8 +290,8 @@ class ControlServer:
             self.forget(w)
 
     def close(self, grace: float = 0.0) -> None:
-        """Stop the server and every stream; calls under way (an admin reply being sent) get
-        ``grace`` seconds to finish."""
+        """End every worker stream and stop the server; calls still running (an admin
+        command's answer) get ``grace`` seconds to finish."""
         with self._lock:
             links = list(self._links.values())
         for link in links:

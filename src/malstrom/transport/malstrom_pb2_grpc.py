@@ -5,7 +5,7 @@ import warnings
 
 from malstrom.transport import malstrom_pb2 as malstrom_dot_transport_dot_malstrom__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.64.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
