@@ -88,6 +88,11 @@ class GenerateEpochsOp(Operator):
             self._idle = True
             self.emit_epoch(IDLE)
 
+    def wake_at(self, now: float) -> float | None:
+        if self._idle or self.done or self.idle_timeout is None:
+            return None  # records arriving wake the worker
+        return self._last_record + self.idle_timeout
+
     def keys_moving(self, version: int) -> None:
         if self._moving is None:
             self._moving = version
