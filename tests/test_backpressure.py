@@ -18,10 +18,10 @@ from jobs import rescale_job as rj
 from malstrom import StatefulSink, StatefulSource, StreamProvider
 from malstrom.coordinator._coordinator import JobPhase
 from malstrom.runtime._backpressure import IntakeGate
-from malstrom.runtime._cluster import LocalCluster
 from malstrom.runtime._worker import WorkerPhase
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
+from malstrom.testing._cluster import LocalCluster
 from malstrom.transport._exchange import InPipe, LocalExchangeHub, OutPipe
 from malstrom.windows import Count, Tumbling
 

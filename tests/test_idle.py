@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from malstrom import BuildError, StatefulSource, StreamProvider, rendezvous_select
-from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import ListSink
+from malstrom.testing._cluster import run_local_cluster
 from malstrom.windows import Count, Tumbling
 
 pytestmark = pytest.mark.timeout(60)

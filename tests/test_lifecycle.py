@@ -12,11 +12,11 @@ import pytest
 from malstrom import MAX, OperatorError, SingleThreadRuntime, StatefulLogic
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
 from malstrom.coordinator._messages import BuildComplete, Heartbeat, StartBuild
-from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence, NoPersistence
 from malstrom.sources import IterSource
 from malstrom.testing import run_pipeline
+from malstrom.testing._cluster import run_local_cluster
 
 
 def test_stop_suspends_sources_so_resume_has_no_duplicates() -> None:

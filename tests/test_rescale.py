@@ -17,9 +17,9 @@ from jobs import rescale_job as rj
 
 from malstrom import StatefulSource, StatelessLogic, StreamProvider
 from malstrom.coordinator._coordinator import Coordinator, JobPhase, OperationRefused
-from malstrom.runtime._cluster import LocalCluster, run_local_cluster
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
+from malstrom.testing._cluster import LocalCluster, run_local_cluster
 from malstrom.windows import Tumbling
 
 pytestmark = pytest.mark.timeout(120)

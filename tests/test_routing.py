@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from malstrom.engine.operator import Batch, BuildContext
 from malstrom.keyed.distributor import DistributorOp
 from malstrom.keyed.partitioners import rendezvous_select
-from malstrom.runtime._engine import Batch, BuildContext
 
 
 class RecordingExchange:

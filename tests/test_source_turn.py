@@ -34,10 +34,10 @@ from malstrom import (
     StatelessSource,
     StreamProvider,
 )
-from malstrom.runtime._cluster import LocalCluster
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET
 from malstrom.snapshot import InMemoryPersistence, LocalDiskPersistence
 from malstrom.sources import FileSource, IterSource
+from malstrom.testing._cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(240)
 

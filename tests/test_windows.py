@@ -37,11 +37,11 @@ from malstrom import (
     StreamProvider,
 )
 from malstrom.operators.windows import WindowOp
-from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
 from malstrom.sources import IterSource
 from malstrom.testing import TimedSource
+from malstrom.testing._cluster import run_local_cluster
 from malstrom.windows import (
     Collect,
     Count,

@@ -16,8 +16,8 @@ with a runtime::
     SingleThreadRuntime(build).execute()
 """
 
-from malstrom._errors import BuildError, OperatorError
 from malstrom.coordinator._coordinator import OperationRefused
+from malstrom.errors import BuildError, OperatorError
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators.basic import OperatorContext, StatelessLogic
 from malstrom.operators.output import Output

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from malstrom._errors import BuildError
+from malstrom.engine.operator import BuildContext, Operator
+from malstrom.errors import BuildError
 from malstrom.keyed.distributor import DistributorOp
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators.basic import (
@@ -38,7 +39,6 @@ from malstrom.operators.stateful import (
 )
 from malstrom.operators.time import AssignTimestampsOp, GenerateEpochsOp
 from malstrom.operators.windows import WindowOp
-from malstrom.runtime._engine import BuildContext, Operator
 from malstrom.sinks._protocols import StatefulSink, StatelessSink
 from malstrom.sources._protocols import StatefulSource, StatelessSource
 from malstrom.types import Record

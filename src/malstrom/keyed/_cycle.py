@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from malstrom._errors import OperatorError, short_repr
+from malstrom.engine.operator import IDLE, Batch, Collect, Interrogate, Token
+from malstrom.errors import OperatorError, short_repr
 from malstrom.keyed.partitioners import group_table, key_group, rendezvous_select
-from malstrom.runtime._engine import IDLE, Batch, Collect, Interrogate, Token
 
 __all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "place", "split_transfers"]
 

@@ -41,17 +41,7 @@ from collections.abc import Callable, Sequence
 from itertools import compress
 from typing import Any
 
-from malstrom._errors import BuildError, OperatorError, short_repr
-from malstrom.keyed._cycle import (
-    Cycle,
-    RescaleMarker,
-    Transfer,
-    agreed_epoch,
-    place,
-    split_transfers,
-)
-from malstrom.operators._util import map_values, user_error
-from malstrom.runtime._engine import (
+from malstrom.engine.operator import (
     IDLE,
     Acquire,
     Barrier,
@@ -67,6 +57,16 @@ from malstrom.runtime._engine import (
     Rescale,
     Token,
 )
+from malstrom.errors import BuildError, OperatorError, short_repr
+from malstrom.keyed._cycle import (
+    Cycle,
+    RescaleMarker,
+    Transfer,
+    agreed_epoch,
+    place,
+    split_transfers,
+)
+from malstrom.operators._util import map_values, user_error
 
 __all__ = ["BARRIER_MARKER", "DistributorOp"]
 

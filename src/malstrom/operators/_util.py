@@ -5,8 +5,8 @@ from __future__ import annotations
 from operator import length_hint
 from typing import Any
 
-from malstrom._errors import OperatorError
-from malstrom.runtime._engine import Batch
+from malstrom.engine.operator import Batch
+from malstrom.errors import OperatorError
 from malstrom.types import Record
 
 __all__ = ["batch_error", "failed_index", "map_values", "user_error"]

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 from typing import Any
 
+from malstrom.engine.operator import Batch, BuildContext, Operator, make_record
 from malstrom.operators._util import map_values, user_error
 from malstrom.operators.output import Output
-from malstrom.runtime._engine import Batch, BuildContext, Operator, make_record
 from malstrom.types import NoKey
 
 __all__ = [

@@ -9,11 +9,7 @@ from itertools import repeat
 from time import monotonic
 from typing import Any
 
-from malstrom._errors import AttemptFenced, OperatorError
-from malstrom.keyed.partitioners import rendezvous_select
-from malstrom.operators._part_reader import BATCH_SIZE, PartReader
-from malstrom.operators._util import user_error
-from malstrom.runtime._engine import (
+from malstrom.engine.operator import (
     IDLE,
     Barrier,
     Batch,
@@ -24,6 +20,10 @@ from malstrom.runtime._engine import (
     Select,
     make_record,
 )
+from malstrom.errors import AttemptFenced, OperatorError
+from malstrom.keyed.partitioners import rendezvous_select
+from malstrom.operators._part_reader import BATCH_SIZE, PartReader
+from malstrom.operators._util import user_error
 from malstrom.sinks._protocols import RecordBatch, StatelessSinkImpl
 from malstrom.sources._protocols import StatefulSource, StatelessSource
 from malstrom.types import MAX, MIN

@@ -22,10 +22,10 @@ from itertools import count, islice
 from operator import itemgetter
 from typing import Any
 
-from malstrom._errors import OperatorError
+from malstrom.engine.operator import Batch, BuildContext, Operator, Select, make_record
+from malstrom.errors import OperatorError
 from malstrom.operators._util import user_error
 from malstrom.operators.windows import restore_frontier
-from malstrom.runtime._engine import Batch, BuildContext, Operator, Select, make_record
 from malstrom.windows import WindowAssigner
 
 __all__ = ["IntervalJoinOp", "WindowJoinOp"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from malstrom.runtime._engine import Batch
+from malstrom.engine.operator import Batch
 
 __all__ = ["Output"]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, Generic, TypeVar
 
+from malstrom.engine.operator import Batch, BuildContext, Operator, Select, make_record
 from malstrom.operators._util import user_error
 from malstrom.operators.output import _UNSET, Output
-from malstrom.runtime._engine import Batch, BuildContext, Operator, Select, make_record
 from malstrom.types import Record
 
 __all__ = ["ExpireMap", "StatefulLogic", "StatefulMapOp", "StatefulOpOp", "TtlMapOp"]

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from itertools import compress
 from typing import Any
 
-from malstrom._errors import OperatorError, short_repr
+from malstrom.engine.operator import IDLE, Batch, BuildContext, Operator
+from malstrom.errors import OperatorError, short_repr
 from malstrom.operators._util import map_values, user_error
 from malstrom.operators.windows import restore_frontier
-from malstrom.runtime._engine import IDLE, Batch, BuildContext, Operator
 from malstrom.types import MAX, MIN, Record
 
 __all__ = ["AssignTimestampsOp", "GenerateEpochsOp"]

@@ -28,9 +28,9 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
-from malstrom._errors import OperatorError
+from malstrom.engine.operator import Batch, BuildContext, Operator, Select, make_record
+from malstrom.errors import OperatorError
 from malstrom.operators._util import user_error
-from malstrom.runtime._engine import Batch, BuildContext, Operator, Select, make_record
 from malstrom.windows import Count, Session, Tumbling, WindowAssigner, WindowResult
 
 __all__ = ["WindowOp", "restore_frontier"]

@@ -13,8 +13,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from malstrom._errors import AttemptFenced, OperatorError
 from malstrom.coordinator._messages import Hello, WorkerFailed
+from malstrom.errors import AttemptFenced, OperatorError
 from malstrom.runtime._app import load_app
 from malstrom.runtime._single import build_graph
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET, Worker, WorkerPhase

@@ -12,7 +12,7 @@ saturated pipe (:mod:`malstrom.runtime._backpressure`).
 Fencing: the worker learns its job attempt from :class:`StartBuild` and puts it on every
 message, on its data-plane streams and in its blob names. Once the attempt is over (Abort
 received, the coordinator's link closed or silent), :meth:`Worker.fence` raises
-:class:`~malstrom._errors.AttemptFenced`: sinks call it before every write, the worker before
+:class:`~malstrom.errors.AttemptFenced`: sinks call it before every write, the worker before
 every blob write and commit notice. :meth:`Worker.discard` drops the sinks' buffered output
 without writing it; it runs as soon as the attempt is known to be over.
 """
@@ -24,7 +24,6 @@ from collections.abc import Set as AbstractSet
 from time import monotonic
 from typing import Any
 
-from malstrom._errors import AttemptFenced, BuildError, OperatorError
 from malstrom.coordinator._messages import (
     Abort,
     BuildComplete,
@@ -39,8 +38,9 @@ from malstrom.coordinator._messages import (
     StartExecution,
     TakeSnapshot,
 )
+from malstrom.engine.operator import Barrier, BuildContext, Operator, Rescale, Token
+from malstrom.errors import AttemptFenced, BuildError, OperatorError
 from malstrom.runtime._backpressure import IntakeGate
-from malstrom.runtime._engine import Barrier, BuildContext, Operator, Rescale, Token
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._bounded import BoundedPersistence
 from malstrom.snapshot._layout import (

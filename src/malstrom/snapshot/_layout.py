@@ -19,9 +19,9 @@ from typing import Any
 
 import msgpack
 
-from malstrom._errors import OperatorError
+from malstrom.engine.operator import ENDED_KEY
+from malstrom.errors import OperatorError
 from malstrom.keyed.partitioners import group_owner, key_group, rendezvous_select
-from malstrom.runtime._engine import ENDED_KEY
 from malstrom.snapshot._backend import FORMAT_VERSION, Manifest, Persistence, SnapshotFormatError
 
 __all__ = ["NullSnapshotWriter", "SnapshotReader", "SnapshotWriter", "blob_worker", "worker_blob"]

@@ -17,7 +17,7 @@ from functools import partial
 from itertools import repeat
 from typing import Any
 
-from malstrom._errors import OperatorError, short_repr
+from malstrom.errors import OperatorError, short_repr
 from malstrom.types import MAX, Record
 
 __all__ = [
@@ -269,7 +269,7 @@ class BuildContext:
     """What an operator may know about its worker when it is built.
 
     ``attempt`` is the job attempt the worker belongs to; ``fence()`` raises
-    :class:`~malstrom._errors.AttemptFenced` once that attempt is over. Operators with side
+    :class:`~malstrom.errors.AttemptFenced` once that attempt is over. Operators with side
     effects outside the job (sinks) call it before each one.
     """
 
