@@ -71,7 +71,8 @@ for _p in (str(_SRC), str(_HERE)):
 from core import N_KEYS, SEED, key_pool, running_count, word_key  # noqa: E402
 
 from malstrom import SingleThreadRuntime, StatefulSource, StatelessSink, StreamProvider  # noqa: E402
-from malstrom.engine.operator import Batch, Epoch  # noqa: E402
+from malstrom.engine.batch import Batch  # noqa: E402
+from malstrom.engine.messages import Epoch  # noqa: E402
 from malstrom.keyed.partitioners import rendezvous_select  # noqa: E402
 from malstrom.operators.io import BATCH_SIZE  # noqa: E402
 from malstrom.runtime._multi import MultiProcessRuntime  # noqa: E402

@@ -426,7 +426,7 @@ def test_time_an_input_is_held_by_backpressure_does_not_make_it_idle() -> None:
     worker = cluster.workers[0]
     gen = next(op for op in worker.ops if op.name == "time")
     source = next(op for op in worker.ops if op.name == "numbers")
-    exchange = worker.services["exchange"]
+    exchange = worker.exchange
     polled = [p.part.nxt for p in source.parts]
     exchange.saturated = lambda: frozenset({"by-index"})  # worker 0's pipes stay full
     t0 = time.monotonic()

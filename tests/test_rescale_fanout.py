@@ -17,7 +17,9 @@ from jobs import fanout_job as fj
 
 from malstrom import StatefulSource, StreamProvider
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
-from malstrom.engine.operator import Acquire, Batch, Installed, Interrogate, Operator, Token
+from malstrom.engine.batch import Batch
+from malstrom.engine.messages import Acquire, Installed, Interrogate, Token
+from malstrom.engine.operator import Operator
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
 from malstrom.testing._cluster import LocalCluster, run_local_cluster
@@ -192,7 +194,8 @@ def test_a_frozen_generator_classifies_against_the_epoch_of_the_rescale_start() 
     """While keys move, a generator after key_distribute emits no epoch and judges records by
     the epoch it had emitted when the rescale started; the epoch it gathered meanwhile follows
     the held records."""
-    from malstrom.engine.operator import BuildContext, Epoch, Released
+    from malstrom.engine.context import BuildContext
+    from malstrom.engine.messages import Epoch, Released
     from malstrom.operators.time import GenerateEpochsOp
 
     gen = GenerateEpochsOp("g", None, 0, BuildContext(0, (0,)))
@@ -223,7 +226,8 @@ def test_windows_moved_between_workers_at_different_frontiers_fire_once() -> Non
     """A window that had not fired where it was fires at once on a worker whose frontier is
     past its end; one that had fired (kept for lateness) does not fire again on a worker whose
     frontier is behind, and late records update it as they would have where it was."""
-    from malstrom.engine.operator import BuildContext, Epoch
+    from malstrom.engine.context import BuildContext
+    from malstrom.engine.messages import Epoch
     from malstrom.operators.windows import WindowOp
     from malstrom.windows import Count
 
@@ -314,7 +318,7 @@ def test_a_worker_that_gets_a_part_is_no_longer_idle_to_its_peers(stamped: bool)
     that the part finished straight from its reader, and would otherwise end the stream while
     that part's last records are still on their way (observed on processes: records after
     Epoch(MAX), end-of-stream totals missing them)."""
-    from malstrom.engine.operator import IDLE
+    from malstrom.engine.messages import IDLE
     from malstrom.keyed.distributor import DistributorOp
     from malstrom.keyed.partitioners import rendezvous_select
 

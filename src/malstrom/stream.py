@@ -7,11 +7,11 @@ operator instances from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from malstrom.engine.operator import BuildContext, Operator
+from malstrom.engine.graph import Factory, Graph, Node, Partitioner, check_name
+from malstrom.engine.operator import Operator
 from malstrom.errors import BuildError
 from malstrom.keyed.distributor import DistributorOp
 from malstrom.keyed.partitioners import rendezvous_select
@@ -46,58 +46,6 @@ from malstrom.windows import Aggregator, Fold, Session, Sliding, Tumbling, Windo
 
 __all__ = ["Stream", "StreamProvider"]
 
-Partitioner = Callable[[Any, Sequence[int]], int]
-_Factory = Callable[[BuildContext], Operator]
-
-
-@dataclass(eq=False)
-class _Node:
-    name: str
-    factory: _Factory
-    inputs: list[tuple[_Node, int]]
-    ports: int = 1
-    is_root: bool = False
-    distributes: bool = False  # made by key_distribute: keys here are placed by a partitioner
-    co_keyed: bool = False  # several inputs, every one keyed by a distributor (rescales align)
-    pinned: bool = False  # keeps keyed state in place (not placed by a partitioner): cannot move
-
-
-@dataclass(eq=False)
-class _Graph:
-    nodes: list[_Node] = field(default_factory=list)
-    names: set[str] = field(default_factory=set)
-    roots: int = 0
-
-    def pinned(self) -> list[str]:
-        """Operators whose keyed state stays on its worker (a rescale cannot remove workers)."""
-        return [n.name for n in self.nodes if n.pinned]
-
-    def add(
-        self,
-        name: str,
-        factory: _Factory,
-        inputs: list[tuple[_Node, int]],
-        ports: int = 1,
-        internal: bool = False,
-        is_root: bool = False,
-    ) -> _Node:
-        if not internal:
-            _check_name(name)
-        if name in self.names:
-            raise BuildError(f"operator name {name!r} is used twice; names must be unique")
-        self.names.add(name)
-        node = _Node(name, factory, inputs, ports, is_root)
-        self.nodes.append(node)
-        return node
-
-
-def _check_name(name: object) -> None:
-    if not isinstance(name, str) or not name:
-        raise BuildError(f"operator names must be non-empty strings, got {name!r}")
-    if "::" in name:
-        raise BuildError(f"operator name {name!r} contains '::', which is reserved for malstrom")
-
-
 def _check_fn(op: str, what: str, fn: object) -> None:
     if not callable(fn):
         raise BuildError(f"operator {op!r}: {what} must be callable, got {fn!r}")
@@ -106,16 +54,16 @@ def _check_fn(op: str, what: str, fn: object) -> None:
 _UNSOURCED: Any = object()
 
 
-def _is_key_distribute(node: _Node) -> bool:
+def _is_key_distribute(node: Node) -> bool:
     """Whether ``node`` was made by :meth:`Stream.key_distribute`."""
     return node.distributes
 
 
-def _keyed_by_distribute(node: _Node | None) -> bool:
+def _keyed_by_distribute(node: Node | None) -> bool:
     """Whether every path from a source to ``node`` passes through a ``key_distribute``."""
     seen: dict[int, bool] = {}
 
-    def walk(n: _Node) -> bool:
+    def walk(n: Node) -> bool:
         got = seen.get(id(n))
         if got is None:
             if _is_key_distribute(n):
@@ -153,7 +101,7 @@ class StreamProvider:
     """Handed to ``build(provider)``; creates the job's streams."""
 
     def __init__(self) -> None:
-        self._graph = _Graph()
+        self._graph = Graph()
 
     def new_stream(self) -> Stream:
         """A fresh stream: give it a source with :meth:`Stream.source`."""
@@ -169,7 +117,7 @@ class Stream:
     route receive the :class:`~malstrom.Record`.
     """
 
-    def __init__(self, graph: _Graph, node: _Node | None, port: int, region: Any) -> None:
+    def __init__(self, graph: Graph, node: Node | None, port: int, region: Any) -> None:
         self._graph = graph
         self._node = node
         self._port = port
@@ -177,7 +125,7 @@ class Stream:
         self._region = region
 
     # ----- plumbing -------------------------------------------------------------------
-    def _tail(self) -> tuple[_Node, int]:
+    def _tail(self) -> tuple[Node, int]:
         if self._node is None:
             # An operator on a stream without a source: the stream is empty and ends at once.
             g = self._graph
@@ -186,17 +134,17 @@ class Stream:
             self._node, self._region = node, None
         return self._node, self._port
 
-    def _then(self, name: str, factory: _Factory, ports: int = 1) -> _Node:
-        _check_name(name)
+    def _then(self, name: str, factory: Factory, ports: int = 1) -> Node:
+        check_name(name)
         return self._graph.add(name, factory, [self._tail()], ports)
 
-    def _out(self, node: _Node, port: int = 0, region: Any = _UNSOURCED) -> Stream:
+    def _out(self, node: Node, port: int = 0, region: Any = _UNSOURCED) -> Stream:
         return Stream(self._graph, node, port, self._region if region is _UNSOURCED else region)
 
     # ----- sources and sinks ----------------------------------------------------------------
     def source(self, name: str, source: StatefulSource | StatelessSource) -> Stream:
         """Attach a source; only on a stream fresh from ``provider.new_stream()``."""
-        _check_name(name)
+        check_name(name)
         if not isinstance(source, StatefulSource | StatelessSource):
             raise BuildError(
                 f"operator {name!r}: {source!r} is not a source; wrap your implementation in "
@@ -214,7 +162,7 @@ class Stream:
 
     def sink(self, name: str, sink: StatelessSink | StatefulSink) -> None:
         """Send every record to ``sink``; the stream ends here."""
-        _check_name(name)
+        check_name(name)
         if isinstance(sink, StatefulSink):
             impl = sink.impl
             tail = self._tail()
@@ -430,7 +378,7 @@ class Stream:
 
     def _join_inputs(self, name: str, right: Stream) -> Any:
         """Check that both sides are keyed alike; returns their partitioner."""
-        _check_name(name)
+        check_name(name)
         if not isinstance(right, Stream) or right._graph is not self._graph:
             raise BuildError(f"operator {name!r}: can only join streams of the same job")
         for side, s in (("left", self), ("right", right)):
@@ -498,7 +446,7 @@ class Stream:
     # ----- shape ------------------------------------------------------------------------------
     def union(self, name: str, *others: Stream) -> Stream:
         """Merge this stream with ``others``; epochs merge by minimum, barriers align."""
-        _check_name(name)
+        check_name(name)
         inputs = [self._tail()]
         for o in others:
             if not isinstance(o, Stream) or o._graph is not self._graph:

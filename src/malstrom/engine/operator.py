@@ -1,307 +1,33 @@
-"""The engine's vocabulary: in-band messages, the operator base class, the build context.
-
-Records travel as columnar :class:`Batch` es (three parallel sequences) so that operators run
-C-speed loops (``map``, ``itertools.compress``) instead of building an object per record.
-Control travels in-band on the same FIFO channels: :class:`Epoch` (watermark) and
-:class:`Barrier` (ABS snapshot marker). Copies of a control message are tracked with an
-explicit :class:`Token` counter (DESIGN invariant 4), never with reference counts.
-"""
+"""The operator base class every operator on a worker derives from: draining its input
+channels, merging epochs, aligning barriers, emitting and forwarding."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
-from functools import partial
-from itertools import repeat
 from typing import Any
 
+from malstrom.engine.batch import Batch
+from malstrom.engine.messages import (
+    IDLE,
+    Acquire,
+    Barrier,
+    Collect,
+    Control,
+    Epoch,
+    Installed,
+    Interrogate,
+    RegionMessage,
+    Released,
+    Rescale,
+    Select,
+)
 from malstrom.errors import OperatorError, short_repr
-from malstrom.types import MAX, Record
+from malstrom.types import MAX
 
-__all__ = [
-    "IDLE",
-    "Acquire",
-    "Barrier",
-    "Batch",
-    "BuildContext",
-    "Channel",
-    "Collect",
-    "Control",
-    "Epoch",
-    "Installed",
-    "Interrogate",
-    "Operator",
-    "Released",
-    "Rescale",
-    "Token",
-    "make_record",
-]
-
-ENDED_KEY = "::ended"
-"""Snapshot entry listing the operators that had ended (seen MAX) on a worker."""
+__all__ = ["Channel", "Operator"]
 
 Channel = deque
 """An edge between two operators on one worker: an unbounded FIFO of messages."""
-
-make_record: Callable[[tuple[Any, Any, Any]], Record] = partial(tuple.__new__, Record)
-"""Build a Record from a ``(key, value, timestamp)`` tuple at C speed."""
-
-
-class Batch:
-    """A run of records in columns. Batches are never mutated once emitted (they may be shared)."""
-
-    __slots__ = ("keys", "timestamps", "values")
-
-    def __init__(self, keys: Sequence[Any], values: Sequence[Any], timestamps: Sequence[Any]):
-        self.keys = keys
-        self.values = values
-        self.timestamps = timestamps
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def records(self) -> list[Record]:
-        return list(map(make_record, zip(self.keys, self.values, self.timestamps)))
-
-    def iter_records(self) -> Iterator[Record]:
-        """Records one at a time: each is freed before the next is made (no GC pressure)."""
-        return map(make_record, zip(self.keys, self.values, self.timestamps))
-
-    def record(self, i: int) -> Record:
-        return Record(self.keys[i], self.values[i], self.timestamps[i])
-
-    @staticmethod
-    def same_key(key: Any, values: Sequence[Any], timestamps: Sequence[Any]) -> Batch:
-        return Batch(list(repeat(key, len(values))), values, timestamps)
-
-
-class _Idle:
-    """An epoch value saying "this channel has nothing now": merges leave it out of the minimum."""
-
-    __slots__ = ()
-
-    def __reduce__(self) -> str:
-        return "IDLE"
-
-    def __repr__(self) -> str:
-        return "IDLE"
-
-
-IDLE: Any = _Idle()
-"""``Epoch(IDLE)``: the channel is idle (no source data); it does not hold back merged epochs
-until it sends a real epoch again. Hooks never see it."""
-
-
-class Epoch:
-    """Promise: no later record on this channel has a timestamp ``<= ts``."""
-
-    __slots__ = ("ts",)
-
-    def __init__(self, ts: Any) -> None:
-        self.ts = ts
-
-    def __repr__(self) -> str:
-        return f"Epoch({self.ts!r})"
-
-
-class Token:
-    """Counts the live copies of a broadcast control message; zero means it has completed."""
-
-    __slots__ = ("pending",)
-
-    def __init__(self, pending: int = 0) -> None:
-        self.pending = pending
-
-
-class Control:
-    """A control message whose completion is tracked by a :class:`Token`."""
-
-    __slots__ = ("token",)
-
-    def __init__(self, token: Token) -> None:
-        self.token = token
-
-
-class Barrier(Control):
-    """ABS snapshot barrier: operators persist their state into ``writer`` as it passes."""
-
-    __slots__ = ("version", "writer")
-
-    def __init__(self, token: Token, version: int, writer: Any) -> None:
-        super().__init__(token)
-        self.version = version
-        self.writer = writer
-
-
-class Rescale(Control):
-    """The worker set changes to ``workers`` (configuration ``version``): injected at the roots.
-
-    Every operator sees it once (multi-input operators align it). Distributors and sources
-    start their migration cycle on it; it completes when every copy is consumed and every
-    operator reports :meth:`Operator.rescale_done`.
-    """
-
-    __slots__ = ("version", "workers")
-
-    def __init__(self, token: Token, version: int, workers: tuple[int, ...]) -> None:
-        super().__init__(token)
-        self.version = version
-        self.workers = workers
-
-
-class RegionMessage(Control):
-    """A message a distributor sends into its key region during a rescale.
-
-    Its copies share one object on a worker. Where a region fans out and meets again (a
-    ``split`` or ``cloned`` stream, or two filters of one keyed stream, joined or unioned),
-    one message reaches an operator once per path: :meth:`Operator.on_control` acts on the
-    first copy and consumes the others (``handled`` names the operators that acted), so every
-    operator installs moved state, reports its keys or sees a rescale end exactly once.
-    """
-
-    __slots__ = ("handled",)
-
-    def __init__(self, token: Token) -> None:
-        super().__init__(token)
-        self.handled: set[str] = set()
-
-
-class Interrogate(RegionMessage):
-    """Sent by a distributor into its key region when rescale ``version`` starts (before any
-    record of the new configuration): every keyed operator adds the keys it holds state for
-    to ``keys`` (so their new owners can be worked out ahead of the Collect, a few at a
-    time), and :meth:`Operator.keys_moving` runs."""
-
-    __slots__ = ("keys", "version")
-
-    def __init__(self, token: Token, version: int) -> None:
-        super().__init__(token)
-        self.version = version
-        self.keys: set[Any] = set()
-
-
-Select = Callable[[Iterable[Any]], list[Any]]
-"""``select(keys)``: those of ``keys`` that leave this worker (see :class:`Collect`)."""
-
-
-class Collect(RegionMessage):
-    """Sent by a distributor into its key region: hand over the state of every key that
-    leaves this worker into ``collection[operator name]``.
-
-    Operators find their leaving keys with :meth:`select`. A distributor collects the keys it
-    knows to leave in chunks (``only``: just these keys, one chunk per loop turn), then once
-    more for the rest: then the keys known to stay or to leave (``staying``, ``leaving``) are
-    sorted out with set operations at C speed, and ``moving(key)`` decides the others."""
-
-    __slots__ = ("collection", "leaving", "moving", "only", "staying")
-
-    def __init__(
-        self,
-        token: Token,
-        moving: Callable[[Any], bool],
-        staying: AbstractSet[Any] = frozenset(),
-        leaving: AbstractSet[Any] = frozenset(),
-        only: set[Any] | None = None,
-    ) -> None:
-        super().__init__(token)
-        self.moving = moving
-        self.staying = staying
-        self.leaving = leaving
-        self.only = only
-        self.collection: dict[str, dict[Any, Any]] = {}
-
-    def select(self, keys: Iterable[Any]) -> list[Any]:
-        """The keys among ``keys`` that leave this worker (in this collect)."""
-        if not isinstance(keys, AbstractSet):
-            keys = set(keys)
-        only = self.only
-        if only is not None:
-            return list(only & keys)  # C speed, walking the smaller side (a keys view too)
-        rest = keys - self.staying
-        known = rest & self.leaving
-        if known:
-            rest -= known
-        moving = self.moving
-        return [*known, *[k for k in rest if moving(k)]]
-
-
-class Acquire(RegionMessage):
-    """Sent by a distributor into its key region: install ``states[operator name]`` (keys that
-    now belong to this worker, collected by their previous owner)."""
-
-    __slots__ = ("states",)
-
-    def __init__(self, token: Token, states: dict[str, dict[Any, Any]]) -> None:
-        super().__init__(token)
-        self.states = states
-
-
-class Installed(RegionMessage):
-    """Every key moving to this worker has been acquired; held records follow it."""
-
-    __slots__ = ("version",)
-
-    def __init__(self, token: Token, version: int) -> None:
-        super().__init__(token)
-        self.version = version
-
-
-class Released(RegionMessage):
-    """The records held during rescale ``version`` have passed (they follow
-    :class:`Installed`): the region runs in the new configuration, and
-    :meth:`Operator.keys_moved` runs."""
-
-    __slots__ = ("version",)
-
-    def __init__(self, token: Token, version: int) -> None:
-        super().__init__(token)
-        self.version = version
-
-
-def _never_fenced() -> None:
-    pass
-
-
-@dataclass
-class BuildContext:
-    """What an operator may know about its worker when it is built.
-
-    ``attempt`` is the job attempt the worker belongs to; ``fence()`` raises
-    :class:`~malstrom.errors.AttemptFenced` once that attempt is over. Operators with side
-    effects outside the job (sinks) call it before each one.
-    """
-
-    worker_id: int
-    worker_set: tuple[int, ...]
-    restore: Any = None  # a snapshot reader, or None on a fresh start
-    services: dict[str, Any] = field(default_factory=dict)
-    attempt: int = 0
-    fence: Callable[[], None] = _never_fenced
-
-    def restore_keyed(
-        self, operator: str, owner: Callable[[Any, Sequence[int]], int] | None
-    ) -> Iterator[tuple[Any, Any]]:
-        """The ``(key, state)`` pairs of ``operator`` that this worker owns now."""
-        if self.restore is None:
-            return iter(())
-        return self.restore.keyed(operator, owner, self.worker_id, self.worker_set)
-
-    def restored_ended(self, operator: str) -> bool:
-        """Whether ``operator`` had seen the end of stream in the snapshot restored from."""
-        if self.restore is None:
-            return False
-        ended = self.restore.worker_scoped(ENDED_KEY)
-        if self.worker_id in ended:
-            return operator in ended[self.worker_id]
-        return bool(ended) and all(operator in names for names in ended.values())
-
-    def restore_worker(self, operator: str) -> dict[int, Any]:
-        """Per-worker (unkeyed) state of ``operator``, by the worker id that stored it."""
-        if self.restore is None:
-            return {}
-        return self.restore.worker_scoped(operator)
 
 
 class Operator:

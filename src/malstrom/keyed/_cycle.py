@@ -8,10 +8,12 @@ their last transfer). See :mod:`malstrom.keyed.distributor` for the protocol.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from malstrom.engine.operator import IDLE, Batch, Collect, Interrogate, Token
+from malstrom.engine.batch import Batch
+from malstrom.engine.graph import Partitioner
+from malstrom.engine.messages import IDLE, Collect, Interrogate, Token
 from malstrom.errors import OperatorError, short_repr
 from malstrom.keyed.partitioners import group_table, key_group, rendezvous_select
 
@@ -24,7 +26,7 @@ COLLECT_KEYS = 1024
 
 
 def place(
-    partitioner: Callable[[Any, Sequence[int]], int],
+    partitioner: Partitioner,
     key: Any,
     workers: Sequence[int],
     operator: str,
@@ -92,7 +94,7 @@ class Cycle:
         old: tuple[int, ...],
         new: tuple[int, ...],
         me: int,
-        partitioner: Callable[[Any, Sequence[int]], int],
+        partitioner: Partitioner,
         operator: str,
     ) -> None:
         if not new:

@@ -41,22 +41,23 @@ from collections.abc import Callable, Sequence
 from itertools import compress
 from typing import Any
 
-from malstrom.engine.operator import (
+from malstrom.engine.batch import Batch
+from malstrom.engine.context import BuildContext
+from malstrom.engine.graph import Partitioner
+from malstrom.engine.messages import (
     IDLE,
     Acquire,
     Barrier,
-    Batch,
-    BuildContext,
     Collect,
     Control,
     Epoch,
     Installed,
     Interrogate,
-    Operator,
     Released,
     Rescale,
     Token,
 )
+from malstrom.engine.operator import Operator
 from malstrom.errors import BuildError, OperatorError, short_repr
 from malstrom.keyed._cycle import (
     Cycle,
@@ -111,7 +112,7 @@ class DistributorOp(Operator):
         self,
         name: str,
         key_fn: Callable[[Any], Any] | None,
-        partitioner: Callable[[Any, Sequence[int]], int],
+        partitioner: Partitioner,
         ctx: BuildContext,
         route_fn: Callable[[Any], Any] | None = None,
     ) -> None:
@@ -122,7 +123,7 @@ class DistributorOp(Operator):
         self.me = ctx.worker_id
         self.workers = tuple(ctx.worker_set)
         self.remotes = [w for w in self.workers if w != self.me]
-        self.exchange: Any = ctx.services.get("exchange")
+        self.exchange: Any = ctx.exchange
         if self.remotes and self.exchange is None:
             raise BuildError(
                 f"operator {name!r}: {len(self.workers)} workers but this runtime has no "

@@ -9,13 +9,14 @@ group, so a worker restoring at another parallelism reads only the groups it now
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import msgpack
 import xxhash
 
+from malstrom.engine.graph import Partitioner
 from malstrom.types import NoKey
 
 __all__ = [
@@ -29,9 +30,6 @@ __all__ = [
 
 KEY_GROUPS = 1024
 """Number of key groups: the unit in which keyed state is stored and moved."""
-
-Partitioner = Callable[[Any, Sequence[int]], int]
-"""``partitioner(key, workers) -> worker``: deterministic, same result in every process."""
 
 _M64 = 0xFFFFFFFFFFFFFFFF
 _xxh = xxhash.xxh3_64_intdigest

@@ -5,7 +5,7 @@ from __future__ import annotations
 from operator import length_hint
 from typing import Any
 
-from malstrom.engine.operator import Batch
+from malstrom.engine.batch import Batch
 from malstrom.errors import OperatorError
 from malstrom.types import Record
 

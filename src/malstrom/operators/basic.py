@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from itertools import compress, repeat
 from typing import Any
 
-from malstrom.engine.operator import Batch, BuildContext, Operator, make_record
+from malstrom.engine.batch import Batch, make_record
+from malstrom.engine.context import BuildContext
+from malstrom.engine.operator import Operator
 from malstrom.operators._util import map_values, user_error
 from malstrom.operators.output import Output
 from malstrom.types import NoKey

@@ -9,17 +9,10 @@ from itertools import repeat
 from time import monotonic
 from typing import Any
 
-from malstrom.engine.operator import (
-    IDLE,
-    Barrier,
-    Batch,
-    BuildContext,
-    Control,
-    Operator,
-    Rescale,
-    Select,
-    make_record,
-)
+from malstrom.engine.batch import Batch, make_record
+from malstrom.engine.context import BuildContext
+from malstrom.engine.messages import IDLE, Barrier, Control, Rescale, Select
+from malstrom.engine.operator import Operator
 from malstrom.errors import AttemptFenced, OperatorError
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators._part_reader import BATCH_SIZE, PartReader
@@ -140,7 +133,7 @@ class SourceOp(Operator):
         self._next_relist = time.monotonic() + (self._relist_every or 0.0)
         self.me = me = ctx.worker_id
         self.workers = tuple(ctx.worker_set)
-        self.exchange: Any = ctx.services.get("exchange")
+        self.exchange: Any = ctx.exchange
         self.remotes = [w for w in self.workers if w != me]
         self.wants_schedule = self.exchange is not None or self._relist_every is not None
         self.finished: set[Any] = set()

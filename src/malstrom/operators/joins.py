@@ -16,13 +16,17 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 from itertools import count, islice
 from operator import itemgetter
 from typing import Any
 
-from malstrom.engine.operator import Batch, BuildContext, Operator, Select, make_record
+from malstrom.engine.batch import Batch, make_record
+from malstrom.engine.context import BuildContext
+from malstrom.engine.graph import Partitioner
+from malstrom.engine.messages import Select
+from malstrom.engine.operator import Operator
 from malstrom.errors import OperatorError
 from malstrom.operators._util import user_error
 from malstrom.operators.windows import restore_frontier
@@ -32,7 +36,7 @@ __all__ = ["IntervalJoinOp", "WindowJoinOp"]
 
 log = logging.getLogger(__name__)
 
-Owner = Callable[[Any, Sequence[int]], int] | None
+Owner = Partitioner | None
 
 WARN_INTERVAL = 10.0
 """Seconds between two warnings about late records of one join operator."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from malstrom.engine.operator import Batch
+from malstrom.engine.batch import Batch
 
 __all__ = ["Output"]
 

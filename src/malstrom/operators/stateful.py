@@ -7,10 +7,14 @@ loads the keys its partitioner assigns to it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Generic, TypeVar
 
-from malstrom.engine.operator import Batch, BuildContext, Operator, Select, make_record
+from malstrom.engine.batch import Batch, make_record
+from malstrom.engine.context import BuildContext
+from malstrom.engine.graph import Partitioner
+from malstrom.engine.messages import Select
+from malstrom.engine.operator import Operator
 from malstrom.operators._util import user_error
 from malstrom.operators.output import _UNSET, Output
 from malstrom.types import Record
@@ -22,7 +26,7 @@ V = TypeVar("V")
 S = TypeVar("S")
 VO = TypeVar("VO")
 
-Owner = Callable[[Any, Sequence[int]], int] | None
+Owner = Partitioner | None
 
 
 class _KeyedStateOp(Operator):

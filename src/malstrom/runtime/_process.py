@@ -101,7 +101,7 @@ def worker_process_main(
             worker_id,
             control,
             persistence,
-            {"exchange": exchange},
+            exchange,
             source_turn_budget=source_turn_budget,
         )
         run_worker_loop(worker)
@@ -200,7 +200,7 @@ def cluster_worker_main(
                 control.worker_id,
                 control,
                 NoPersistence(),
-                {"exchange": exchange},
+                exchange,
                 source_turn_budget=source_turn_budget,
             )
             run_worker_loop(worker)

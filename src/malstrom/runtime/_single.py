@@ -5,9 +5,9 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
-from typing import Any
 
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
+from malstrom.engine.graph import Graph
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET, Worker, WorkerPhase, check_budget
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._memory import NoPersistence
@@ -17,7 +17,7 @@ from malstrom.transport._local import local_pair
 __all__ = ["SingleThreadRuntime"]
 
 
-def build_graph(build: Callable[[StreamProvider], None]) -> Any:
+def build_graph(build: Callable[[StreamProvider], None]) -> Graph:
     """Run the user's ``build`` function and return the graph it described."""
     if not callable(build):
         raise TypeError(f"build must be a function build(provider) -> None, got {build!r}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Set as AbstractSet
 from time import monotonic
-from typing import Any
 
 from malstrom.coordinator._messages import (
     Abort,
@@ -38,7 +37,11 @@ from malstrom.coordinator._messages import (
     StartExecution,
     TakeSnapshot,
 )
-from malstrom.engine.operator import Barrier, BuildContext, Operator, Rescale, Token
+from malstrom.engine.context import BuildContext
+from malstrom.engine.exchange import Exchange
+from malstrom.engine.graph import Graph
+from malstrom.engine.messages import Barrier, Rescale, Token
+from malstrom.engine.operator import Operator
 from malstrom.errors import AttemptFenced, BuildError, OperatorError
 from malstrom.runtime._backpressure import IntakeGate
 from malstrom.snapshot._backend import Persistence
@@ -84,11 +87,11 @@ class Worker:
 
     def __init__(
         self,
-        graph: Any,
+        graph: Graph,
         worker_id: int,
         endpoint: Endpoint,
         persistence: Persistence,
-        services: dict[str, Any] | None = None,
+        exchange: Exchange | None = None,
         *,
         source_turn_budget: float = SOURCE_TURN_BUDGET,
     ) -> None:
@@ -97,7 +100,7 @@ class Worker:
         self.worker_id = worker_id
         self.endpoint = endpoint
         self.persistence = persistence
-        self.services = services or {}
+        self.exchange = exchange
         self.phase = WorkerPhase.WAITING
         self.ops: list[Operator] = []
         self._roots: list[Operator] = []
@@ -148,11 +151,13 @@ class Worker:
             self.persistence = BoundedPersistence(
                 self.persistence, msg.storage_timeout, tick=self._heartbeat
             )
-        exchange = self.services.get("exchange")
+        exchange = self.exchange
         if exchange is not None:
             exchange.set_attempt(msg.attempt)
         if msg.peers is not None and exchange is not None:
-            exchange.connect({w: a for w, a in msg.peers.items() if w != self.worker_id})
+            exchange.connect(  # type: ignore[attr-defined]
+                {w: a for w, a in msg.peers.items() if w != self.worker_id}
+            )
         reader = None
         if msg.restore_version is not None:
             manifest = self.persistence.manifest(msg.restore_version)
@@ -161,7 +166,7 @@ class Worker:
             self.worker_id,
             msg.worker_set,
             reader,
-            self.services,
+            exchange,
             attempt=msg.attempt,
             fence=self.fence,
         )
@@ -199,7 +204,7 @@ class Worker:
             self._heartbeat()
         if self.phase is not WorkerPhase.RUNNING:
             return worked
-        exchange = self.services.get("exchange")
+        exchange = self.exchange
         # Backpressure: take nothing new in upstream of a pipe that peers are slow to take.
         held = NOTHING
         if exchange is not None and self._gate is not None:
@@ -291,9 +296,11 @@ class Worker:
     def _begin_rescale(self, msg: Reconfigure) -> None:
         if self._rescale is not None or self._snapshot is not None:
             raise RuntimeError(f"rescale {msg.version} requested while another operation runs")
-        exchange = self.services.get("exchange")
+        exchange = self.exchange
         if msg.peers is not None and exchange is not None:
-            exchange.connect({w: a for w, a in msg.peers.items() if w != self.worker_id})
+            exchange.connect(  # type: ignore[attr-defined]
+                {w: a for w, a in msg.peers.items() if w != self.worker_id}
+            )
         token = Token(len(self._roots))
         self._rescale = (msg.version, token)
         rescale = Rescale(token, msg.version, tuple(msg.workers))

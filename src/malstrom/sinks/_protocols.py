@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any, Protocol, overload
 
-from malstrom.engine.operator import make_record
+from malstrom.engine.batch import make_record
 from malstrom.types import Record
 
 __all__ = [

@@ -61,7 +61,7 @@ class LocalCluster:
             wid,
             w_end,
             self.persistence,
-            services={"exchange": self.hub.endpoint(wid)},
+            exchange=self.hub.endpoint(wid),
             source_turn_budget=self.source_turn_budget,
         )
         return c_end
