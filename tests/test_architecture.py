@@ -18,6 +18,7 @@ LAYERS: dict[str, int] = {
     # 0: vocabulary every layer shares
     "malstrom.types": 0,
     "malstrom.errors": 0,
+    "malstrom._repr": 0,
     # 1: the engine core every worker runs
     "malstrom.engine": 1,
     # 2: building blocks on the engine: partitioners, user-facing protocols, storage, wire

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import pytest
+from job_errors import job_fails_with
 
 from malstrom import MAX, OperatorError, SingleThreadRuntime, StatefulLogic
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
@@ -140,7 +140,7 @@ def test_user_stop_iteration_is_an_error_not_a_short_batch() -> None:
         return x
 
     for op in ("map", "filter", "key_local"):
-        with pytest.raises(OperatorError, match="StopIteration") as info:
+        with job_fails_with(OperatorError, match="StopIteration") as info:
             run_pipeline(range(6), lambda s, op=op: getattr(s, op)("f", f))
         assert info.value.record is not None and info.value.record.value == 3
 
@@ -179,7 +179,7 @@ def test_keys_without_stable_hash_resume_on_one_worker() -> None:
         )
 
     rt = SingleThreadRuntime(build, persistence=p, snapshot_interval=0.0001)
-    with pytest.raises(OperatorError):
+    with job_fails_with(OperatorError):
         rt.execute()
     rt.execute()
     final = {}

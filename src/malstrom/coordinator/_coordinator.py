@@ -39,6 +39,7 @@ from malstrom.coordinator._messages import (
     WorkerFailed,
     new_attempt_id,
 )
+from malstrom.errors import OperationRefused
 from malstrom.snapshot._backend import BlobInfo, Manifest, Persistence
 from malstrom.snapshot._bounded import STORAGE_SHARE, BoundedPersistence
 from malstrom.snapshot._errors import StorageError
@@ -49,11 +50,6 @@ __all__ = ["Coordinator", "JobPhase", "OperationRefused", "completed_version"]
 log = logging.getLogger("malstrom.coordinator")
 
 Callback = Callable[[Any, BaseException | None], None]
-
-
-class OperationRefused(RuntimeError):
-    """A snapshot, rescale or stop the job cannot take: it ended or failed, the request is
-    invalid (rescale to 0 workers), or new workers never came."""
 
 
 def completed_version(persistence: Persistence, after: int | None = None) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
 from malstrom.engine.messages import (
     IDLE,
@@ -21,7 +22,7 @@ from malstrom.engine.messages import (
     Rescale,
     Select,
 )
-from malstrom.errors import OperatorError, short_repr
+from malstrom.errors import OperatorError
 from malstrom.types import MAX
 
 __all__ = ["Channel", "Operator"]

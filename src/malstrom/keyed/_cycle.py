@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
 from malstrom.engine.graph import Partitioner
 from malstrom.engine.messages import IDLE, Collect, Interrogate, Token
-from malstrom.errors import OperatorError, short_repr
+from malstrom.errors import OperatorError
 from malstrom.keyed.partitioners import group_table, key_group, rendezvous_select
 
 __all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "place", "split_transfers"]

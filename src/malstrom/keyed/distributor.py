@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from itertools import compress
 from typing import Any
 
+from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
 from malstrom.engine.context import BuildContext
 from malstrom.engine.graph import Partitioner
@@ -58,7 +59,7 @@ from malstrom.engine.messages import (
     Token,
 )
 from malstrom.engine.operator import Operator
-from malstrom.errors import BuildError, OperatorError, short_repr
+from malstrom.errors import BuildError, OperatorError
 from malstrom.keyed._cycle import (
     Cycle,
     RescaleMarker,

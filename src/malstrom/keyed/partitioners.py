@@ -22,6 +22,7 @@ from malstrom.types import NoKey
 __all__ = [
     "KEY_GROUPS",
     "Partitioner",
+    "group_owner",
     "group_table",
     "key_group",
     "rendezvous_select",

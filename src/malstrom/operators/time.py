@@ -21,11 +21,12 @@ from collections.abc import Callable
 from itertools import compress
 from typing import Any
 
+from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
 from malstrom.engine.context import BuildContext
 from malstrom.engine.messages import IDLE
 from malstrom.engine.operator import Operator
-from malstrom.errors import OperatorError, short_repr
+from malstrom.errors import OperatorError
 from malstrom.operators._util import map_values, user_error
 from malstrom.operators.windows import restore_frontier
 from malstrom.types import MAX, MIN, Record

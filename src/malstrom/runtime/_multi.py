@@ -28,6 +28,7 @@ from malstrom.coordinator._coordinator import (
     OperationRefused,
     completed_version,
 )
+from malstrom.errors import JobFailed
 from malstrom.runtime._app import check_importable
 from malstrom.runtime._process import worker_process_main
 from malstrom.runtime._single import build_graph
@@ -46,10 +47,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("malstrom.runtime")
-
-
-class JobFailed(RuntimeError):
-    """The job could not complete: restarts were exhausted. The message gives the cause."""
 
 
 class _AttemptFailed(Exception):

@@ -43,14 +43,11 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from malstrom.engine.exchange import Exchange
+from malstrom.errors import TransportError
 
 __all__ = ["NOTHING", "Exchange", "InPipe", "LocalExchangeHub", "OutPipe", "TransportError"]
 
 NOTHING: frozenset[str] = frozenset()
-
-
-class TransportError(RuntimeError):
-    """A peer cannot be reached (after retries), or refused us; the job must restart."""
 
 
 class OutPipe:
