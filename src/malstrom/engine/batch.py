@@ -6,9 +6,9 @@ loops (``map``, ``itertools.compress``) instead of building an object per record
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Any
 
 from malstrom.types import Record
@@ -41,6 +41,23 @@ class Batch:
 
     def record(self, i: int) -> Record:
         return Record(self.keys[i], self.values[i], self.timestamps[i])
+
+    def select(self, mask: Iterable[Any]) -> Batch:
+        """The records where ``mask`` is true (``itertools.compress`` on each column)."""
+        if not isinstance(mask, list | bytes):
+            mask = list(mask)
+        return Batch(
+            list(compress(self.keys, mask)),
+            list(compress(self.values, mask)),
+            list(compress(self.timestamps, mask)),
+        )
+
+    def take(self, indices: Sequence[int]) -> Batch:
+        """The records at ``indices``, in that order."""
+        keys, values, stamps = self.keys, self.values, self.timestamps
+        return Batch(
+            [keys[i] for i in indices], [values[i] for i in indices], [stamps[i] for i in indices]
+        )
 
     @staticmethod
     def same_key(key: Any, values: Sequence[Any], timestamps: Sequence[Any]) -> Batch:

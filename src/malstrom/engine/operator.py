@@ -8,6 +8,7 @@ from typing import Any
 
 from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
+from malstrom.engine.epochs import merge_epochs
 from malstrom.engine.messages import (
     IDLE,
     Acquire,
@@ -207,19 +208,9 @@ class Operator:
         if len(epochs) == 1:
             merged = ts
         else:
-            if any(e is None for e in epochs):
+            merged = merge_epochs(epochs, self.name)
+            if merged is None:
                 return
-            live = [e for e in epochs if e is not IDLE]
-            if not live:
-                merged = IDLE
-            else:
-                try:
-                    merged = min(live)
-                except TypeError as e:
-                    raise OperatorError(
-                        self.name,
-                        f"cannot merge epochs of incomparable timestamps {short_repr(epochs)}",
-                    ) from e
         if merged is IDLE:
             if not self._idle_out and self.forwards_idle():
                 self._idle_out = True

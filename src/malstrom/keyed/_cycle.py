@@ -13,6 +13,7 @@ from typing import Any
 
 from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
+from malstrom.engine.epochs import merge_epochs
 from malstrom.engine.graph import Partitioner
 from malstrom.engine.messages import IDLE, Collect, Interrogate, Token
 from malstrom.errors import OperatorError
@@ -215,16 +216,14 @@ class Cycle:
         return not todo
 
 
-def agreed_epoch(cycle: Cycle) -> Any:
+def agreed_epoch(cycle: Cycle, operator: str) -> Any:
     """The epoch every worker can reach before keys move: the least local frontier the old
     workers announced in their markers (None if one had none)."""
     vals = [cycle.marks[w] for w in cycle.old if w != cycle.me]
     if cycle.me in cycle.old:
         vals.append(cycle.my_frontier)
-    if any(v is None for v in vals):
-        return None
-    live = [v for v in vals if v is not IDLE]
-    return min(live) if live else None
+    merged = merge_epochs(vals, operator)
+    return None if merged is IDLE else merged
 
 
 def split_transfers(

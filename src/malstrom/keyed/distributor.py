@@ -38,12 +38,12 @@ Rescaling (zero downtime; one cycle per configuration change, see :mod:`malstrom
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import compress
 from typing import Any
 
 from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
 from malstrom.engine.context import BuildContext
+from malstrom.engine.epochs import merge_epochs
 from malstrom.engine.graph import Partitioner
 from malstrom.engine.messages import (
     IDLE,
@@ -94,14 +94,6 @@ BARRIER_MARKER = _BarrierMarker()
 
 #: ``_SELECT[w]``: a bytes.translate table mapping byte ``w`` to 1 and every other byte to 0.
 _SELECT = [bytes(i == w for i in range(256)) for w in range(256)]
-
-
-def _take(batch: Batch, mask: Sequence[Any]) -> Batch:
-    return Batch(
-        list(compress(batch.keys, mask)),
-        list(compress(batch.values, mask)),
-        list(compress(batch.timestamps, mask)),
-    )
 
 
 class DistributorOp(Operator):
@@ -190,9 +182,9 @@ class DistributorOp(Operator):
             if count == n:
                 part = batch
             elif small:
-                part = _take(batch, codes.translate(_SELECT[w]))  # type: ignore[attr-defined]
+                part = batch.select(codes.translate(_SELECT[w]))  # type: ignore[attr-defined]
             else:
-                part = _take(batch, list(map(w.__eq__, owners)))
+                part = batch.select(list(map(w.__eq__, owners)))
             remaining -= count
             if w == me:
                 self.emit(part)
@@ -218,16 +210,15 @@ class DistributorOp(Operator):
         if self._cycle is not None:
             return  # frozen while keys move: no epoch may overtake a held or moved record
         vals = [self._local_frontier, *self._remote_frontier.values()]
-        if any(v is None for v in vals):
+        merged = merge_epochs(vals, self.name)
+        if merged is None:
             return
-        live = [v for v in vals if v is not IDLE]
-        if not live:
+        if merged is IDLE:
             if not self._idle_out:
                 self._idle_out = True
                 self.emit_epoch(IDLE)
             return
         try:
-            merged = min(live)
             rising = self._out_frontier is None or merged > self._out_frontier
         except TypeError as e:
             raise OperatorError(
@@ -383,7 +374,7 @@ class DistributorOp(Operator):
     def _advance(self, cycle: Cycle, warm: int = 0) -> None:
         """Move the cycle on as far as it can go now (working out up to ``warm`` owners)."""
         if cycle.chunks is None and cycle.warm(warm) and cycle.aligned():
-            g = agreed_epoch(cycle)
+            g = agreed_epoch(cycle, self.name)
             if g is not None and (self._out_frontier is None or g > self._out_frontier):
                 self._out_frontier = g
                 self._idle_out = False
@@ -439,11 +430,11 @@ class DistributorOp(Operator):
                     lst.append(i)
         n_all = len(batch)
         if mine:
-            self.emit(batch if len(mine) == n_all else _pick(batch, mine))
+            self.emit(batch if len(mine) == n_all else batch.take(mine))
         if held:
-            cycle.held.append(_pick(batch, held))
+            cycle.held.append(batch.take(held))
         for w, idx in others.items():
-            self.exchange.send(w, self.name, batch if len(idx) == n_all else _pick(batch, idx))
+            self.exchange.send(w, self.name, batch if len(idx) == n_all else batch.take(idx))
 
     def _deliver_new(self, batch: Batch, cycle: Cycle) -> None:
         """A peer's record of the new configuration: ours, but held while its state moves."""
@@ -454,8 +445,8 @@ class DistributorOp(Operator):
             return
         keep = [o == me for o in old]
         if any(keep):
-            self.emit(_take(batch, keep))
-        cycle.held.append(_take(batch, [not k for k in keep]))
+            self.emit(batch.select(keep))
+        cycle.held.append(batch.select([not k for k in keep]))
 
     def _route_keys(self, batch: Batch) -> Sequence[Any]:
         if self.route_fn is None:
@@ -464,8 +455,3 @@ class DistributorOp(Operator):
             return list(map(self.route_fn, batch.keys))
         except Exception as e:
             raise user_error(self.name, e) from e
-
-
-def _pick(batch: Batch, idx: list[int]) -> Batch:
-    keys, values, stamps = batch.keys, batch.values, batch.timestamps
-    return Batch([keys[i] for i in idx], [values[i] for i in idx], [stamps[i] for i in idx])

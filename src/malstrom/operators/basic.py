@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import repeat
 from typing import Any
 
 from malstrom.engine.batch import Batch, make_record
@@ -57,13 +57,7 @@ class FilterOp(Operator):
         if all(mask):
             self.emit(batch)
         else:
-            self.emit(
-                Batch(
-                    list(compress(batch.keys, mask)),
-                    list(compress(batch.values, mask)),
-                    list(compress(batch.timestamps, mask)),
-                )
-            )
+            self.emit(batch.select(mask))
 
 
 class FilterMapOp(Operator):
@@ -77,13 +71,7 @@ class FilterMapOp(Operator):
         if all(mask):
             self.emit(Batch(batch.keys, out, batch.timestamps))
         else:
-            self.emit(
-                Batch(
-                    list(compress(batch.keys, mask)),
-                    list(compress(out, mask)),
-                    list(compress(batch.timestamps, mask)),
-                )
-            )
+            self.emit(Batch(batch.keys, out, batch.timestamps).select(mask))
 
 
 class FlatMapOp(Operator):
@@ -181,14 +169,7 @@ class SplitOp(Operator):
             if all(mask):
                 self.emit_to(p, batch)
             elif any(mask):
-                self.emit_to(
-                    p,
-                    Batch(
-                        list(compress(batch.keys, mask)),
-                        list(compress(batch.values, mask)),
-                        list(compress(batch.timestamps, mask)),
-                    ),
-                )
+                self.emit_to(p, batch.select(mask))
 
 
 class StatelessLogic:
@@ -221,11 +202,11 @@ class StatelessOpOp(Operator):
     def on_batch(self, batch: Batch, port: int) -> None:
         out = self.output
         on_data = self.logic.on_data
+        bind = out._bind
         rec = None
         try:
             for rec in batch.iter_records():
-                out._key = rec[0]
-                out._ts = rec[2]
+                bind(rec[0], rec[2])
                 on_data(rec, out)
         except Exception as e:
             raise user_error(self.name, e, rec) from e
@@ -235,8 +216,7 @@ class StatelessOpOp(Operator):
 
     def on_epoch(self, ts: Any) -> None:
         out = self.output
-        out._key = NoKey
-        out._ts = ts
+        out._bind(NoKey, ts)
         try:
             self.logic.on_epoch(ts, out)
         except Exception as e:

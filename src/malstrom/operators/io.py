@@ -457,9 +457,9 @@ class StatefulSinkOp(Operator):
                     groups[part] = [i]
                 else:
                     g.append(i)
-            ks, vs, ts = batch.keys, batch.values, batch.timestamps
             for part, idx in groups.items():
-                self._write(part, [ks[i] for i in idx], [vs[i] for i in idx], [ts[i] for i in idx])
+                b = batch.take(idx)
+                self._write(part, b.keys, b.values, b.timestamps)
         if len(assigned) > 100_000:
             assigned.clear()
 

@@ -16,7 +16,7 @@ from malstrom.engine.graph import Partitioner
 from malstrom.engine.messages import Select
 from malstrom.engine.operator import Operator
 from malstrom.operators._util import user_error
-from malstrom.operators.output import _UNSET, Output
+from malstrom.operators.output import Output
 from malstrom.types import Record
 
 __all__ = ["ExpireMap", "StatefulLogic", "StatefulMapOp", "StatefulOpOp", "TtlMapOp"]
@@ -145,12 +145,12 @@ class StatefulOpOp(_KeyedStateOp):
         on_data = self.logic.on_data
         initial = self.logic.initial_state
         missing = _MISSING
+        bind = out._bind
         rec = None
         try:
             for rec in batch.iter_records():
                 k = rec[0]
-                out._key = k
-                out._ts = rec[2]
+                bind(k, rec[2])
                 s = get(k, missing)
                 if s is missing:
                     s = initial()
@@ -168,8 +168,7 @@ class StatefulOpOp(_KeyedStateOp):
     def on_epoch(self, ts: Any) -> None:
         if self.has_epoch:
             out = self.output
-            out._key = _UNSET
-            out._ts = ts
+            out._bind(timestamp=ts)  # a stateful operator must name the key
             try:
                 self.logic.on_epoch(ts, self.states, out)
             except Exception as e:
@@ -183,8 +182,7 @@ class StatefulOpOp(_KeyedStateOp):
         if self.done:
             return  # nothing may follow this operator's end of stream
         out = self.output
-        out._key = _UNSET
-        out._ts = _UNSET
+        out._bind()
         try:
             self.logic.on_schedule(self.states, out)
         except Exception as e:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from itertools import compress
 from typing import Any
 
 from malstrom._repr import short_repr
@@ -165,8 +164,8 @@ class GenerateEpochsOp(Operator):
             self.emit_to(0, batch)
         else:
             late = [not m for m in mask]
-            self.emit_to(0, _select(batch, mask))
-            self.emit_to(1, _select(batch, late))
+            self.emit_to(0, batch.select(mask))
+            self.emit_to(1, batch.select(late))
         if prev is not start:
             self.prev = prev
             self.emit_epoch(prev)
@@ -214,19 +213,11 @@ class GenerateEpochsOp(Operator):
         if all(mask):
             self.emit_to(0, batch)
         else:
-            self.emit_to(0, _select(batch, mask))
-            self.emit_to(1, _select(batch, [not m for m in mask]))
+            self.emit_to(0, batch.select(mask))
+            self.emit_to(1, batch.select([not m for m in mask]))
 
     def on_epoch(self, ts: Any) -> None:
         prev = self.prev
         if prev is None or ts > prev:
             self.prev = ts
             self.emit_epoch(ts)
-
-
-def _select(batch: Batch, mask: list[bool]) -> Batch:
-    return Batch(
-        list(compress(batch.keys, mask)),
-        list(compress(batch.values, mask)),
-        list(compress(batch.timestamps, mask)),
-    )
