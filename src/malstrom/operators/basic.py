@@ -202,11 +202,12 @@ class StatelessOpOp(Operator):
     def on_batch(self, batch: Batch, port: int) -> None:
         out = self.output
         on_data = self.logic.on_data
-        bind = out._bind
         rec = None
         try:
             for rec in batch.iter_records():
-                bind(rec[0], rec[2])
+                # Output._bind inlined: a call per record costs ~30 ns (3% of bench (c)).
+                out._key = rec[0]
+                out._ts = rec[2]
                 on_data(rec, out)
         except Exception as e:
             raise user_error(self.name, e, rec) from e

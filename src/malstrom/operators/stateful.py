@@ -145,12 +145,13 @@ class StatefulOpOp(_KeyedStateOp):
         on_data = self.logic.on_data
         initial = self.logic.initial_state
         missing = _MISSING
-        bind = out._bind
         rec = None
         try:
             for rec in batch.iter_records():
                 k = rec[0]
-                bind(k, rec[2])
+                # Output._bind inlined: a call per record costs ~30 ns (3% of bench (c)).
+                out._key = k
+                out._ts = rec[2]
                 s = get(k, missing)
                 if s is missing:
                     s = initial()
