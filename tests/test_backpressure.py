@@ -21,7 +21,7 @@ from malstrom.runtime._backpressure import IntakeGate
 from malstrom.runtime._worker import WorkerPhase
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
-from malstrom.testing._cluster import LocalCluster
+from malstrom.testing import LocalCluster
 from malstrom.transport._exchange import InPipe, LocalExchangeHub, OutPipe
 from malstrom.windows import Count, Tumbling
 

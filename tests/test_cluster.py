@@ -17,7 +17,7 @@ from malstrom import MAX, OperatorError, StatefulLogic, StatefulSource, rendezvo
 from malstrom.sinks import FileSink, ListSink
 from malstrom.snapshot import InMemoryPersistence, LocalDiskPersistence
 from malstrom.sources import IterSource
-from malstrom.testing._cluster import run_local_cluster
+from malstrom.testing import run_local_cluster
 
 PARTS = 5
 PER_PART = 4_000

@@ -33,8 +33,7 @@ from malstrom.operators.joins import IntervalJoinOp, WindowJoinOp, _JoinOp
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
 from malstrom.sources import IterSource
-from malstrom.testing import TimedSource
-from malstrom.testing._cluster import run_local_cluster
+from malstrom.testing import TimedSource, run_local_cluster
 from malstrom.windows import Session, Sliding, Tumbling
 
 # ----- helpers --------------------------------------------------------------------------------

@@ -15,8 +15,7 @@ from malstrom.coordinator._messages import BuildComplete, Heartbeat, StartBuild
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence, NoPersistence
 from malstrom.sources import IterSource
-from malstrom.testing import run_pipeline
-from malstrom.testing._cluster import run_local_cluster
+from malstrom.testing import run_local_cluster, run_pipeline
 
 
 def test_stop_suspends_sources_so_resume_has_no_duplicates() -> None:

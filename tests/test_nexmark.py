@@ -23,7 +23,7 @@ import pytest
 from malstrom import MultiProcessRuntime, SingleThreadRuntime, StreamProvider
 from malstrom.sinks import FileSink, ListSink
 from malstrom.snapshot import InMemoryPersistence
-from malstrom.testing._cluster import run_local_cluster
+from malstrom.testing import run_local_cluster
 
 duckdb = pytest.importorskip("duckdb")
 

@@ -22,7 +22,7 @@ from malstrom.engine.messages import Acquire, Installed, Interrogate, Token
 from malstrom.engine.operator import Operator
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
-from malstrom.testing._cluster import LocalCluster, run_local_cluster
+from malstrom.testing import LocalCluster, run_local_cluster
 from malstrom.windows import Sum, Tumbling
 
 pytestmark = pytest.mark.timeout(180)

@@ -38,7 +38,7 @@ from malstrom import (
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET
 from malstrom.snapshot import InMemoryPersistence, LocalDiskPersistence
 from malstrom.sources import FileSource, IterSource
-from malstrom.testing._cluster import LocalCluster
+from malstrom.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(240)
 

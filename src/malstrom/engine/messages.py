@@ -15,9 +15,9 @@ __all__ = [
     "IDLE",
     "Acquire",
     "Barrier",
-    "Collect",
     "Control",
     "Epoch",
+    "Handover",
     "Installed",
     "Interrogate",
     "RegionMessage",
@@ -121,7 +121,7 @@ class RegionMessage(Control):
 class Interrogate(RegionMessage):
     """Sent by a distributor into its key region when rescale ``version`` starts (before any
     record of the new configuration): every keyed operator adds the keys it holds state for
-    to ``keys`` (so their new owners can be worked out ahead of the Collect, a few at a
+    to ``keys`` (so their new owners can be worked out ahead of the Handover, a few at a
     time), and :meth:`Operator.keys_moving` runs."""
 
     __slots__ = ("keys", "version")
@@ -133,10 +133,10 @@ class Interrogate(RegionMessage):
 
 
 Select = Callable[[Iterable[Any]], list[Any]]
-"""``select(keys)``: those of ``keys`` that leave this worker (see :class:`Collect`)."""
+"""``select(keys)``: those of ``keys`` that leave this worker (see :class:`Handover`)."""
 
 
-class Collect(RegionMessage):
+class Handover(RegionMessage):
     """Sent by a distributor into its key region: hand over the state of every key that
     leaves this worker into ``collection[operator name]``.
 
@@ -163,7 +163,7 @@ class Collect(RegionMessage):
         self.collection: dict[str, dict[Any, Any]] = {}
 
     def select(self, keys: Iterable[Any]) -> list[Any]:
-        """The keys among ``keys`` that leave this worker (in this collect)."""
+        """The keys among ``keys`` that leave this worker (in this hand-over)."""
         if not isinstance(keys, AbstractSet):
             keys = set(keys)
         only = self.only

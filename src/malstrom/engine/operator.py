@@ -13,9 +13,9 @@ from malstrom.engine.messages import (
     IDLE,
     Acquire,
     Barrier,
-    Collect,
     Control,
     Epoch,
+    Handover,
     Installed,
     Interrogate,
     RegionMessage,
@@ -51,9 +51,9 @@ class Operator:
     """Runs user hooks on epochs: after a restore from a snapshot taken when this operator had
     already ended, its end-of-stream hooks must not run (and emit) a second time."""
     migrates = False
-    """Holds keyed state placed by a partitioner: takes part in Collect/Acquire (rescale)."""
+    """Holds keyed state placed by a partitioner: takes part in Handover/Acquire (rescale)."""
     aligns_region = False
-    """Several inputs, every one keyed by a distributor: the final Collect, Installed and
+    """Several inputs, every one keyed by a distributor: the final Handover, Installed and
     Released of a rescale align here like barriers (a key's state and its records from every
     input move together; what follows Released follows every input's held records)."""
 
@@ -99,7 +99,7 @@ class Operator:
                 msg.token.pending -= 1
                 return
             msg.handled.add(self.name)
-            if isinstance(msg, Collect):
+            if isinstance(msg, Handover):
                 if msg.only is not None and self.aligns_region:
                     # One input's chunk: the key's records from the other inputs may still
                     # come. This operator and everything after it hand keys over in the
@@ -322,13 +322,13 @@ class Operator:
 
     def _aligns(self, msg: Control) -> bool:
         """Control messages aligned across input channels: barriers and rescales always; a
-        rescale's final Collect, Installed and Released where every input is keyed by a
+        rescale's final Handover, Installed and Released where every input is keyed by a
         distributor."""
         t = type(msg)
         if t is Barrier or t is Rescale:
             return True
         if not self.aligns_region:
             return False
-        if t is Collect:
+        if t is Handover:
             return msg.only is None  # type: ignore[attr-defined]
         return t is Installed or t is Released

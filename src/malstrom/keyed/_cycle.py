@@ -2,7 +2,7 @@
 
 A cycle moves a key region from the old worker set to the new one. Its progress is explicit:
 ``local`` (our own Rescale arrived), ``marks`` (which peers sent their marker), ``collect``
-(our Collect, with its token), ``sent`` (our keys went out), ``received`` (which peers sent
+(our Handover, with its token), ``sent`` (our keys went out), ``received`` (which peers sent
 their last transfer). See :mod:`malstrom.keyed.distributor` for the protocol.
 """
 
@@ -15,7 +15,7 @@ from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
 from malstrom.engine.epochs import merge_epochs
 from malstrom.engine.graph import Partitioner
-from malstrom.engine.messages import IDLE, Collect, Interrogate, Token
+from malstrom.engine.messages import IDLE, Handover, Interrogate, Token
 from malstrom.errors import OperatorError
 from malstrom.keyed.partitioners import group_table, key_group, rendezvous_select
 
@@ -118,7 +118,7 @@ class Cycle:
         self.local = False
         self.my_frontier: Any = None
         self.marks: dict[int, Any] = {}
-        self.collect: Collect | None = None  # the Collect travelling through the region now
+        self.collect: Handover | None = None  # the Handover travelling through the region now
         self.chunks: list[set[Any] | None] | None = None  # Collects to come (None: the rest)
         self.sent = False
         self.received: set[int] = set()
@@ -159,8 +159,8 @@ class Cycle:
         """Whether ``key``'s state leaves this worker."""
         return self.owner(key) != self.me
 
-    def next_collect(self) -> Collect | None:
-        """The next Collect to send into the region (None once all were sent)."""
+    def next_collect(self) -> Handover | None:
+        """The next Handover to send into the region (None once all were sent)."""
         if self.chunks is None:
             keys = list(self.leaving)
             self.chunks = [
@@ -172,9 +172,9 @@ class Cycle:
             return None
         only = self.chunks.pop()
         if only is not None:
-            return Collect(Token(1), self.moving, only=only)
+            return Handover(Token(1), self.moving, only=only)
         # The rest: keys that appeared after the region was interrogated.
-        return Collect(Token(1), self.moving, self.staying, self.leaving)
+        return Handover(Token(1), self.moving, self.staying, self.leaving)
 
     def aligned(self) -> bool:
         """Every record of the old configuration has reached us (ours and every peer's)."""

@@ -25,7 +25,7 @@ Rescaling (zero downtime; one cycle per configuration change, see :mod:`malstrom
    those keys); every other key keeps flowing.
 3. Once its own Rescale and every peer's marker arrived (all old-configuration records are
    in), the distributor advances its region to the agreed epoch (the minimum frontier the old
-   workers announced in their markers) and sends a ``Collect`` into its region: every keyed
+   workers announced in their markers) and sends a ``Handover`` into its region: every keyed
    operator hands over the state of the keys leaving this worker. The collected state goes to
    the new owners as :class:`Transfer` messages, then a last (empty) transfer to every peer.
 4. Transfers arriving are installed downstream (``Acquire``). When every peer's last
@@ -49,9 +49,9 @@ from malstrom.engine.messages import (
     IDLE,
     Acquire,
     Barrier,
-    Collect,
     Control,
     Epoch,
+    Handover,
     Installed,
     Interrogate,
     Released,
@@ -300,7 +300,7 @@ class DistributorOp(Operator):
             assert isinstance(msg, Rescale)
             self._on_local_rescale(msg)
             self.forward(msg)
-        elif t is Collect or t is Acquire or t is Installed or t is Interrogate or t is Released:
+        elif t is Handover or t is Acquire or t is Installed or t is Interrogate or t is Released:
             msg.token.pending -= 1  # the upstream key region ends here
         else:
             self.forward(msg)

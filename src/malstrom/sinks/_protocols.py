@@ -1,4 +1,4 @@
-"""What a sink is (DESIGN 3.5)."""
+"""What a sink is: stateless, or stateful and partitioned; records reach it in batches."""
 
 from __future__ import annotations
 
