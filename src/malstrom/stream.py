@@ -415,7 +415,7 @@ class Stream:
             lambda ctx: WindowJoinOp(name, assigner, ctx, region),
             [self._tail(), right._tail()],
         )
-        node.co_keyed = True
+        node.aligns_region = True
         return self._out(node, region=region)
 
     def interval_join(self, name: str, right: Stream, lower: Any, upper: Any) -> Stream:
@@ -440,7 +440,7 @@ class Stream:
             lambda ctx: IntervalJoinOp(name, lower, upper, ctx, region),
             [self._tail(), right._tail()],
         )
-        node.co_keyed = True
+        node.aligns_region = True
         return self._out(node, region=region)
 
     # ----- shape ------------------------------------------------------------------------------
@@ -455,7 +455,7 @@ class Stream:
         node = self._graph.add(name, lambda ctx: Operator(name), inputs)
         streams = (self, *others)
         regions = {id(s._region) for s in streams}
-        node.co_keyed = len(inputs) > 1 and all(_keyed_by_distribute(s._node) for s in streams)
+        node.aligns_region = len(inputs) > 1 and all(_keyed_by_distribute(s._node) for s in streams)
         return self._out(node, region=self._region if len(regions) == 1 else None)
 
     def cloned(self, name: str, n: int) -> list[Stream]:

@@ -28,8 +28,10 @@ class Node:
     ports: int = 1
     is_root: bool = False
     distributes: bool = False  # made by key_distribute: keys here are placed by a partitioner
-    co_keyed: bool = False  # several inputs, every one keyed by a distributor (rescales align)
-    pinned: bool = False  # keeps keyed state in place (not placed by a partitioner): cannot move
+    aligns_region: bool = False  # several inputs, every one keyed by a distributor (rescales align)
+    # Keeps keyed state in place (not placed by a partitioner, so it cannot move): the job
+    # cannot lose workers. Its opposite on the operator is Operator.migrates.
+    pinned: bool = False
 
 
 @dataclass(eq=False)

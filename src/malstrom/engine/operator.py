@@ -62,8 +62,11 @@ class Operator:
         self.inputs: list[Channel] = []
         self.outs: list[list[Channel]] = [[]]
         self.in_frontier: Any = None
-        self.done = False
-        self.restored_done = False
+        #: Saw the end of the stream (emitted ``Epoch(MAX)``). A worker whose every operator
+        #: ended is *drained* (it tells the coordinator, which then takes the final snapshot).
+        self.ended = False
+        #: Had ended in the snapshot this worker restored from (its end hooks already ran).
+        self.restored_ended = False
         self._chan_epochs: list[Any] = []
         self._blocked: list[bool] = []
         self._idle_out = False
@@ -190,7 +193,7 @@ class Operator:
             for ch in port:
                 ch.append(e)
         if ts is MAX:
-            self.done = True
+            self.ended = True
 
     def forward(self, msg: Control) -> None:
         """Broadcast a control message to every output channel, keeping its token exact."""
@@ -227,7 +230,7 @@ class Operator:
         if rising:
             self._idle_out = False
             self.in_frontier = merged
-            if merged is MAX and self.restored_done and self.hooks_on_epoch:
+            if merged is MAX and self.restored_ended and self.hooks_on_epoch:
                 self.emit_epoch(MAX)  # its end-of-stream hooks already ran before the snapshot
             else:
                 self.on_epoch(merged)
@@ -238,7 +241,7 @@ class Operator:
 
     def pass_barrier(self, barrier: Barrier) -> None:
         """A barrier reaches this operator: note whether it had ended, then snapshot."""
-        if self.done:
+        if self.ended:
             barrier.writer.ended.add(self.name)
         self.on_barrier(barrier)
 

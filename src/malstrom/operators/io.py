@@ -42,7 +42,7 @@ class EmptyRootOp(Operator):
         super().__init__("::empty")
 
     def poll(self, deadline: float) -> bool:
-        if not self.done:
+        if not self.ended:
             self.emit_epoch(MAX)
             return True
         return False
@@ -206,7 +206,7 @@ class SourceOp(Operator):
         straight from its reader (PartDone), so peers would otherwise end the stream while this
         part's last records are still on their way (held in a queue behind a barrier, say).
         ``Epoch(MIN)`` promises nothing; it only brings this worker back into the merges."""
-        if self._idle and not self.done:
+        if self._idle and not self.ended:
             self._idle = False
             self.emit_epoch(MIN)
         self._add_part(move.part, move.state, move.speed)
@@ -215,7 +215,7 @@ class SourceOp(Operator):
         """Read every part once before ``deadline`` (``time.monotonic()``): all are asked for
         the same number of records, what fits each one's share of the time left (see
         ``PartReader``), so the parts advance alike and none runs ahead in event time."""
-        if self.done:
+        if self.ended:
             return False
         parts = self.parts
         live = (
@@ -270,7 +270,7 @@ class SourceOp(Operator):
 
     def schedule(self) -> None:
         every = self._relist_every
-        if every is not None and self._cycle is None and not self.done:
+        if every is not None and self._cycle is None and not self.ended:
             now = time.monotonic()
             if now >= self._next_relist:
                 self._next_relist = now + every
@@ -389,7 +389,7 @@ class StatelessSinkOp(Operator):
 
     def on_epoch(self, ts: Any) -> None:
         if ts is MAX:
-            self.done = True
+            self.ended = True
 
 
 class StatefulSinkOp(Operator):
@@ -489,7 +489,7 @@ class StatefulSinkOp(Operator):
 
     def on_epoch(self, ts: Any) -> None:
         if ts is MAX:
-            self.done = True
+            self.ended = True
 
     def held_keys(self, into: set[Any]) -> None:
         into.update(self.parts)

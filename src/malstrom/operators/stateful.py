@@ -180,7 +180,7 @@ class StatefulOpOp(_KeyedStateOp):
         self.emit_epoch(ts)
 
     def schedule(self) -> None:
-        if self.done:
+        if self.ended:
             return  # nothing may follow this operator's end of stream
         out = self.output
         out._bind()

@@ -85,7 +85,7 @@ class GenerateEpochsOp(Operator):
 
     def schedule(self) -> None:
         """Mark the output idle once no record came for ``idle_timeout`` seconds."""
-        if self._idle or self.done or self.idle_timeout is None:
+        if self._idle or self.ended or self.idle_timeout is None:
             return
         if time.monotonic() - self._last_record >= self.idle_timeout:
             self._idle = True

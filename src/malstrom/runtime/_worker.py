@@ -180,8 +180,8 @@ class Worker:
                 raise OperatorError(node.name, f"building failed: {type(e).__name__}: {e}") from e
             if len(op.outs) != node.ports:
                 op.set_ports(node.ports)
-            op.restored_done = ctx.restored_ended(node.name)
-            op.aligns_region = node.co_keyed
+            op.restored_ended = ctx.restored_ended(node.name)
+            op.aligns_region = node.aligns_region
             for src, port in node.inputs:
                 built[id(src)].outs[port].append(op.add_input())
             built[id(node)] = op
@@ -236,7 +236,7 @@ class Worker:
             self._rescale = None
             self.endpoint.send(RescaleComplete(self.worker_id, resc[0], self.attempt))
             worked = True
-        if not self._drained_sent and all(op.done for op in self.ops):
+        if not self._drained_sent and all(op.ended for op in self.ops):
             self._drained_sent = True
             self.endpoint.send(Drained(self.worker_id, self.attempt))
         return worked
