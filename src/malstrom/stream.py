@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from malstrom.engine.graph import Factory, Graph, Node, Partitioner, check_name
+from malstrom.engine.graph import Factory, Graph, Node, check_name
 from malstrom.engine.operator import Operator
 from malstrom.errors import BuildError
 from malstrom.keyed.distributor import DistributorOp
@@ -41,7 +41,7 @@ from malstrom.operators.time import AssignTimestampsOp, GenerateEpochsOp
 from malstrom.operators.windows import WindowOp
 from malstrom.sinks._protocols import StatefulSink, StatelessSink
 from malstrom.sources._protocols import StatefulSource, StatelessSource
-from malstrom.types import Record
+from malstrom.types import Partitioner, Record
 from malstrom.windows import Aggregator, Fold, Session, Sliding, Tumbling, WindowAssigner
 
 __all__ = ["Stream", "StreamProvider"]

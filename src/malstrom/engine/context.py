@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from malstrom.engine.exchange import Exchange
-
-if TYPE_CHECKING:
-    from malstrom.engine.graph import Partitioner
+from malstrom.types import Partitioner
 
 __all__ = ["ENDED_KEY", "BuildContext"]
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from malstrom.engine.context import BuildContext
 from malstrom.engine.operator import Operator
 from malstrom.errors import BuildError
 
-__all__ = ["Factory", "Graph", "Node", "Partitioner", "check_name"]
+__all__ = ["Factory", "Graph", "Node", "check_name"]
 
-Partitioner = Callable[[Any, Sequence[int]], int]
-"""``partitioner(key, workers)``: the worker of ``workers`` that owns ``key`` (its owner)."""
 Factory = Callable[[BuildContext], Operator]
 """Builds one node's operator on a worker."""
 

@@ -14,10 +14,10 @@ from typing import Any
 from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
 from malstrom.engine.epochs import merge_epochs
-from malstrom.engine.graph import Partitioner
 from malstrom.engine.messages import IDLE, Handover, Interrogate, Token
 from malstrom.errors import OperatorError
 from malstrom.keyed.partitioners import group_table, key_group, rendezvous_select
+from malstrom.types import Partitioner
 
 __all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "place", "split_transfers"]
 

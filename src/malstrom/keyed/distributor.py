@@ -44,7 +44,6 @@ from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
 from malstrom.engine.context import BuildContext
 from malstrom.engine.epochs import merge_epochs
-from malstrom.engine.graph import Partitioner
 from malstrom.engine.messages import (
     IDLE,
     Acquire,
@@ -69,6 +68,7 @@ from malstrom.keyed._cycle import (
     split_transfers,
 )
 from malstrom.operators._util import map_values, user_error
+from malstrom.types import Partitioner
 
 __all__ = ["BARRIER_MARKER", "DistributorOp"]
 

@@ -16,8 +16,7 @@ from typing import Any
 import msgpack
 import xxhash
 
-from malstrom.engine.graph import Partitioner
-from malstrom.types import NoKey
+from malstrom.types import NoKey, Partitioner
 
 __all__ = [
     "KEY_GROUPS",

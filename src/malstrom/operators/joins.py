@@ -24,12 +24,12 @@ from typing import Any
 
 from malstrom.engine.batch import Batch, make_record
 from malstrom.engine.context import BuildContext
-from malstrom.engine.graph import Partitioner
 from malstrom.engine.messages import Select
 from malstrom.engine.operator import Operator
 from malstrom.errors import OperatorError
 from malstrom.operators._util import user_error
 from malstrom.operators.windows import restore_frontier
+from malstrom.types import Partitioner
 from malstrom.windows import WindowAssigner
 
 __all__ = ["IntervalJoinOp", "WindowJoinOp"]

@@ -12,12 +12,11 @@ from typing import Any, Generic, TypeVar
 
 from malstrom.engine.batch import Batch, make_record
 from malstrom.engine.context import BuildContext
-from malstrom.engine.graph import Partitioner
 from malstrom.engine.messages import Select
 from malstrom.engine.operator import Operator
 from malstrom.operators._util import user_error
 from malstrom.operators.output import Output
-from malstrom.types import Record
+from malstrom.types import Partitioner, Record
 
 __all__ = ["ExpireMap", "StatefulLogic", "StatefulMapOp", "StatefulOpOp", "TtlMapOp"]
 

@@ -20,10 +20,10 @@ from typing import Any
 import msgpack
 
 from malstrom.engine.context import ENDED_KEY
-from malstrom.engine.graph import Partitioner
 from malstrom.errors import OperatorError
 from malstrom.keyed.partitioners import group_owner, key_group, rendezvous_select
 from malstrom.snapshot._backend import FORMAT_VERSION, Manifest, Persistence, SnapshotFormatError
+from malstrom.types import Partitioner
 
 __all__ = ["NullSnapshotWriter", "SnapshotReader", "SnapshotWriter", "blob_worker", "worker_blob"]
 
