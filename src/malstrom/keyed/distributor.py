@@ -58,6 +58,7 @@ from malstrom.engine.messages import (
     Token,
 )
 from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import map_values, user_error
 from malstrom.errors import BuildError, OperatorError
 from malstrom.keyed._cycle import (
     Cycle,
@@ -67,7 +68,6 @@ from malstrom.keyed._cycle import (
     place,
     split_transfers,
 )
-from malstrom.operators._util import map_values, user_error
 from malstrom.types import Partitioner
 
 __all__ = ["BARRIER_MARKER", "DistributorOp"]

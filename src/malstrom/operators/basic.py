@@ -10,7 +10,7 @@ from typing import Any
 from malstrom.engine.batch import Batch, make_record
 from malstrom.engine.context import BuildContext
 from malstrom.engine.operator import Operator
-from malstrom.operators._util import map_values, user_error
+from malstrom.engine.user_code import map_values, user_error
 from malstrom.operators.output import Output
 from malstrom.types import NoKey
 

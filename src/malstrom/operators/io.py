@@ -13,10 +13,10 @@ from malstrom.engine.batch import Batch, make_record
 from malstrom.engine.context import BuildContext
 from malstrom.engine.messages import IDLE, Barrier, Control, Rescale, Select
 from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import user_error
 from malstrom.errors import AttemptFenced, OperatorError
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators._part_reader import BATCH_SIZE, PartReader
-from malstrom.operators._util import user_error
 from malstrom.sinks._protocols import RecordBatch, StatelessSinkImpl
 from malstrom.sources._protocols import StatefulSource, StatelessSource
 from malstrom.types import MAX, MIN

@@ -14,7 +14,7 @@ from malstrom.engine.batch import Batch, make_record
 from malstrom.engine.context import BuildContext
 from malstrom.engine.messages import Select
 from malstrom.engine.operator import Operator
-from malstrom.operators._util import user_error
+from malstrom.engine.user_code import user_error
 from malstrom.operators.output import Output
 from malstrom.types import Partitioner, Record
 

@@ -25,8 +25,8 @@ from malstrom.engine.batch import Batch
 from malstrom.engine.context import BuildContext
 from malstrom.engine.messages import IDLE
 from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import map_values, user_error
 from malstrom.errors import OperatorError
-from malstrom.operators._util import map_values, user_error
 from malstrom.operators.windows import restore_frontier
 from malstrom.types import MAX, MIN, Record
 

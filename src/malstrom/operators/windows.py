@@ -32,8 +32,8 @@ from malstrom.engine.batch import Batch, make_record
 from malstrom.engine.context import BuildContext
 from malstrom.engine.messages import Select
 from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import user_error
 from malstrom.errors import OperatorError
-from malstrom.operators._util import user_error
 from malstrom.types import Partitioner
 from malstrom.windows import Count, Session, Tumbling, WindowAssigner, WindowResult
 

@@ -1,4 +1,5 @@
-"""Shared helpers for operators: user-error wrapping and the Output collector."""
+"""Running user code inside operators: errors that name the operator and the record, and
+C-speed maps over a batch that still say which record failed."""
 
 from __future__ import annotations
 
