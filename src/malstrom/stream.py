@@ -121,8 +121,8 @@ class Stream:
         self._graph = graph
         self._node = node
         self._port = port
-        # Partitioner that decides which worker owns a key here (None: keyed locally).
-        self._region = region
+        # The partitioner of this key region: which worker owns a key (None: keyed locally).
+        self._partitioner = region
 
     # ----- plumbing -------------------------------------------------------------------
     def _tail(self) -> tuple[Node, int]:
@@ -131,7 +131,7 @@ class Stream:
             g = self._graph
             g.roots += 1
             node = g.add(f"::empty{g.roots}", EmptyRootOp, [], internal=True, is_root=True)
-            self._node, self._region = node, None
+            self._node, self._partitioner = node, None
         return self._node, self._port
 
     def _then(self, name: str, factory: Factory, ports: int = 1) -> Node:
@@ -139,7 +139,8 @@ class Stream:
         return self._graph.add(name, factory, [self._tail()], ports)
 
     def _out(self, node: Node, port: int = 0, region: Any = _UNSOURCED) -> Stream:
-        return Stream(self._graph, node, port, self._region if region is _UNSOURCED else region)
+        partitioner = self._partitioner if region is _UNSOURCED else region
+        return Stream(self._graph, node, port, partitioner)
 
     # ----- sources and sinks ----------------------------------------------------------------
     def source(self, name: str, source: StatefulSource | StatelessSource) -> Stream:
@@ -259,7 +260,7 @@ class Stream:
         _check_fn(name, "fn", fn)
         if initial is not None:
             _check_fn(name, "initial", initial)
-        region = self._region
+        region = self._partitioner
         node = self._then(name, lambda ctx: StatefulMapOp(name, fn, initial, ctx, region))
         node.pinned = region is None
         return self._out(node)
@@ -270,7 +271,7 @@ class Stream:
             raise BuildError(
                 f"operator {name!r}: logic needs an on_data(record, state, output) method"
             )
-        region = self._region
+        region = self._partitioner
         node = self._then(name, lambda ctx: StatefulOpOp(name, logic, ctx, region))
         node.pinned = region is None
         return self._out(node)
@@ -286,7 +287,7 @@ class Stream:
         ``>= expiry`` arrives.
         """
         _check_fn(name, "fn", fn)
-        region = self._region
+        region = self._partitioner
         node = self._then(name, lambda ctx: TtlMapOp(name, fn, ctx, region))
         node.pinned = region is None
         return self._out(node)
@@ -367,7 +368,7 @@ class Stream:
                 f"operator {name!r}: Session windows merge, so Fold needs merge=fn(a, b)"
             )
         _check_positive(name, "allowed_lateness", allowed_lateness)
-        region = self._region
+        region = self._partitioner
         node = self._then(
             name,
             lambda ctx: WindowOp(name, assigner, aggregator, allowed_lateness, ctx, region),
@@ -382,17 +383,17 @@ class Stream:
         if not isinstance(right, Stream) or right._graph is not self._graph:
             raise BuildError(f"operator {name!r}: can only join streams of the same job")
         for side, s in (("left", self), ("right", right)):
-            if s._region is None or not _keyed_by_distribute(s._node):
+            if s._partitioner is None or not _keyed_by_distribute(s._node):
                 raise BuildError(
                     f"operator {name!r}: the {side} stream must be keyed by key_distribute "
                     "(records of one key must meet on one worker)"
                 )
-        if self._region is not right._region:
+        if self._partitioner is not right._partitioner:
             raise BuildError(
                 f"operator {name!r}: both sides must be keyed by key_distribute with the "
-                f"same partitioner, got {self._region!r} and {right._region!r}"
+                f"same partitioner, got {self._partitioner!r} and {right._partitioner!r}"
             )
-        return self._region
+        return self._partitioner
 
     def join(self, name: str, right: Stream, assigner: WindowAssigner) -> Stream:
         """Pair records of one key that fall in the same window: ``value = (left, right)``.
@@ -454,9 +455,9 @@ class Stream:
             inputs.append(o._tail())
         node = self._graph.add(name, lambda ctx: Operator(name), inputs)
         streams = (self, *others)
-        regions = {id(s._region) for s in streams}
+        regions = {id(s._partitioner) for s in streams}
         node.aligns_region = len(inputs) > 1 and all(_keyed_by_distribute(s._node) for s in streams)
-        return self._out(node, region=self._region if len(regions) == 1 else None)
+        return self._out(node, region=self._partitioner if len(regions) == 1 else None)
 
     def cloned(self, name: str, n: int) -> list[Stream]:
         """``n`` streams, each receiving every record."""

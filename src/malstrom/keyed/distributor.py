@@ -97,7 +97,8 @@ _SELECT = [bytes(i == w for i in range(256)) for w in range(256)]
 
 
 class DistributorOp(Operator):
-    """Routes records by key; with ``key_fn`` None, by ``route_fn(key)`` without re-keying."""
+    """Routes records by key; with ``key_fn`` None, by the sink part ``part_of(key)``, without
+    re-keying."""
 
     peer_intake = True
 
@@ -107,11 +108,11 @@ class DistributorOp(Operator):
         key_fn: Callable[[Any], Any] | None,
         partitioner: Partitioner,
         ctx: BuildContext,
-        route_fn: Callable[[Any], Any] | None = None,
+        part_of: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__(name)
         self.key_fn = key_fn
-        self.route_fn = route_fn
+        self.part_of = part_of
         self.partitioner = partitioner
         self.me = ctx.worker_id
         self.workers = tuple(ctx.worker_set)
@@ -449,9 +450,9 @@ class DistributorOp(Operator):
         cycle.held.append(batch.select([not k for k in keep]))
 
     def _route_keys(self, batch: Batch) -> Sequence[Any]:
-        if self.route_fn is None:
+        if self.part_of is None:
             return batch.keys
         try:
-            return list(map(self.route_fn, batch.keys))
+            return list(map(self.part_of, batch.keys))
         except Exception as e:
             raise user_error(self.name, e) from e
