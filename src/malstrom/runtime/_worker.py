@@ -267,30 +267,31 @@ class Worker:
         worked = False
         for msg in msgs:
             worked = True
-            if isinstance(msg, TakeSnapshot):
-                self._begin_snapshot(msg.version)
-                if msg.stop:
-                    self._stopping = True  # suspend: nothing new after the final barrier
-            elif isinstance(msg, SnapshotCommitted):
-                if not finishing:
-                    self.fence()  # a late commit notice must not publish anything any more
-                for op in self.ops:
-                    op.on_committed(msg.version)
-            elif isinstance(msg, Reconfigure):
-                self._begin_rescale(msg)
-            elif isinstance(msg, StartBuild):
-                self._build(msg)
-            elif isinstance(msg, StartExecution):
-                self.phase = WorkerPhase.RUNNING
-            elif isinstance(msg, Finish):
-                self.phase = WorkerPhase.FINISHED
-            elif isinstance(msg, Abort):
-                self.abort_reason = msg.reason
-                self.phase = WorkerPhase.FINISHED
-                self.discard()
-                return worked
-            else:
-                raise TypeError(f"worker {self.worker_id} got an unexpected command {msg!r}")
+            match msg:
+                case TakeSnapshot():
+                    self._begin_snapshot(msg.version)
+                    if msg.stop:
+                        self._stopping = True  # suspend: nothing new after the final barrier
+                case SnapshotCommitted():
+                    if not finishing:
+                        self.fence()  # a late commit notice must not publish anything any more
+                    for op in self.ops:
+                        op.on_committed(msg.version)
+                case Reconfigure():
+                    self._begin_rescale(msg)
+                case StartBuild():
+                    self._build(msg)
+                case StartExecution():
+                    self.phase = WorkerPhase.RUNNING
+                case Finish():
+                    self.phase = WorkerPhase.FINISHED
+                case Abort():
+                    self.abort_reason = msg.reason
+                    self.phase = WorkerPhase.FINISHED
+                    self.discard()
+                    return worked
+                case _:
+                    raise TypeError(f"worker {self.worker_id} got an unexpected command {msg!r}")
         return worked
 
     def _begin_rescale(self, msg: Reconfigure) -> None:
