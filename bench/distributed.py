@@ -71,9 +71,10 @@ for _p in (str(_SRC), str(_HERE)):
 from core import N_KEYS, SEED, key_pool, running_count, word_key  # noqa: E402
 
 from malstrom import SingleThreadRuntime, StatefulSource, StatelessSink, StreamProvider  # noqa: E402
+from malstrom.engine.batch import Batch  # noqa: E402
+from malstrom.engine.messages import Epoch  # noqa: E402
 from malstrom.keyed.partitioners import rendezvous_select  # noqa: E402
 from malstrom.operators.io import BATCH_SIZE  # noqa: E402
-from malstrom.runtime._engine import Batch, Epoch  # noqa: E402
 from malstrom.runtime._multi import MultiProcessRuntime  # noqa: E402
 from malstrom.snapshot import LocalDiskPersistence  # noqa: E402
 from malstrom.transport import malstrom_pb2 as pb  # noqa: E402
@@ -843,7 +844,7 @@ def bench_inproc(n: int, rounds: int) -> None:
     from malstrom.keyed.distributor import DistributorOp
     from malstrom.operators.io import SourceOp, StatelessSinkOp
     from malstrom.operators.stateful import StatefulMapOp
-    from malstrom.runtime import _cluster
+    from malstrom.testing import _cluster
     from malstrom.transport._exchange import LocalExchangeHub
 
     clock: Counter[str] = Counter()

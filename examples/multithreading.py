@@ -11,12 +11,17 @@ runtime is :class:`~malstrom.MultiProcessRuntime`: the very ``build`` that
 Lines from different workers interleave in any order.
 """
 
+import sys
+
 from malstrom import MultiProcessRuntime, OperatorContext, Record, StreamProvider
 from malstrom.sources import IterSource
 
 
 def print_with_worker(record: Record, ctx: OperatorContext) -> None:
-    print(f"{record.value} @ Worker {ctx.worker_id}", flush=True)
+    # One write per line: print() writes the text and the newline separately, and four
+    # processes sharing an unbuffered stdout could interleave between the two.
+    sys.stdout.write(f"{record.value} @ Worker {ctx.worker_id}\n")
+    sys.stdout.flush()
 
 
 def build(provider: StreamProvider) -> None:

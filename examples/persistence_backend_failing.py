@@ -29,8 +29,8 @@ from typing import Any
 
 from malstrom import (
     MAX,
+    JobFailed,
     OperatorContext,
-    OperatorError,
     Output,
     Record,
     SingleThreadRuntime,
@@ -158,7 +158,7 @@ if __name__ == "__main__":
         try:
             run(work)
             break
-        except OperatorError as e:
+        except JobFailed as e:  # its __cause__ is the OperatorError naming the operator
             print(f"job failed ({e}); restarting from the last committed snapshot")
             if not restart or attempt == 3:
                 raise

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from malstrom.transport._grpc_auth import TlsConfig
+from malstrom.transport import TlsConfig
 
 
 @pytest.fixture(scope="session")

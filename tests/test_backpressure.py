@@ -18,10 +18,10 @@ from jobs import rescale_job as rj
 from malstrom import StatefulSink, StatefulSource, StreamProvider
 from malstrom.coordinator._coordinator import JobPhase
 from malstrom.runtime._backpressure import IntakeGate
-from malstrom.runtime._cluster import LocalCluster
 from malstrom.runtime._worker import WorkerPhase
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
+from malstrom.testing import LocalCluster
 from malstrom.transport._exchange import InPipe, LocalExchangeHub, OutPipe
 from malstrom.windows import Count, Tumbling
 
@@ -426,7 +426,7 @@ def test_time_an_input_is_held_by_backpressure_does_not_make_it_idle() -> None:
     worker = cluster.workers[0]
     gen = next(op for op in worker.ops if op.name == "time")
     source = next(op for op in worker.ops if op.name == "numbers")
-    exchange = worker.services["exchange"]
+    exchange = worker.exchange
     polled = [p.part.nxt for p in source.parts]
     exchange.saturated = lambda: frozenset({"by-index"})  # worker 0's pipes stay full
     t0 = time.monotonic()

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from malstrom import MAX, OperatorError, StatefulLogic, StatefulSource, rendezvous_select
-from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import FileSink, ListSink
 from malstrom.snapshot import InMemoryPersistence, LocalDiskPersistence
 from malstrom.sources import IterSource
+from malstrom.testing import run_local_cluster
 
 PARTS = 5
 PER_PART = 4_000

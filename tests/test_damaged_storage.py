@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from job_errors import job_fails_with
 from jobs import mp_sums
 from jobs.hanging_store import HangingStore
 from test_cli import APP, MALSTROM, env
@@ -90,7 +91,7 @@ def test_single_thread_refuses_to_start_when_every_snapshot_is_damaged(tmp_path:
     starts: list[int] = []
     sink = ListSink()
     rt = SingleThreadRuntime(make_build(sink, starts, None, []), persistence=p)
-    with pytest.raises(SnapshotsDamagedError) as info:
+    with job_fails_with(SnapshotsDamagedError) as info:
         rt.execute()
     assert info.value.versions == damaged
     text = str(info.value)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from job_errors import job_fails_with
 from jobs import dir_job
 
 from malstrom import OperatorError, SingleThreadRuntime
@@ -180,7 +181,7 @@ def test_directory_source_reads_each_file_once_across_a_restore(tmp_path: Path) 
 
     old, io.BATCH_SIZE = io.BATCH_SIZE, 50
     try:
-        with pytest.raises(OperatorError):
+        with job_fails_with(OperatorError):
             SingleThreadRuntime(build, persistence=persistence, snapshot_interval=0.0005).execute()
         fail[0] = False
         rt = SingleThreadRuntime(build, persistence=persistence, snapshot_interval=0.0005)

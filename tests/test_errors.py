@@ -1,4 +1,5 @@
-"""Build mistakes raise BuildError; failures at run time raise OperatorError naming the operator."""
+"""Build mistakes raise BuildError; failures at run time raise JobFailed, caused by an
+OperatorError naming the operator."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from job_errors import job_fails_with
 
 from malstrom import (
     BuildError,
@@ -42,7 +44,7 @@ def build_error(build: Build) -> BuildError:
 
 
 def operator_error(build: Build, **kw: Any) -> OperatorError:
-    with pytest.raises(OperatorError) as info:
+    with job_fails_with(OperatorError) as info:
         run(build, **kw)
     return info.value
 
@@ -609,7 +611,7 @@ def test_error_does_not_poison_the_next_run() -> None:
     def build(p: StreamProvider) -> None:
         src(p, [1, 2, 3]).map("flaky", flaky).sink("s", sink)
 
-    with pytest.raises(OperatorError):
+    with job_fails_with(OperatorError):
         run(build)
     sink.records.clear()
     run(build)

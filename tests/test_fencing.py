@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from malstrom import Record, StatefulSink
-from malstrom._errors import AttemptFenced
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
 from malstrom.coordinator._messages import (
     Abort,
@@ -27,6 +26,7 @@ from malstrom.coordinator._messages import (
     TakeSnapshot,
     new_attempt_id,
 )
+from malstrom.errors import AttemptFenced
 from malstrom.runtime._single import build_graph
 from malstrom.runtime._worker import Worker
 from malstrom.sinks import FileSink

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from job_errors import job_fails_with
 
 from malstrom import OperatorError, SingleThreadRuntime
 from malstrom.formats import Csv, Format, JsonLines, Lines, Parquet
@@ -75,7 +76,7 @@ def test_bad_input_names_the_file_and_position(
 ) -> None:
     f = tmp_path / "bad.txt"
     f.write_text(text)
-    with pytest.raises(OperatorError) as info:
+    with job_fails_with(OperatorError) as info:
         job_values(FileSource(f, format=fmt))
     msg = str(info.value)
     assert "'f'" in msg and str(f) in msg and "byte" in msg and want in msg
@@ -180,7 +181,7 @@ def crash_then_resume(tmp_path: Path, sink: Any, values: list[Any]) -> None:
 
     old, io.BATCH_SIZE = io.BATCH_SIZE, 16
     try:
-        with pytest.raises(OperatorError):
+        with job_fails_with(OperatorError):
             SingleThreadRuntime(build, persistence=persistence, snapshot_interval=0.0005).execute()
         fail[0] = False
         rt = SingleThreadRuntime(build, persistence=persistence, snapshot_interval=0.0005)
@@ -227,7 +228,7 @@ def test_csv_writer_errors_and_parquet_file_sink_refused(tmp_path: Path) -> None
             sink = FileSink(tmp_path / "o", format=fmt)
             p.new_stream().source("n", IterSource(values)).sink("out", sink)
 
-        with pytest.raises(OperatorError) as info:
+        with job_fails_with(OperatorError) as info:
             SingleThreadRuntime(build).execute()
         return str(info.value)
 

@@ -1,5 +1,5 @@
 """Idle workers and idle_timeout: a worker with no source data must not hold back event time
-merged across workers, so windows keep closing (DESIGN 3.3, ``idle_timeout``)."""
+merged across workers, so windows keep closing (``idle_timeout``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from malstrom import BuildError, StatefulSource, StreamProvider, rendezvous_select
-from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import ListSink
+from malstrom.testing import run_local_cluster
 from malstrom.windows import Count, Tumbling
 
 pytestmark = pytest.mark.timeout(60)

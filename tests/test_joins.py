@@ -30,11 +30,10 @@ from malstrom import (
 )
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators.joins import IntervalJoinOp, WindowJoinOp, _JoinOp
-from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
 from malstrom.sources import IterSource
-from malstrom.testing import TimedSource
+from malstrom.testing import TimedSource, run_local_cluster
 from malstrom.windows import Session, Sliding, Tumbling
 
 # ----- helpers --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 import kafka_support
 import pytest
+from job_errors import job_fails_with
 from kafka_support import produce, read_all, topic, values
 
 from malstrom import OperatorError, Record, SingleThreadRuntime, StreamProvider
@@ -100,7 +101,7 @@ def test_deserializer_error_names_topic_partition_offset_or_is_routed(kafka: Moc
     t = topic("bad")
     kafka.create_topic(t, 3)
     produce(kafka.bootstrap_servers, t, [(None, b'{"ok": 1}', 2), (None, b"{not json", 2)])
-    with pytest.raises(OperatorError, match=rf"{t}\[2\] at offset 1: JSONDecodeError") as e:
+    with job_fails_with(OperatorError, match=rf"{t}\[2\] at offset 1: JSONDecodeError") as e:
         run_collect(KafkaSource(kafka.bootstrap_servers, t, bounded=True, deserialize="json"))
     assert "'kafka'" in str(e.value)  # the operator
     skipped = run_collect(
@@ -212,7 +213,7 @@ def test_unreachable_brokers_fail_fast_with_a_clear_error() -> None:
     src = KafkaSource("127.0.0.1:9", "nowhere", metadata_timeout=1.5)
     t0 = time.monotonic()
     no_answer = r"no answer from the brokers 127\.0\.0\.1:9 within 1\.5 s"
-    with pytest.raises(OperatorError, match=no_answer):
+    with job_fails_with(OperatorError, match=no_answer):
         run_collect(src)
     assert time.monotonic() - t0 < 30  # bounded: no hang
     sink = KafkaSink("127.0.0.1:9", "nowhere", timeout=1.5)
@@ -224,7 +225,7 @@ def test_missing_topic_is_a_clear_error(kafka: MockCluster) -> None:
     src = KafkaSource(
         kafka.bootstrap_servers, topic("missing"), config={"allow.auto.create.topics": False}
     )
-    with pytest.raises(OperatorError, match="is not readable"):
+    with job_fails_with(OperatorError, match="is not readable"):
         run_collect(src)
 
 
@@ -336,7 +337,7 @@ def test_sink_serializer_error_names_the_operator_and_record(kafka: MockCluster)
 
         provider.new_stream().source("items", IterSource([object()])).sink("kafka-out", sink)
 
-    with pytest.raises(OperatorError, match=r"'kafka-out'.*cannot serialize object"):
+    with job_fails_with(OperatorError, match=r"'kafka-out'.*cannot serialize object"):
         SingleThreadRuntime(build).execute()
 
 

@@ -7,16 +7,15 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import pytest
+from job_errors import job_fails_with
 
 from malstrom import MAX, OperatorError, SingleThreadRuntime, StatefulLogic
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
 from malstrom.coordinator._messages import BuildComplete, Heartbeat, StartBuild
-from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence, NoPersistence
 from malstrom.sources import IterSource
-from malstrom.testing import run_pipeline
+from malstrom.testing import run_local_cluster, run_pipeline
 
 
 def test_stop_suspends_sources_so_resume_has_no_duplicates() -> None:
@@ -140,7 +139,7 @@ def test_user_stop_iteration_is_an_error_not_a_short_batch() -> None:
         return x
 
     for op in ("map", "filter", "key_local"):
-        with pytest.raises(OperatorError, match="StopIteration") as info:
+        with job_fails_with(OperatorError, match="StopIteration") as info:
             run_pipeline(range(6), lambda s, op=op: getattr(s, op)("f", f))
         assert info.value.record is not None and info.value.record.value == 3
 
@@ -179,7 +178,7 @@ def test_keys_without_stable_hash_resume_on_one_worker() -> None:
         )
 
     rt = SingleThreadRuntime(build, persistence=p, snapshot_interval=0.0001)
-    with pytest.raises(OperatorError):
+    with job_fails_with(OperatorError):
         rt.execute()
     rt.execute()
     final = {}

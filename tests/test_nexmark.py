@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 from malstrom import MultiProcessRuntime, SingleThreadRuntime, StreamProvider
-from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import FileSink, ListSink
 from malstrom.snapshot import InMemoryPersistence
+from malstrom.testing import run_local_cluster
 
 duckdb = pytest.importorskip("duckdb")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from job_errors import job_fails_with
 
 obstore = pytest.importorskip("obstore")
 pytest.importorskip("slatedb")
@@ -611,7 +612,7 @@ def run_sums(p: Persistence, crash_at: int | None) -> tuple[ListSink, list[int],
     if crash_at is None:
         rt.execute()
     else:
-        with pytest.raises(OperatorError):
+        with job_fails_with(OperatorError):
             rt.execute()
     return sink, starts, seen
 

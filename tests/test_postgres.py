@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from job_errors import job_fails_with
 from jobs import pg_job
 
 from malstrom import OperatorError, SingleThreadRuntime, StatefulSource
@@ -300,7 +301,7 @@ def failure(pg: str, sink: PostgresSink, values: list[Any]) -> str:
     def build(p: Any) -> None:
         p.new_stream().source("n", IterSource(values)).sink("pg", sink)
 
-    with pytest.raises(OperatorError) as info:
+    with job_fails_with(OperatorError) as info:
         run(build)
     return str(info.value)
 

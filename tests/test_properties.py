@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from malstrom import (
+    JobFailed,
     NoKey,
     OperatorError,
     Record,
@@ -248,8 +249,9 @@ def test_crash_and_resume_applies_every_state_update_once(
 
         try:
             SingleThreadRuntime(build, persistence=persistence, snapshot_interval=0.001).execute()
-        except OperatorError as e:
-            assert e.operator == "trap"
+        except JobFailed as failed:
+            e = failed.__cause__
+            assert isinstance(e, OperatorError) and e.operator == "trap"
             assert isinstance(e.__cause__, RuntimeError)
         return sink.records
 

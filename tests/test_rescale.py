@@ -17,9 +17,9 @@ from jobs import rescale_job as rj
 
 from malstrom import StatefulSource, StatelessLogic, StreamProvider
 from malstrom.coordinator._coordinator import Coordinator, JobPhase, OperationRefused
-from malstrom.runtime._cluster import LocalCluster, run_local_cluster
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
+from malstrom.testing import LocalCluster, run_local_cluster
 from malstrom.windows import Tumbling
 
 pytestmark = pytest.mark.timeout(120)
@@ -331,7 +331,7 @@ class _EpochOrderChecker(StatelessLogic):
 @pytest.mark.parametrize("steps", [{8: 3}, {8: 1}, {5: 4, 20: 2}])
 def test_epochs_never_overtake_held_or_moved_records(steps: dict[int, int]) -> None:
     """Tight event time (bound 0): while keys move, the distributor must not let an epoch pass
-    records it holds back (the reference framework does; DESIGN invariant)."""
+    records it holds back."""
     violations: list[Any] = []
     seen: list[int] = []
 
@@ -382,7 +382,7 @@ def test_scaling_down_a_job_with_state_kept_in_place_is_refused() -> None:
 
 @pytest.mark.parametrize("shape", ["two-distributors", "cloned"])
 def test_state_after_a_keyed_union_moves_whole(shape: str) -> None:
-    """A union of keyed streams feeding keyed state: its inputs' Collect and Installed align,
+    """A union of keyed streams feeding keyed state: its inputs' Handover and Installed align,
     so a key's state and its records from every input move together."""
     out = ListSink()
     n = 1_500
@@ -444,8 +444,8 @@ def test_a_rescale_whose_new_workers_never_come_is_abandoned_cleanly() -> None:
 
 @pytest.mark.parametrize("key_of", ["cycling", "ever-new"])
 def test_many_keys_move_in_chunks_exactly_once(key_of: str) -> None:
-    """Thousands of keys move (several Collect chunks a rescale), while new keys keep
-    appearing (caught by the final Collect): every key's count is exact."""
+    """Thousands of keys move (several Handover chunks a rescale), while new keys keep
+    appearing (caught by the final Handover): every key's count is exact."""
     out = ListSink()
     n = 24_000
 

@@ -17,10 +17,12 @@ from jobs import fanout_job as fj
 
 from malstrom import StatefulSource, StreamProvider
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
-from malstrom.runtime._cluster import LocalCluster, run_local_cluster
-from malstrom.runtime._engine import Acquire, Batch, Installed, Interrogate, Operator, Token
+from malstrom.engine.batch import Batch
+from malstrom.engine.messages import Acquire, Installed, Interrogate, Token
+from malstrom.engine.operator import Operator
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
+from malstrom.testing import LocalCluster, run_local_cluster
 from malstrom.windows import Sum, Tumbling
 
 pytestmark = pytest.mark.timeout(180)
@@ -192,8 +194,9 @@ def test_a_frozen_generator_classifies_against_the_epoch_of_the_rescale_start() 
     """While keys move, a generator after key_distribute emits no epoch and judges records by
     the epoch it had emitted when the rescale started; the epoch it gathered meanwhile follows
     the held records."""
+    from malstrom.engine.context import BuildContext
+    from malstrom.engine.messages import Epoch, Released
     from malstrom.operators.time import GenerateEpochsOp
-    from malstrom.runtime._engine import BuildContext, Epoch, Released
 
     gen = GenerateEpochsOp("g", None, 0, BuildContext(0, (0,)))
     (inp,) = [gen.add_input()]
@@ -223,8 +226,9 @@ def test_windows_moved_between_workers_at_different_frontiers_fire_once() -> Non
     """A window that had not fired where it was fires at once on a worker whose frontier is
     past its end; one that had fired (kept for lateness) does not fire again on a worker whose
     frontier is behind, and late records update it as they would have where it was."""
+    from malstrom.engine.context import BuildContext
+    from malstrom.engine.messages import Epoch
     from malstrom.operators.windows import WindowOp
-    from malstrom.runtime._engine import BuildContext, Epoch
     from malstrom.windows import Count
 
     def op(frontier: Any) -> tuple[WindowOp, Any]:
@@ -314,9 +318,9 @@ def test_a_worker_that_gets_a_part_is_no_longer_idle_to_its_peers(stamped: bool)
     that the part finished straight from its reader, and would otherwise end the stream while
     that part's last records are still on their way (observed on processes: records after
     Epoch(MAX), end-of-stream totals missing them)."""
+    from malstrom.engine.messages import IDLE
     from malstrom.keyed.distributor import DistributorOp
     from malstrom.keyed.partitioners import rendezvous_select
-    from malstrom.runtime._engine import IDLE
 
     assert rendezvous_select(0, [0, 1]) == 1 and rendezvous_select(0, [0, 1, 2]) == 2
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from malstrom.engine.batch import Batch
+from malstrom.engine.context import BuildContext
 from malstrom.keyed.distributor import DistributorOp
 from malstrom.keyed.partitioners import rendezvous_select
-from malstrom.runtime._engine import Batch, BuildContext
 
 
 class RecordingExchange:
@@ -29,7 +30,7 @@ def test_every_record_goes_to_its_owner_in_order(workers: tuple[int, ...]) -> No
     keys = [f"k{rng.randrange(300)}" for _ in range(5000)]
     for me in workers:
         ex = RecordingExchange()
-        ctx = BuildContext(me, workers, services={"exchange": ex})
+        ctx = BuildContext(me, workers, exchange=ex)
         op = DistributorOp("d", str.upper, rendezvous_select, ctx)
         out = op.add_input()  # stands in for the downstream channel
         op.outs[0].append(out)
@@ -54,7 +55,7 @@ def test_a_batch_owned_by_one_worker_travels_whole() -> None:
     key = next(f"k{i}" for i in range(100) if rendezvous_select(f"k{i}", workers) == 1)
     ex = RecordingExchange()
     op = DistributorOp(
-        "d", None, rendezvous_select, BuildContext(0, workers, services={"exchange": ex})
+        "d", None, rendezvous_select, BuildContext(0, workers, exchange=ex)
     )
     batch = Batch([key] * 3, [1, 2, 3], [0, 1, 2])
     op.on_batch(batch, 0)

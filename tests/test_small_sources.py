@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from job_errors import job_fails_with
 
 from malstrom import OperatorError, SingleThreadRuntime
 from malstrom.runtime._multi import JobFailed, MultiProcessRuntime
@@ -217,7 +218,7 @@ def test_polling_source_end_to_end_with_max_polls_and_errors() -> None:
     def failing(p: Any) -> None:
         p.new_stream().source("api", PollingSource(boom, 0.05)).sink("out", ListSink())
 
-    with pytest.raises(OperatorError, match=r"'api'.*ConnectionError: api down"):
+    with job_fails_with(OperatorError, match=r"'api'.*ConnectionError: api down"):
         SingleThreadRuntime(failing).execute()
     with pytest.raises(ValueError, match="interval"):
         PollingSource(fetch, 0)

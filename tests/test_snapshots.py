@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from job_errors import job_fails_with
 
 from malstrom import MAX, OperatorError, SingleThreadRuntime, StatefulLogic, StatefulSource
 from malstrom.sinks import FileSink, ListSink
@@ -126,7 +127,7 @@ def run(
     if crash_at is None:
         rt.execute()
     else:
-        with pytest.raises(OperatorError) as info:
+        with job_fails_with(OperatorError) as info:
             rt.execute()
         assert info.value.operator == "maybe-fail"
         assert isinstance(info.value.__cause__, Boom)
@@ -208,7 +209,7 @@ def test_foreign_snapshot_format_is_refused(tmp_path: Path) -> None:
     raw = json.loads(manifest.read_text())
     raw["format"] = 99
     manifest.write_text(json.dumps(raw))
-    with pytest.raises(SnapshotFormatError, match="format 99"):
+    with job_fails_with(SnapshotFormatError, match="format 99"):
         run(p)
 
 
@@ -258,7 +259,7 @@ def test_file_source_and_file_sink_exactly_once_across_crash(tmp_path: Path) -> 
     rt = SingleThreadRuntime(
         _wordcount_build(paths, str(out), line(2, 5000)), persistence=p, snapshot_interval=0.001
     )
-    with pytest.raises(OperatorError):
+    with job_fails_with(OperatorError):
         rt.execute()
     assert p.last_committed() is not None
     partial = out.read_text().splitlines()
@@ -291,11 +292,11 @@ def test_iter_source_refuses_to_resume_a_one_shot_iterator() -> None:
         )
 
     rt = SingleThreadRuntime(build, persistence=p, snapshot_interval=0.0001)
-    with pytest.raises(OperatorError):
+    with job_fails_with(OperatorError):
         rt.execute()
     if p.last_committed() is None:
         pytest.skip("no snapshot committed before the failure on this machine")
-    with pytest.raises(OperatorError, match="cannot resume"):
+    with job_fails_with(OperatorError, match="cannot resume"):
         rt.execute()
 
 
@@ -321,7 +322,7 @@ def test_iter_source_resumes_a_factory() -> None:
         )
 
     rt = SingleThreadRuntime(build, persistence=p, snapshot_interval=0.0001)
-    with pytest.raises(OperatorError):
+    with job_fails_with(OperatorError):
         rt.execute()
     rt.execute()
     want: Counter[int] = Counter()
@@ -358,7 +359,7 @@ def test_end_of_stream_hooks_do_not_run_again_after_a_restore(tmp_path: Path) ->
 
     p = LocalDiskPersistence(tmp_path / "snap")
     rt = SingleThreadRuntime(build, persistence=p, snapshot_interval=0.0005)
-    with pytest.raises(OperatorError):
+    with job_fails_with(OperatorError):
         rt.execute()
     assert p.last_committed() is not None
     rt.execute()

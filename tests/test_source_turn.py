@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from job_errors import job_fails_with
 from jobs import rescale_job as rj
 from jobs import slow_parts
 
@@ -34,10 +35,10 @@ from malstrom import (
     StatelessSource,
     StreamProvider,
 )
-from malstrom.runtime._cluster import LocalCluster
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET
 from malstrom.snapshot import InMemoryPersistence, LocalDiskPersistence
 from malstrom.sources import FileSource, IterSource
+from malstrom.testing import LocalCluster
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -173,7 +174,7 @@ def test_a_snapshot_commits_while_a_slow_source_runs_and_the_rerun_resumes_from_
             .sink("meter", StatelessSink(meter))
         )
 
-    with pytest.raises(OperatorError, match="bad record 2200"):
+    with job_fails_with(OperatorError, match="bad record 2200"):
         SingleThreadRuntime(build, persistence=persistence, snapshot_interval=0.05).execute()
     assert persistence.committed_versions(), "no snapshot was committed before the failure"
     fail[0] = False

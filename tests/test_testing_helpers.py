@@ -46,6 +46,13 @@ def test_readme_first_example_prints_documented_records(tmp_path: Path) -> None:
     ]
 
 
+def test_readme_local_cluster_example_runs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Testing your dataflows\n\n.*?```python\n(.*?)```", readme, re.S)
+    assert code is not None
+    exec(compile(code.group(1), "README.md", "exec"), {})  # its asserts check the counts
+
+
 def test_max_is_importable_from_top_level() -> None:
     assert MAX > 10**100
 

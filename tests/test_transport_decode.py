@@ -9,7 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
-from malstrom.runtime._engine import Batch, Epoch
+from malstrom.engine.batch import Batch
+from malstrom.engine.messages import Epoch
 from malstrom.transport import malstrom_pb2 as pb
 from malstrom.transport import malstrom_pb2_grpc as pb_grpc
 from malstrom.transport._exchange import TransportError

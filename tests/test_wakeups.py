@@ -33,7 +33,7 @@ class _IdleWorker:
     def __init__(self, deadline: float) -> None:
         self.phase = WorkerPhase.RUNNING
         self.endpoint = _Side()
-        self.services = {"exchange": _Side()}
+        self.exchange = _Side()
         self.deadline = deadline
         self.turns = 0
         self.turned = threading.Event()
@@ -72,7 +72,7 @@ def test_an_arrival_wakes_a_sleeping_worker(side: str) -> None:
     worker = _IdleWorker(deadline=time.monotonic() + 3600)
     t = _run(worker)
     time.sleep(0.3)  # past the ramp: in its long sleep
-    wake = (worker.endpoint if side == "endpoint" else worker.services["exchange"]).wake
+    wake = (worker.endpoint if side == "endpoint" else worker.exchange).wake
     worker.turned.clear()
     before = worker.turns
     wake()

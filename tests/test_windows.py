@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from job_errors import job_fails_with
 
 import malstrom.windows
 from malstrom import (
@@ -37,11 +38,10 @@ from malstrom import (
     StreamProvider,
 )
 from malstrom.operators.windows import WindowOp
-from malstrom.runtime._cluster import run_local_cluster
 from malstrom.sinks import ListSink
 from malstrom.snapshot import InMemoryPersistence
 from malstrom.sources import IterSource
-from malstrom.testing import TimedSource
+from malstrom.testing import TimedSource, run_local_cluster
 from malstrom.windows import (
     Collect,
     Count,
@@ -835,7 +835,7 @@ def test_window_with_lateness_and_sessions_restore_single_thread() -> None:
 
     want = ListSink()
     SingleThreadRuntime(build_for(want, None)).execute()
-    with pytest.raises(OperatorError):
+    with job_fails_with(OperatorError):
         SingleThreadRuntime(
             build_for(ListSink(), 15_000), persistence=p, snapshot_interval=0.0005
         ).execute()
@@ -913,7 +913,7 @@ def test_assigner_and_aggregator_arguments_are_checked() -> None:
 
 
 def test_aggregator_errors_become_operator_errors() -> None:
-    with pytest.raises(OperatorError, match="'win'") as info:
+    with job_fails_with(OperatorError, match="'win'") as info:
         windowed([("k", 1, 0), ("k", 2, "x")], Tumbling(10), Sum())
     assert isinstance(info.value.__cause__, TypeError)
     assert info.value.record == Record("k", "x", 2)

@@ -16,13 +16,12 @@ with a runtime::
     SingleThreadRuntime(build).execute()
 """
 
-from malstrom._errors import BuildError, OperatorError
-from malstrom.coordinator._coordinator import OperationRefused
+from malstrom.errors import BuildError, JobFailed, MalstromError, OperationRefused, OperatorError
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators.basic import OperatorContext, StatelessLogic
 from malstrom.operators.output import Output
 from malstrom.operators.stateful import ExpireMap, StatefulLogic
-from malstrom.runtime._multi import JobFailed, JobHandle, MultiProcessRuntime
+from malstrom.runtime._multi import JobHandle, MultiProcessRuntime
 from malstrom.runtime._single import SingleThreadRuntime
 from malstrom.sinks import StatefulSink, StatelessSink
 from malstrom.sources import StatefulSource, StatelessSource
@@ -36,6 +35,7 @@ __all__ = [
     "ExpireMap",
     "JobFailed",
     "JobHandle",
+    "MalstromError",
     "MultiProcessRuntime",
     "NoKey",
     "OperationRefused",

@@ -7,11 +7,12 @@ operator instances from it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from malstrom._errors import BuildError
+from malstrom.engine.graph import Factory, Graph, Node, check_name
+from malstrom.engine.operator import Operator
+from malstrom.errors import BuildError
 from malstrom.keyed.distributor import DistributorOp
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators.basic import (
@@ -38,65 +39,12 @@ from malstrom.operators.stateful import (
 )
 from malstrom.operators.time import AssignTimestampsOp, GenerateEpochsOp
 from malstrom.operators.windows import WindowOp
-from malstrom.runtime._engine import BuildContext, Operator
 from malstrom.sinks._protocols import StatefulSink, StatelessSink
 from malstrom.sources._protocols import StatefulSource, StatelessSource
-from malstrom.types import Record
+from malstrom.types import Partitioner, Record
 from malstrom.windows import Aggregator, Fold, Session, Sliding, Tumbling, WindowAssigner
 
 __all__ = ["Stream", "StreamProvider"]
-
-Partitioner = Callable[[Any, Sequence[int]], int]
-_Factory = Callable[[BuildContext], Operator]
-
-
-@dataclass(eq=False)
-class _Node:
-    name: str
-    factory: _Factory
-    inputs: list[tuple[_Node, int]]
-    ports: int = 1
-    is_root: bool = False
-    distributes: bool = False  # made by key_distribute: keys here are placed by a partitioner
-    co_keyed: bool = False  # several inputs, every one keyed by a distributor (rescales align)
-    pinned: bool = False  # keeps keyed state in place (not placed by a partitioner): cannot move
-
-
-@dataclass(eq=False)
-class _Graph:
-    nodes: list[_Node] = field(default_factory=list)
-    names: set[str] = field(default_factory=set)
-    roots: int = 0
-
-    def pinned(self) -> list[str]:
-        """Operators whose keyed state stays on its worker (a rescale cannot remove workers)."""
-        return [n.name for n in self.nodes if n.pinned]
-
-    def add(
-        self,
-        name: str,
-        factory: _Factory,
-        inputs: list[tuple[_Node, int]],
-        ports: int = 1,
-        internal: bool = False,
-        is_root: bool = False,
-    ) -> _Node:
-        if not internal:
-            _check_name(name)
-        if name in self.names:
-            raise BuildError(f"operator name {name!r} is used twice; names must be unique")
-        self.names.add(name)
-        node = _Node(name, factory, inputs, ports, is_root)
-        self.nodes.append(node)
-        return node
-
-
-def _check_name(name: object) -> None:
-    if not isinstance(name, str) or not name:
-        raise BuildError(f"operator names must be non-empty strings, got {name!r}")
-    if "::" in name:
-        raise BuildError(f"operator name {name!r} contains '::', which is reserved for malstrom")
-
 
 def _check_fn(op: str, what: str, fn: object) -> None:
     if not callable(fn):
@@ -106,16 +54,16 @@ def _check_fn(op: str, what: str, fn: object) -> None:
 _UNSOURCED: Any = object()
 
 
-def _is_key_distribute(node: _Node) -> bool:
+def _is_key_distribute(node: Node) -> bool:
     """Whether ``node`` was made by :meth:`Stream.key_distribute`."""
     return node.distributes
 
 
-def _keyed_by_distribute(node: _Node | None) -> bool:
+def _keyed_by_distribute(node: Node | None) -> bool:
     """Whether every path from a source to ``node`` passes through a ``key_distribute``."""
     seen: dict[int, bool] = {}
 
-    def walk(n: _Node) -> bool:
+    def walk(n: Node) -> bool:
         got = seen.get(id(n))
         if got is None:
             if _is_key_distribute(n):
@@ -153,7 +101,7 @@ class StreamProvider:
     """Handed to ``build(provider)``; creates the job's streams."""
 
     def __init__(self) -> None:
-        self._graph = _Graph()
+        self._graph = Graph()
 
     def new_stream(self) -> Stream:
         """A fresh stream: give it a source with :meth:`Stream.source`."""
@@ -169,34 +117,35 @@ class Stream:
     route receive the :class:`~malstrom.Record`.
     """
 
-    def __init__(self, graph: _Graph, node: _Node | None, port: int, region: Any) -> None:
+    def __init__(self, graph: Graph, node: Node | None, port: int, region: Any) -> None:
         self._graph = graph
         self._node = node
         self._port = port
-        # Partitioner that decides which worker owns a key here (None: keyed locally).
-        self._region = region
+        # The partitioner of this key region: which worker owns a key (None: keyed locally).
+        self._partitioner = region
 
     # ----- plumbing -------------------------------------------------------------------
-    def _tail(self) -> tuple[_Node, int]:
+    def _tail(self) -> tuple[Node, int]:
         if self._node is None:
             # An operator on a stream without a source: the stream is empty and ends at once.
             g = self._graph
             g.roots += 1
             node = g.add(f"::empty{g.roots}", EmptyRootOp, [], internal=True, is_root=True)
-            self._node, self._region = node, None
+            self._node, self._partitioner = node, None
         return self._node, self._port
 
-    def _then(self, name: str, factory: _Factory, ports: int = 1) -> _Node:
-        _check_name(name)
+    def _then(self, name: str, factory: Factory, ports: int = 1) -> Node:
+        check_name(name)
         return self._graph.add(name, factory, [self._tail()], ports)
 
-    def _out(self, node: _Node, port: int = 0, region: Any = _UNSOURCED) -> Stream:
-        return Stream(self._graph, node, port, self._region if region is _UNSOURCED else region)
+    def _out(self, node: Node, port: int = 0, region: Any = _UNSOURCED) -> Stream:
+        partitioner = self._partitioner if region is _UNSOURCED else region
+        return Stream(self._graph, node, port, partitioner)
 
     # ----- sources and sinks ----------------------------------------------------------------
     def source(self, name: str, source: StatefulSource | StatelessSource) -> Stream:
         """Attach a source; only on a stream fresh from ``provider.new_stream()``."""
-        _check_name(name)
+        check_name(name)
         if not isinstance(source, StatefulSource | StatelessSource):
             raise BuildError(
                 f"operator {name!r}: {source!r} is not a source; wrap your implementation in "
@@ -214,7 +163,7 @@ class Stream:
 
     def sink(self, name: str, sink: StatelessSink | StatefulSink) -> None:
         """Send every record to ``sink``; the stream ends here."""
-        _check_name(name)
+        check_name(name)
         if isinstance(sink, StatefulSink):
             impl = sink.impl
             tail = self._tail()
@@ -311,7 +260,7 @@ class Stream:
         _check_fn(name, "fn", fn)
         if initial is not None:
             _check_fn(name, "initial", initial)
-        region = self._region
+        region = self._partitioner
         node = self._then(name, lambda ctx: StatefulMapOp(name, fn, initial, ctx, region))
         node.pinned = region is None
         return self._out(node)
@@ -322,7 +271,7 @@ class Stream:
             raise BuildError(
                 f"operator {name!r}: logic needs an on_data(record, state, output) method"
             )
-        region = self._region
+        region = self._partitioner
         node = self._then(name, lambda ctx: StatefulOpOp(name, logic, ctx, region))
         node.pinned = region is None
         return self._out(node)
@@ -338,7 +287,7 @@ class Stream:
         ``>= expiry`` arrives.
         """
         _check_fn(name, "fn", fn)
-        region = self._region
+        region = self._partitioner
         node = self._then(name, lambda ctx: TtlMapOp(name, fn, ctx, region))
         node.pinned = region is None
         return self._out(node)
@@ -419,7 +368,7 @@ class Stream:
                 f"operator {name!r}: Session windows merge, so Fold needs merge=fn(a, b)"
             )
         _check_positive(name, "allowed_lateness", allowed_lateness)
-        region = self._region
+        region = self._partitioner
         node = self._then(
             name,
             lambda ctx: WindowOp(name, assigner, aggregator, allowed_lateness, ctx, region),
@@ -430,21 +379,21 @@ class Stream:
 
     def _join_inputs(self, name: str, right: Stream) -> Any:
         """Check that both sides are keyed alike; returns their partitioner."""
-        _check_name(name)
+        check_name(name)
         if not isinstance(right, Stream) or right._graph is not self._graph:
             raise BuildError(f"operator {name!r}: can only join streams of the same job")
         for side, s in (("left", self), ("right", right)):
-            if s._region is None or not _keyed_by_distribute(s._node):
+            if s._partitioner is None or not _keyed_by_distribute(s._node):
                 raise BuildError(
                     f"operator {name!r}: the {side} stream must be keyed by key_distribute "
                     "(records of one key must meet on one worker)"
                 )
-        if self._region is not right._region:
+        if self._partitioner is not right._partitioner:
             raise BuildError(
                 f"operator {name!r}: both sides must be keyed by key_distribute with the "
-                f"same partitioner, got {self._region!r} and {right._region!r}"
+                f"same partitioner, got {self._partitioner!r} and {right._partitioner!r}"
             )
-        return self._region
+        return self._partitioner
 
     def join(self, name: str, right: Stream, assigner: WindowAssigner) -> Stream:
         """Pair records of one key that fall in the same window: ``value = (left, right)``.
@@ -467,7 +416,7 @@ class Stream:
             lambda ctx: WindowJoinOp(name, assigner, ctx, region),
             [self._tail(), right._tail()],
         )
-        node.co_keyed = True
+        node.aligns_region = True
         return self._out(node, region=region)
 
     def interval_join(self, name: str, right: Stream, lower: Any, upper: Any) -> Stream:
@@ -492,13 +441,13 @@ class Stream:
             lambda ctx: IntervalJoinOp(name, lower, upper, ctx, region),
             [self._tail(), right._tail()],
         )
-        node.co_keyed = True
+        node.aligns_region = True
         return self._out(node, region=region)
 
     # ----- shape ------------------------------------------------------------------------------
     def union(self, name: str, *others: Stream) -> Stream:
         """Merge this stream with ``others``; epochs merge by minimum, barriers align."""
-        _check_name(name)
+        check_name(name)
         inputs = [self._tail()]
         for o in others:
             if not isinstance(o, Stream) or o._graph is not self._graph:
@@ -506,9 +455,9 @@ class Stream:
             inputs.append(o._tail())
         node = self._graph.add(name, lambda ctx: Operator(name), inputs)
         streams = (self, *others)
-        regions = {id(s._region) for s in streams}
-        node.co_keyed = len(inputs) > 1 and all(_keyed_by_distribute(s._node) for s in streams)
-        return self._out(node, region=self._region if len(regions) == 1 else None)
+        regions = {id(s._partitioner) for s in streams}
+        node.aligns_region = len(inputs) > 1 and all(_keyed_by_distribute(s._node) for s in streams)
+        return self._out(node, region=self._partitioner if len(regions) == 1 else None)
 
     def cloned(self, name: str, n: int) -> list[Stream]:
         """``n`` streams, each receiving every record."""

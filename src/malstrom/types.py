@@ -7,12 +7,17 @@ Timestamps may be any totally ordered values (ints, floats, datetimes, strings, 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Final, NamedTuple
 
-__all__ = ["MAX", "MIN", "NoKey", "Record", "WorkerId"]
+__all__ = ["MAX", "MIN", "NoKey", "Partitioner", "Record", "WorkerId"]
 
 WorkerId = int
 """Workers are numbered ``0, 1, 2, ...`` within a job."""
+
+Partitioner = Callable[[Any, Sequence[int]], int]
+"""``partitioner(key, workers)``: the worker of ``workers`` that owns ``key`` (its owner);
+deterministic, the same in every process."""
 
 
 class _NoKeyType:

@@ -34,10 +34,12 @@ from malstrom.keyed.partitioners import stable_hash
 from malstrom.sinks._protocols import RecordBatch, StatefulSink
 from malstrom.types import Record
 
-__all__ = ["PostgresSink"]
+__all__ = ["Mode", "PostgresSink", "RowFn"]
 
 Mode = Literal["exactly_once", "upsert"]
+"""How :class:`PostgresSink` writes: ``"exactly_once"`` (two-phase commit) or ``"upsert"``."""
 RowFn = Callable[[Record], Mapping[str, Any] | Sequence[Any]]
+"""Turns a record into a row: a column mapping, or values in the order of ``columns``."""
 
 
 def _psycopg() -> Any:

@@ -15,12 +15,10 @@ scratch would rewrite the job's output and reread its sources) unless told to st
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from malstrom.coordinator._messages import (
@@ -39,22 +37,23 @@ from malstrom.coordinator._messages import (
     WorkerFailed,
     new_attempt_id,
 )
+from malstrom.coordinator._operations import (
+    Callback,
+    JobPhase,
+    Operation,
+    PendingRescale,
+    PendingSnapshot,
+    Request,
+)
+from malstrom.errors import OperationRefused
 from malstrom.snapshot._backend import BlobInfo, Manifest, Persistence
 from malstrom.snapshot._bounded import STORAGE_SHARE, BoundedPersistence
 from malstrom.snapshot._errors import StorageError
 from malstrom.transport._local import Endpoint
 
-__all__ = ["Coordinator", "JobPhase", "OperationRefused", "completed_version"]
+__all__ = ["Coordinator", "JobPhase", "Operation", "OperationRefused", "completed_version"]
 
 log = logging.getLogger("malstrom.coordinator")
-
-Callback = Callable[[Any, BaseException | None], None]
-
-
-class OperationRefused(RuntimeError):
-    """A snapshot, rescale or stop the job cannot take: it ended or failed, the request is
-    invalid (rescale to 0 workers), or new workers never came."""
-
 
 def completed_version(persistence: Persistence, after: int | None = None) -> int | None:
     """The snapshot version at which the job completed, if its last snapshot says so.
@@ -76,27 +75,7 @@ def _refuse(reason: str, callback: Callback | None) -> None:
     callback(None, err)
 
 
-class JobPhase(enum.Enum):
-    BUILDING = "building"
-    RUNNING = "running"
-    SNAPSHOTTING = "snapshotting"
-    JOINING = "joining"  # rescale: waiting for new workers to connect and build
-    RESCALING = "rescaling"  # rescale: keys and parts move between running workers
-    STOPPING = "stopping"  # final snapshot of a stop (resumable)
-    FINISHING = "finishing"  # final snapshot after every worker drained (job complete)
-    FINISHED = "finished"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
 _ENDED = (JobPhase.FINISHED, JobPhase.STOPPED, JobPhase.FAILED)
-
-
-@dataclass
-class _Op:
-    kind: str  # "snapshot" | "stop" | "rescale"
-    callback: Callback | None
-    workers: int = 0  # rescale: the new number of workers
 
 
 class Coordinator:
@@ -137,27 +116,31 @@ class Coordinator:
         self.heartbeat_timeout = heartbeat_timeout
         self.peers = dict(peers) if peers is not None else None
         self.clock = clock
-        self.phase = JobPhase.BUILDING
+        # BUILDING, RUNNING or how the job ended; phase adds the operation in flight.
+        self._state = JobPhase.BUILDING
         self.error: str | None = None
         self.restored_from: int | None = None
         self.last_committed: int | None = None
         self._built: set[int] = set()
         self._drained: set[int] = set()
-        self._snap_version: int | None = None
-        self._snap_done: dict[int, tuple[str, int, int] | None] = {}
-        self._snap_op: _Op | None = None
-        self._ops: deque[_Op] = deque()
+        self._snapshot: PendingSnapshot | None = None
+        self._rescale: PendingRescale | None = None
+        self._ops: deque[Request] = deque()
         self._next_snapshot_at = float("inf")
         self._next_version = 0
         self._last_seen: dict[int, float] = {}
         self.pinned = list(pinned or [])
         """Operators keeping keyed state in place: the job cannot lose workers."""
         self.config_version = 0
-        self._rescale_op: _Op | None = None
-        self._target: tuple[int, ...] = ()
-        self._joining: set[int] = set()
-        self._joined_built: set[int] = set()
-        self._rescaled: set[int] = set()
+
+    @property
+    def phase(self) -> JobPhase:
+        """The job's status: how it ended, else the phase of the operation in flight, else
+        BUILDING or RUNNING."""
+        if self._state in _ENDED:
+            return self._state
+        op = self._snapshot or self._rescale
+        return op.phase if op is not None else self._state
 
     # ----- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -181,7 +164,7 @@ class Coordinator:
             # Running it again must not replay end-of-stream hooks (no duplicate output).
             log.info("job already completed at snapshot version %d", manifest.version)
             self.last_committed = manifest.version
-            self.phase = JobPhase.FINISHED
+            self._state = JobPhase.FINISHED
             return
         worker_set = tuple(sorted(self.workers))
         now = self.clock()
@@ -228,13 +211,14 @@ class Coordinator:
             if len(self._drained) == len(self.workers):
                 self._begin_snapshot(JobPhase.FINISHING, None)
             elif self._ops:
-                op = self._ops.popleft()
-                if op.kind == "rescale":
-                    self._begin_rescale(op)
-                else:
-                    self._begin_snapshot(
-                        JobPhase.STOPPING if op.kind == "stop" else JobPhase.SNAPSHOTTING, op
-                    )
+                request = self._ops.popleft()
+                match request.op:
+                    case Operation.RESCALE:
+                        self._begin_rescale(request)
+                    case Operation.STOP:
+                        self._begin_snapshot(JobPhase.STOPPING, request)
+                    case _:
+                        self._begin_snapshot(JobPhase.SNAPSHOTTING, request)
             elif now >= self._next_snapshot_at:
                 self._begin_snapshot(JobPhase.SNAPSHOTTING, None)
         if self.heartbeat_timeout is not None and self.phase not in (
@@ -242,8 +226,9 @@ class Coordinator:
             *_ENDED,
         ):
             now = self.clock()
+            rescale = self._rescale
             for w, seen in self._last_seen.items():
-                if w in self._joining and w not in self._joined_built:
+                if rescale is not None and w in rescale.joining and w not in rescale.built:
                     continue  # still building: a big restore or import may take a while
                 if now - seen > self.heartbeat_timeout:
                     self._fail(
@@ -254,11 +239,11 @@ class Coordinator:
 
     def request_snapshot(self, callback: Callback | None = None) -> None:
         """Queue a snapshot; ``callback(version, None)`` once committed (or ``(None, error)``)."""
-        self._request("snapshot", callback)
+        self._request(Operation.SNAPSHOT, callback)
 
     def request_stop(self, callback: Callback | None = None) -> None:
         """Queue a stop: a final (resumable) snapshot, then every worker exits."""
-        self._request("stop", callback)
+        self._request(Operation.STOP, callback)
 
     def request_rescale(self, workers: int, callback: Callback | None = None) -> None:
         """Queue a rescale to ``workers`` workers (ids ``0..workers-1``) while the job runs;
@@ -277,40 +262,42 @@ class Coordinator:
                 callback,
             )
         else:
-            self._request("rescale", callback, workers)
+            self._request(Operation.RESCALE, callback, workers)
 
     def wanted_workers(self) -> set[int]:
         """New worker ids a rescale waits for (the runtime starts them and calls
         :meth:`add_worker`)."""
-        return set(self._joining) - set(self.workers) if self.phase is JobPhase.JOINING else set()
+        rescale = self._rescale
+        if rescale is None or rescale.phase is not JobPhase.JOINING:
+            return set()
+        return rescale.joining - set(self.workers)
 
     def add_worker(self, worker: int, endpoint: Endpoint, address: str | None = None) -> None:
         """A new worker a rescale asked for has connected."""
-        if worker not in self._joining or worker in self.workers:
+        rescale = self._rescale
+        if rescale is None or worker not in rescale.joining or worker in self.workers:
             raise ValueError(f"worker {worker} was not asked to join")
         self.workers[worker] = endpoint
         self._last_seen[worker] = self.clock()
         if self.peers is not None and address is not None:
             self.peers[worker] = address
         if not self.wanted_workers():
-            old = tuple(w for w in sorted(self.workers) if w not in self._joining)
-            for w in sorted(self._joining):
+            old = tuple(w for w in sorted(self.workers) if w not in rescale.joining)
+            for w in sorted(rescale.joining):
                 self.workers[w].send(self._start_build(old, None))
 
     def cancel_rescale(self, reason: str) -> None:
         """New workers did not come: give the rescale up (nothing has moved yet)."""
-        if self.phase is not JobPhase.JOINING:
+        rescale = self._rescale
+        if rescale is None or rescale.phase is not JobPhase.JOINING:
             return
-        for w in self._joining:
+        for w in rescale.joining:
             ep = self.workers.pop(w, None)
             self._last_seen.pop(w, None)
             if ep is not None:
                 ep.send(Finish())
-        self._joining = set()
-        self.phase = JobPhase.RUNNING
-        op, self._rescale_op = self._rescale_op, None
-        if op is not None and op.callback is not None:
-            op.callback(None, OperationRefused(f"rescale abandoned: {reason}"))
+        self._rescale = None
+        rescale.request.answer(None, OperationRefused(f"rescale abandoned: {reason}"))
 
     def status(self) -> dict[str, Any]:
         """A plain-data summary of the job attempt."""
@@ -328,40 +315,40 @@ class Coordinator:
         self._fail(reason)
 
     # ----- internals -----------------------------------------------------------------------
-    def _request(self, kind: str, callback: Callback | None, workers: int = 0) -> None:
+    def _request(self, op: Operation, callback: Callback | None, workers: int = 0) -> None:
         if self.phase in _ENDED or self.phase in (JobPhase.FINISHING, JobPhase.STOPPING):
-            _refuse(f"cannot {kind}: the job is {self.phase.value}", callback)
+            _refuse(f"cannot {op.value}: the job is {self.phase.value}", callback)
         else:
-            self._ops.append(_Op(kind, callback, workers))
+            self._ops.append(Request(op, callback, workers))
 
     def _answer_leftovers(self, version: int) -> None:
         """Requests still queued when the job ended: a stop is done, anything else refused."""
-        ops, self._ops = list(self._ops), deque()
-        for op in ops:
-            if op.callback is None:
-                continue
-            if op.kind == "stop":
-                op.callback(version, None)
+        requests, self._ops = list(self._ops), deque()
+        for request in requests:
+            if request.op is Operation.STOP:
+                request.answer(version)
             else:
-                op.callback(None, OperationRefused(f"cannot {op.kind}: the job {self.phase.value}"))
+                request.answer(
+                    None,
+                    OperationRefused(f"cannot {request.op.value}: the job {self.phase.value}"),
+                )
 
     def _fail(self, reason: str) -> None:
         if self.phase in _ENDED:
             return
-        self.phase = JobPhase.FAILED
+        self._state = JobPhase.FAILED
         self.error = reason
         err = RuntimeError(reason)
         pending = [
             *self._ops,
-            *([self._snap_op] if self._snap_op else []),
-            *([self._rescale_op] if self._rescale_op else []),
+            *([self._snapshot.request] if self._snapshot and self._snapshot.request else []),
+            *([self._rescale.request] if self._rescale else []),
         ]
         self._ops.clear()
-        self._snap_op = None
-        self._rescale_op = None
-        for op in pending:
-            if op.callback is not None:
-                op.callback(None, err)
+        self._snapshot = None
+        self._rescale = None
+        for request in pending:
+            request.answer(None, err)
 
     def _broadcast(self, msg: object) -> None:
         for ep in self.workers.values():
@@ -383,100 +370,96 @@ class Coordinator:
         return False
 
     def _handle(self, msg: object) -> None:
-        if isinstance(msg, Heartbeat | Hello):
-            return
-        if isinstance(msg, BuildComplete) and msg.worker in self._joining:
-            self._joined_built.add(msg.worker)
-            if self._joined_built == self._joining:
-                for w in self._joining:
-                    self.workers[w].send(StartExecution())
-                self._reconfigure()
-        elif isinstance(msg, RescaleComplete):
-            if msg.version != self.config_version + 1 or self.phase is not JobPhase.RESCALING:
-                log.warning("ignoring completion of unknown rescale %d", msg.version)
+        rescale = self._rescale
+        match msg:
+            case Heartbeat() | Hello():
                 return
-            self._rescaled.add(msg.worker)
-            if len(self._rescaled) == len(self.workers):
-                self._end_rescale()
-        elif isinstance(msg, BuildComplete):
-            self._built.add(msg.worker)
-            if self.phase is JobPhase.BUILDING and len(self._built) == len(self.workers):
-                self._broadcast(StartExecution())
-                self.phase = JobPhase.RUNNING
-                now = self.clock()  # a fast builder must not look silent while others build
-                for w in self._last_seen:
-                    self._last_seen[w] = now
-                self._arm_timer()
-        elif isinstance(msg, SnapshotComplete):
-            if msg.version != self._snap_version:
-                log.warning("ignoring completion of unknown snapshot %d", msg.version)
-                return
-            self._snap_done[msg.worker] = msg.blob
-            if len(self._snap_done) == len(self.workers):
-                self._commit()
-        elif isinstance(msg, Drained):
-            self._drained.add(msg.worker)
-        elif isinstance(msg, WorkerFailed):
-            self._fail(f"worker {msg.worker} failed: {msg.error}")
-        else:
-            raise TypeError(f"coordinator got an unexpected message {msg!r}")
+            case BuildComplete() if rescale is not None and msg.worker in rescale.joining:
+                rescale.built.add(msg.worker)
+                if rescale.joined():
+                    for w in rescale.joining:
+                        self.workers[w].send(StartExecution())
+                    self._reconfigure(rescale)
+            case RescaleComplete():
+                if (
+                    msg.version != self.config_version + 1
+                    or rescale is None
+                    or rescale.phase is not JobPhase.RESCALING
+                ):
+                    log.warning("ignoring completion of unknown rescale %d", msg.version)
+                    return
+                rescale.rescaled.add(msg.worker)
+                if rescale.complete(self.workers):
+                    self._end_rescale(rescale)
+            case BuildComplete():
+                self._built.add(msg.worker)
+                if self.phase is JobPhase.BUILDING and len(self._built) == len(self.workers):
+                    self._broadcast(StartExecution())
+                    self._state = JobPhase.RUNNING
+                    now = self.clock()  # a fast builder must not look silent while others build
+                    for w in self._last_seen:
+                        self._last_seen[w] = now
+                    self._arm_timer()
+            case SnapshotComplete():
+                snapshot = self._snapshot
+                if snapshot is None or msg.version != snapshot.version:
+                    log.warning("ignoring completion of unknown snapshot %d", msg.version)
+                    return
+                snapshot.ack(msg.worker, msg.blob)
+                if snapshot.complete(self.workers):
+                    self._commit(snapshot)
+            case Drained():
+                self._drained.add(msg.worker)
+            case WorkerFailed():
+                self._fail(f"worker {msg.worker} failed: {msg.error}")
+            case _:
+                raise TypeError(f"coordinator got an unexpected message {msg!r}")
 
-    def _begin_rescale(self, op: _Op) -> None:
-        n = op.workers
+    def _begin_rescale(self, request: Request) -> None:
+        n = request.workers
         if n == len(self.workers):
-            if op.callback is not None:
-                op.callback(n, None)
+            request.answer(n)
             return
-        self._rescale_op = op
-        self._target = tuple(range(n))
-        self._joining = {w for w in self._target if w not in self.workers}
-        self._joined_built = set()
+        target = tuple(range(n))
+        rescale = PendingRescale(request, target, {w for w in target if w not in self.workers})
+        self._rescale = rescale
         log.info("rescaling from %d to %d workers", len(self.workers), n)
-        if self._joining:
-            self.phase = JobPhase.JOINING
-        else:
-            self._reconfigure()
+        if not rescale.joining:
+            self._reconfigure(rescale)
 
-    def _reconfigure(self) -> None:
-        self.phase = JobPhase.RESCALING
-        self._rescaled = set()
-        msg = Reconfigure(self.config_version + 1, self._target, self.peers)
+    def _reconfigure(self, rescale: PendingRescale) -> None:
+        rescale.phase = JobPhase.RESCALING
+        rescale.rescaled = set()
+        msg = Reconfigure(self.config_version + 1, rescale.target, self.peers)
         self._broadcast(msg)
 
-    def _end_rescale(self) -> None:
+    def _end_rescale(self, rescale: PendingRescale) -> None:
         self.config_version += 1
-        for w in sorted(set(self.workers) - set(self._target)):
+        for w in sorted(set(self.workers) - set(rescale.target)):
             self.workers.pop(w).send(Finish())
             self._last_seen.pop(w, None)
             self._drained.discard(w)
             if self.peers is not None:
                 self.peers.pop(w, None)
-        self._joining = set()
-        self.phase = JobPhase.RUNNING
+        self._rescale = None
         log.info("rescaled to %d workers", len(self.workers))
-        op, self._rescale_op = self._rescale_op, None
-        if op is not None and op.callback is not None:
-            op.callback(len(self.workers), None)
+        rescale.request.answer(len(self.workers))
 
     def _arm_timer(self) -> None:
         self._next_snapshot_at = (
             self.clock() + self.interval if self.interval is not None else float("inf")
         )
 
-    def _begin_snapshot(self, phase: JobPhase, op: _Op | None) -> None:
+    def _begin_snapshot(self, phase: JobPhase, request: Request | None) -> None:
         version = self._next_version
         self._next_version += 1
-        self._snap_version = version
-        self._snap_done = {}
-        self._snap_op = op
-        self.phase = phase
+        self._snapshot = PendingSnapshot(version, phase, request)
         self._broadcast(TakeSnapshot(version, stop=phase is JobPhase.STOPPING))
 
-    def _commit(self) -> None:
-        version = self._snap_version
-        assert version is not None
-        blobs = {b[0]: BlobInfo(b[1], b[2]) for b in self._snap_done.values() if b is not None}
-        final = self.phase is JobPhase.FINISHING
+    def _commit(self, snapshot: PendingSnapshot) -> None:
+        version = snapshot.version
+        blobs = {b[0]: BlobInfo(b[1], b[2]) for b in snapshot.acks.values() if b is not None}
+        final = snapshot.final
         meta = {"workers": sorted(self.workers), "final": final, "attempt": self.attempt}
         try:
             self._store.commit(Manifest(version, blobs, meta))
@@ -484,15 +467,13 @@ class Coordinator:
             self._fail(f"committing snapshot {version} failed: {e}")
             return
         self.last_committed = version
-        self._snap_version = None
+        self._snapshot = None
         self._broadcast(SnapshotCommitted(version))
-        op, self._snap_op = self._snap_op, None
-        if self.phase in (JobPhase.FINISHING, JobPhase.STOPPING):
+        if snapshot.stop:
             self._broadcast(Finish())
-            self.phase = JobPhase.FINISHED if final else JobPhase.STOPPED
+            self._state = JobPhase.FINISHED if final else JobPhase.STOPPED
             self._answer_leftovers(version)
         else:
-            self.phase = JobPhase.RUNNING
             self._arm_timer()
-        if op is not None and op.callback is not None:
-            op.callback(version, None)
+        if snapshot.request is not None:
+            snapshot.request.answer(version)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from malstrom.errors import MalstromError
+
 __all__ = [
     "API_VERSION",
     "COORDINATOR_PORT",
@@ -18,10 +20,15 @@ __all__ = [
 ]
 
 GROUP = "malstrom.io"
+"""The API group of the ``MalstromJob`` resource."""
 VERSION = "v1"
+"""The version of the ``MalstromJob`` resource."""
 API_VERSION = f"{GROUP}/{VERSION}"
+"""``apiVersion`` of a ``MalstromJob``."""
 KIND = "MalstromJob"
+"""``kind`` of the resource."""
 PLURAL = "malstromjobs"
+"""The resource's plural name (its path in the API)."""
 #: The coordinator's gRPC port (workers' control streams, admin calls, health checks).
 COORDINATOR_PORT = 7000
 #: A worker's gRPC port (data plane and health checks).
@@ -31,7 +38,7 @@ _DEFAULT_COORDINATOR_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}
 _DEFAULT_WORKER_RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}}
 
 
-class SpecError(ValueError):
+class SpecError(MalstromError, ValueError):
     """A ``MalstromJob`` whose spec cannot run (the message names the field)."""
 
 

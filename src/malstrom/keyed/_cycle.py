@@ -2,18 +2,22 @@
 
 A cycle moves a key region from the old worker set to the new one. Its progress is explicit:
 ``local`` (our own Rescale arrived), ``marks`` (which peers sent their marker), ``collect``
-(our Collect, with its token), ``sent`` (our keys went out), ``received`` (which peers sent
+(our Handover, with its token), ``sent`` (our keys went out), ``received`` (which peers sent
 their last transfer). See :mod:`malstrom.keyed.distributor` for the protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from malstrom._errors import OperatorError, short_repr
+from malstrom._repr import short_repr
+from malstrom.engine.batch import Batch
+from malstrom.engine.epochs import merge_epochs
+from malstrom.engine.messages import IDLE, Handover, Interrogate, Token
+from malstrom.errors import OperatorError
 from malstrom.keyed.partitioners import group_table, key_group, rendezvous_select
-from malstrom.runtime._engine import IDLE, Batch, Collect, Interrogate, Token
+from malstrom.types import Partitioner
 
 __all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "place", "split_transfers"]
 
@@ -24,7 +28,7 @@ COLLECT_KEYS = 1024
 
 
 def place(
-    partitioner: Callable[[Any, Sequence[int]], int],
+    partitioner: Partitioner,
     key: Any,
     workers: Sequence[int],
     operator: str,
@@ -92,7 +96,7 @@ class Cycle:
         old: tuple[int, ...],
         new: tuple[int, ...],
         me: int,
-        partitioner: Callable[[Any, Sequence[int]], int],
+        partitioner: Partitioner,
         operator: str,
     ) -> None:
         if not new:
@@ -114,7 +118,7 @@ class Cycle:
         self.local = False
         self.my_frontier: Any = None
         self.marks: dict[int, Any] = {}
-        self.collect: Collect | None = None  # the Collect travelling through the region now
+        self.collect: Handover | None = None  # the Handover travelling through the region now
         self.chunks: list[set[Any] | None] | None = None  # Collects to come (None: the rest)
         self.sent = False
         self.received: set[int] = set()
@@ -155,8 +159,8 @@ class Cycle:
         """Whether ``key``'s state leaves this worker."""
         return self.owner(key) != self.me
 
-    def next_collect(self) -> Collect | None:
-        """The next Collect to send into the region (None once all were sent)."""
+    def next_collect(self) -> Handover | None:
+        """The next Handover to send into the region (None once all were sent)."""
         if self.chunks is None:
             keys = list(self.leaving)
             self.chunks = [
@@ -168,9 +172,9 @@ class Cycle:
             return None
         only = self.chunks.pop()
         if only is not None:
-            return Collect(Token(1), self.moving, only=only)
+            return Handover(Token(1), self.moving, only=only)
         # The rest: keys that appeared after the region was interrogated.
-        return Collect(Token(1), self.moving, self.staying, self.leaving)
+        return Handover(Token(1), self.moving, self.staying, self.leaving)
 
     def aligned(self) -> bool:
         """Every record of the old configuration has reached us (ours and every peer's)."""
@@ -212,16 +216,14 @@ class Cycle:
         return not todo
 
 
-def agreed_epoch(cycle: Cycle) -> Any:
+def agreed_epoch(cycle: Cycle, operator: str) -> Any:
     """The epoch every worker can reach before keys move: the least local frontier the old
     workers announced in their markers (None if one had none)."""
     vals = [cycle.marks[w] for w in cycle.old if w != cycle.me]
     if cycle.me in cycle.old:
         vals.append(cycle.my_frontier)
-    if any(v is None for v in vals):
-        return None
-    live = [v for v in vals if v is not IDLE]
-    return min(live) if live else None
+    merged = merge_epochs(vals, operator)
+    return None if merged is IDLE else merged
 
 
 def split_transfers(

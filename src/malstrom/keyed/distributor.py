@@ -25,7 +25,7 @@ Rescaling (zero downtime; one cycle per configuration change, see :mod:`malstrom
    those keys); every other key keeps flowing.
 3. Once its own Rescale and every peer's marker arrived (all old-configuration records are
    in), the distributor advances its region to the agreed epoch (the minimum frontier the old
-   workers announced in their markers) and sends a ``Collect`` into its region: every keyed
+   workers announced in their markers) and sends a ``Handover`` into its region: every keyed
    operator hands over the state of the keys leaving this worker. The collected state goes to
    the new owners as :class:`Transfer` messages, then a last (empty) transfer to every peer.
 4. Transfers arriving are installed downstream (``Acquire``). When every peer's last
@@ -38,10 +38,28 @@ Rescaling (zero downtime; one cycle per configuration change, see :mod:`malstrom
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import compress
 from typing import Any
 
-from malstrom._errors import BuildError, OperatorError, short_repr
+from malstrom._repr import short_repr
+from malstrom.engine.batch import Batch
+from malstrom.engine.context import BuildContext
+from malstrom.engine.epochs import merge_epochs
+from malstrom.engine.messages import (
+    IDLE,
+    Acquire,
+    Barrier,
+    Control,
+    Epoch,
+    Handover,
+    Installed,
+    Interrogate,
+    Released,
+    Rescale,
+    Token,
+)
+from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import map_values, user_error
+from malstrom.errors import BuildError, OperatorError
 from malstrom.keyed._cycle import (
     Cycle,
     RescaleMarker,
@@ -50,23 +68,7 @@ from malstrom.keyed._cycle import (
     place,
     split_transfers,
 )
-from malstrom.operators._util import map_values, user_error
-from malstrom.runtime._engine import (
-    IDLE,
-    Acquire,
-    Barrier,
-    Batch,
-    BuildContext,
-    Collect,
-    Control,
-    Epoch,
-    Installed,
-    Interrogate,
-    Operator,
-    Released,
-    Rescale,
-    Token,
-)
+from malstrom.types import Partitioner
 
 __all__ = ["BARRIER_MARKER", "DistributorOp"]
 
@@ -94,16 +96,9 @@ BARRIER_MARKER = _BarrierMarker()
 _SELECT = [bytes(i == w for i in range(256)) for w in range(256)]
 
 
-def _take(batch: Batch, mask: Sequence[Any]) -> Batch:
-    return Batch(
-        list(compress(batch.keys, mask)),
-        list(compress(batch.values, mask)),
-        list(compress(batch.timestamps, mask)),
-    )
-
-
 class DistributorOp(Operator):
-    """Routes records by key; with ``key_fn`` None, by ``route_fn(key)`` without re-keying."""
+    """Routes records by key; with ``key_fn`` None, by the sink part ``part_of(key)``, without
+    re-keying."""
 
     peer_intake = True
 
@@ -111,18 +106,18 @@ class DistributorOp(Operator):
         self,
         name: str,
         key_fn: Callable[[Any], Any] | None,
-        partitioner: Callable[[Any, Sequence[int]], int],
+        partitioner: Partitioner,
         ctx: BuildContext,
-        route_fn: Callable[[Any], Any] | None = None,
+        part_of: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__(name)
         self.key_fn = key_fn
-        self.route_fn = route_fn
+        self.part_of = part_of
         self.partitioner = partitioner
         self.me = ctx.worker_id
         self.workers = tuple(ctx.worker_set)
         self.remotes = [w for w in self.workers if w != self.me]
-        self.exchange: Any = ctx.services.get("exchange")
+        self.exchange: Any = ctx.exchange
         if self.remotes and self.exchange is None:
             raise BuildError(
                 f"operator {name!r}: {len(self.workers)} workers but this runtime has no "
@@ -188,9 +183,9 @@ class DistributorOp(Operator):
             if count == n:
                 part = batch
             elif small:
-                part = _take(batch, codes.translate(_SELECT[w]))  # type: ignore[attr-defined]
+                part = batch.select(codes.translate(_SELECT[w]))  # type: ignore[attr-defined]
             else:
-                part = _take(batch, list(map(w.__eq__, owners)))
+                part = batch.select(list(map(w.__eq__, owners)))
             remaining -= count
             if w == me:
                 self.emit(part)
@@ -216,16 +211,15 @@ class DistributorOp(Operator):
         if self._cycle is not None:
             return  # frozen while keys move: no epoch may overtake a held or moved record
         vals = [self._local_frontier, *self._remote_frontier.values()]
-        if any(v is None for v in vals):
+        merged = merge_epochs(vals, self.name)
+        if merged is None:
             return
-        live = [v for v in vals if v is not IDLE]
-        if not live:
+        if merged is IDLE:
             if not self._idle_out:
                 self._idle_out = True
                 self.emit_epoch(IDLE)
             return
         try:
-            merged = min(live)
             rising = self._out_frontier is None or merged > self._out_frontier
         except TypeError as e:
             raise OperatorError(
@@ -312,7 +306,7 @@ class DistributorOp(Operator):
             assert isinstance(msg, Rescale)
             self._on_local_rescale(msg)
             self.forward(msg)
-        elif t is Collect or t is Acquire or t is Installed or t is Interrogate or t is Released:
+        elif t is Handover or t is Acquire or t is Installed or t is Interrogate or t is Released:
             msg.token.pending -= 1  # the upstream key region ends here
         else:
             self.forward(msg)
@@ -386,7 +380,7 @@ class DistributorOp(Operator):
     def _advance(self, cycle: Cycle, warm: int = 0) -> None:
         """Move the cycle on as far as it can go now (working out up to ``warm`` owners)."""
         if cycle.chunks is None and cycle.warm(warm) and cycle.aligned():
-            g = agreed_epoch(cycle)
+            g = agreed_epoch(cycle, self.name)
             if g is not None and (self._out_frontier is None or g > self._out_frontier):
                 self._out_frontier = g
                 self._idle_out = False
@@ -442,11 +436,11 @@ class DistributorOp(Operator):
                     lst.append(i)
         n_all = len(batch)
         if mine:
-            self.emit(batch if len(mine) == n_all else _pick(batch, mine))
+            self.emit(batch if len(mine) == n_all else batch.take(mine))
         if held:
-            cycle.held.append(_pick(batch, held))
+            cycle.held.append(batch.take(held))
         for w, idx in others.items():
-            self.exchange.send(w, self.name, batch if len(idx) == n_all else _pick(batch, idx))
+            self.exchange.send(w, self.name, batch if len(idx) == n_all else batch.take(idx))
 
     def _deliver_new(self, batch: Batch, cycle: Cycle) -> None:
         """A peer's record of the new configuration: ours, but held while its state moves."""
@@ -457,18 +451,13 @@ class DistributorOp(Operator):
             return
         keep = [o == me for o in old]
         if any(keep):
-            self.emit(_take(batch, keep))
-        cycle.held.append(_take(batch, [not k for k in keep]))
+            self.emit(batch.select(keep))
+        cycle.held.append(batch.select([not k for k in keep]))
 
     def _route_keys(self, batch: Batch) -> Sequence[Any]:
-        if self.route_fn is None:
+        if self.part_of is None:
             return batch.keys
         try:
-            return list(map(self.route_fn, batch.keys))
+            return list(map(self.part_of, batch.keys))
         except Exception as e:
             raise user_error(self.name, e) from e
-
-
-def _pick(batch: Batch, idx: list[int]) -> Batch:
-    keys, values, stamps = batch.keys, batch.values, batch.timestamps
-    return Batch([keys[i] for i in idx], [values[i] for i in idx], [stamps[i] for i in idx])

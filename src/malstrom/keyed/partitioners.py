@@ -9,18 +9,19 @@ group, so a worker restoring at another parallelism reads only the groups it now
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from functools import lru_cache
 from typing import Any
 
 import msgpack
 import xxhash
 
-from malstrom.types import NoKey
+from malstrom.types import NoKey, Partitioner
 
 __all__ = [
     "KEY_GROUPS",
     "Partitioner",
+    "group_owner",
     "group_table",
     "key_group",
     "rendezvous_select",
@@ -29,9 +30,6 @@ __all__ = [
 
 KEY_GROUPS = 1024
 """Number of key groups: the unit in which keyed state is stored and moved."""
-
-Partitioner = Callable[[Any, Sequence[int]], int]
-"""``partitioner(key, workers) -> worker``: deterministic, same result in every process."""
 
 _M64 = 0xFFFFFFFFFFFFFFFF
 _xxh = xxhash.xxh3_64_intdigest

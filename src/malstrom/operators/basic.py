@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import repeat
 from typing import Any
 
-from malstrom.operators._util import map_values, user_error
+from malstrom.engine.batch import Batch, make_record
+from malstrom.engine.context import BuildContext
+from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import map_values, user_error
 from malstrom.operators.output import Output
-from malstrom.runtime._engine import Batch, BuildContext, Operator, make_record
 from malstrom.types import NoKey
 
 __all__ = [
@@ -55,13 +57,7 @@ class FilterOp(Operator):
         if all(mask):
             self.emit(batch)
         else:
-            self.emit(
-                Batch(
-                    list(compress(batch.keys, mask)),
-                    list(compress(batch.values, mask)),
-                    list(compress(batch.timestamps, mask)),
-                )
-            )
+            self.emit(batch.select(mask))
 
 
 class FilterMapOp(Operator):
@@ -75,13 +71,7 @@ class FilterMapOp(Operator):
         if all(mask):
             self.emit(Batch(batch.keys, out, batch.timestamps))
         else:
-            self.emit(
-                Batch(
-                    list(compress(batch.keys, mask)),
-                    list(compress(out, mask)),
-                    list(compress(batch.timestamps, mask)),
-                )
-            )
+            self.emit(Batch(batch.keys, out, batch.timestamps).select(mask))
 
 
 class FlatMapOp(Operator):
@@ -179,14 +169,7 @@ class SplitOp(Operator):
             if all(mask):
                 self.emit_to(p, batch)
             elif any(mask):
-                self.emit_to(
-                    p,
-                    Batch(
-                        list(compress(batch.keys, mask)),
-                        list(compress(batch.values, mask)),
-                        list(compress(batch.timestamps, mask)),
-                    ),
-                )
+                self.emit_to(p, batch.select(mask))
 
 
 class StatelessLogic:
@@ -222,6 +205,7 @@ class StatelessOpOp(Operator):
         rec = None
         try:
             for rec in batch.iter_records():
+                # Output._bind inlined: a call per record costs ~30 ns (3% of bench (c)).
                 out._key = rec[0]
                 out._ts = rec[2]
                 on_data(rec, out)
@@ -233,8 +217,7 @@ class StatelessOpOp(Operator):
 
     def on_epoch(self, ts: Any) -> None:
         out = self.output
-        out._key = NoKey
-        out._ts = ts
+        out._bind(NoKey, ts)
         try:
             self.logic.on_epoch(ts, out)
         except Exception as e:

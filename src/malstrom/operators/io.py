@@ -9,21 +9,14 @@ from itertools import repeat
 from time import monotonic
 from typing import Any
 
-from malstrom._errors import AttemptFenced, OperatorError
+from malstrom.engine.batch import Batch, make_record
+from malstrom.engine.context import BuildContext
+from malstrom.engine.messages import IDLE, Barrier, Control, Rescale, Select
+from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import user_error
+from malstrom.errors import AttemptFenced, OperatorError
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators._part_reader import BATCH_SIZE, PartReader
-from malstrom.operators._util import user_error
-from malstrom.runtime._engine import (
-    IDLE,
-    Barrier,
-    Batch,
-    BuildContext,
-    Control,
-    Operator,
-    Rescale,
-    Select,
-    make_record,
-)
 from malstrom.sinks._protocols import RecordBatch, StatelessSinkImpl
 from malstrom.sources._protocols import StatefulSource, StatelessSource
 from malstrom.types import MAX, MIN
@@ -49,7 +42,7 @@ class EmptyRootOp(Operator):
         super().__init__("::empty")
 
     def poll(self, deadline: float) -> bool:
-        if not self.done:
+        if not self.ended:
             self.emit_epoch(MAX)
             return True
         return False
@@ -140,7 +133,7 @@ class SourceOp(Operator):
         self._next_relist = time.monotonic() + (self._relist_every or 0.0)
         self.me = me = ctx.worker_id
         self.workers = tuple(ctx.worker_set)
-        self.exchange: Any = ctx.services.get("exchange")
+        self.exchange: Any = ctx.exchange
         self.remotes = [w for w in self.workers if w != me]
         self.wants_schedule = self.exchange is not None or self._relist_every is not None
         self.finished: set[Any] = set()
@@ -213,7 +206,7 @@ class SourceOp(Operator):
         straight from its reader (PartDone), so peers would otherwise end the stream while this
         part's last records are still on their way (held in a queue behind a barrier, say).
         ``Epoch(MIN)`` promises nothing; it only brings this worker back into the merges."""
-        if self._idle and not self.done:
+        if self._idle and not self.ended:
             self._idle = False
             self.emit_epoch(MIN)
         self._add_part(move.part, move.state, move.speed)
@@ -222,7 +215,7 @@ class SourceOp(Operator):
         """Read every part once before ``deadline`` (``time.monotonic()``): all are asked for
         the same number of records, what fits each one's share of the time left (see
         ``PartReader``), so the parts advance alike and none runs ahead in event time."""
-        if self.done:
+        if self.ended:
             return False
         parts = self.parts
         live = (
@@ -276,7 +269,7 @@ class SourceOp(Operator):
         return self._cycle.peers if self._cycle is not None else self.remotes
 
     def wake_at(self, now: float) -> float | None:
-        if self.done:
+        if self.ended:
             return None
         if self._cycle is not None:
             return now
@@ -299,7 +292,7 @@ class SourceOp(Operator):
 
     def schedule(self) -> None:
         every = self._relist_every
-        if every is not None and self._cycle is None and not self.done:
+        if every is not None and self._cycle is None and not self.ended:
             now = time.monotonic()
             if now >= self._next_relist:
                 self._next_relist = now + every
@@ -418,7 +411,7 @@ class StatelessSinkOp(Operator):
 
     def on_epoch(self, ts: Any) -> None:
         if ts is MAX:
-            self.done = True
+            self.ended = True
 
 
 class StatefulSinkOp(Operator):
@@ -486,9 +479,9 @@ class StatefulSinkOp(Operator):
                     groups[part] = [i]
                 else:
                     g.append(i)
-            ks, vs, ts = batch.keys, batch.values, batch.timestamps
             for part, idx in groups.items():
-                self._write(part, [ks[i] for i in idx], [vs[i] for i in idx], [ts[i] for i in idx])
+                b = batch.take(idx)
+                self._write(part, b.keys, b.values, b.timestamps)
         if len(assigned) > 100_000:
             assigned.clear()
 
@@ -518,7 +511,7 @@ class StatefulSinkOp(Operator):
 
     def on_epoch(self, ts: Any) -> None:
         if ts is MAX:
-            self.done = True
+            self.ended = True
 
     def held_keys(self, into: set[Any]) -> None:
         into.update(self.parts)

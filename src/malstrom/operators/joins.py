@@ -16,23 +16,27 @@ from __future__ import annotations
 import logging
 import time
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 from itertools import count, islice
 from operator import itemgetter
 from typing import Any
 
-from malstrom._errors import OperatorError
-from malstrom.operators._util import user_error
+from malstrom.engine.batch import Batch, make_record
+from malstrom.engine.context import BuildContext
+from malstrom.engine.messages import Select
+from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import user_error
+from malstrom.errors import OperatorError
 from malstrom.operators.windows import restore_frontier
-from malstrom.runtime._engine import Batch, BuildContext, Operator, Select, make_record
+from malstrom.types import Partitioner
 from malstrom.windows import WindowAssigner
 
 __all__ = ["IntervalJoinOp", "WindowJoinOp"]
 
 log = logging.getLogger(__name__)
 
-Owner = Callable[[Any, Sequence[int]], int] | None
+Owner = Partitioner | None
 
 WARN_INTERVAL = 10.0
 """Seconds between two warnings about late records of one join operator."""

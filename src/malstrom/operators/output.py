@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, TypeVar
 
-from malstrom.runtime._engine import Batch
+from malstrom.engine.batch import Batch
 
 __all__ = ["Output"]
 
@@ -50,7 +50,14 @@ class Output(Generic[VO]):
         self._values.append(value)
         self._timestamps.append(timestamp)
 
+    # ----- the operator's side (operators in malstrom.operators call these; users do not) ------
+    def _bind(self, key: Any = _UNSET, timestamp: Any = _UNSET) -> None:
+        """The key and timestamp ``emit`` defaults to from now on (unset: it must be given)."""
+        self._key = key
+        self._ts = timestamp
+
     def _take(self) -> Batch | None:
+        """What was emitted since the last take, as one batch (None if nothing)."""
         if not self._values:
             return None
         b = Batch(self._keys, self._values, self._timestamps)

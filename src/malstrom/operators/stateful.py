@@ -7,13 +7,16 @@ loads the keys its partitioner assigns to it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Generic, TypeVar
 
-from malstrom.operators._util import user_error
-from malstrom.operators.output import _UNSET, Output
-from malstrom.runtime._engine import Batch, BuildContext, Operator, Select, make_record
-from malstrom.types import Record
+from malstrom.engine.batch import Batch, make_record
+from malstrom.engine.context import BuildContext
+from malstrom.engine.messages import Select
+from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import user_error
+from malstrom.operators.output import Output
+from malstrom.types import Partitioner, Record
 
 __all__ = ["ExpireMap", "StatefulLogic", "StatefulMapOp", "StatefulOpOp", "TtlMapOp"]
 
@@ -22,7 +25,7 @@ V = TypeVar("V")
 S = TypeVar("S")
 VO = TypeVar("VO")
 
-Owner = Callable[[Any, Sequence[int]], int] | None
+Owner = Partitioner | None
 
 
 class _KeyedStateOp(Operator):
@@ -145,6 +148,7 @@ class StatefulOpOp(_KeyedStateOp):
         try:
             for rec in batch.iter_records():
                 k = rec[0]
+                # Output._bind inlined: a call per record costs ~30 ns (3% of bench (c)).
                 out._key = k
                 out._ts = rec[2]
                 s = get(k, missing)
@@ -164,8 +168,7 @@ class StatefulOpOp(_KeyedStateOp):
     def on_epoch(self, ts: Any) -> None:
         if self.has_epoch:
             out = self.output
-            out._key = _UNSET
-            out._ts = ts
+            out._bind(timestamp=ts)  # a stateful operator must name the key
             try:
                 self.logic.on_epoch(ts, self.states, out)
             except Exception as e:
@@ -176,11 +179,10 @@ class StatefulOpOp(_KeyedStateOp):
         self.emit_epoch(ts)
 
     def schedule(self) -> None:
-        if self.done:
+        if self.ended:
             return  # nothing may follow this operator's end of stream
         out = self.output
-        out._key = _UNSET
-        out._ts = _UNSET
+        out._bind()
         try:
             self.logic.on_schedule(self.states, out)
         except Exception as e:

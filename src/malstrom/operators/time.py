@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from itertools import compress
 from typing import Any
 
-from malstrom._errors import OperatorError, short_repr
-from malstrom.operators._util import map_values, user_error
+from malstrom._repr import short_repr
+from malstrom.engine.batch import Batch
+from malstrom.engine.context import BuildContext
+from malstrom.engine.messages import IDLE
+from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import map_values, user_error
+from malstrom.errors import OperatorError
 from malstrom.operators.windows import restore_frontier
-from malstrom.runtime._engine import IDLE, Batch, BuildContext, Operator
 from malstrom.types import MAX, MIN, Record
 
 __all__ = ["AssignTimestampsOp", "GenerateEpochsOp"]
@@ -82,14 +85,14 @@ class GenerateEpochsOp(Operator):
 
     def schedule(self) -> None:
         """Mark the output idle once no record came for ``idle_timeout`` seconds."""
-        if self._idle or self.done or self.idle_timeout is None:
+        if self._idle or self.ended or self.idle_timeout is None:
             return
         if time.monotonic() - self._last_record >= self.idle_timeout:
             self._idle = True
             self.emit_epoch(IDLE)
 
     def wake_at(self, now: float) -> float | None:
-        if self._idle or self.done or self.idle_timeout is None:
+        if self._idle or self.ended or self.idle_timeout is None:
             return None  # records arriving wake the worker
         return self._last_record + self.idle_timeout
 
@@ -198,8 +201,8 @@ class GenerateEpochsOp(Operator):
         if all(mask):
             self.emit_to(0, batch)
         else:
-            self.emit_to(0, _select(batch, mask))
-            self.emit_to(1, _select(batch, [not m for m in mask]))
+            self.emit_to(0, batch.select(mask))
+            self.emit_to(1, batch.select([not m for m in mask]))
 
     def _failure(self, e: Exception, batch: Batch, i: int, epoch: Any) -> Exception:
         """The error to raise for record ``i`` of ``batch``, compared against ``epoch``."""
@@ -219,11 +222,3 @@ class GenerateEpochsOp(Operator):
         if prev is None or ts > prev:
             self.prev = ts
             self.emit_epoch(ts)
-
-
-def _select(batch: Batch, mask: list[bool]) -> Batch:
-    return Batch(
-        list(compress(batch.keys, mask)),
-        list(compress(batch.values, mask)),
-        list(compress(batch.timestamps, mask)),
-    )

@@ -21,21 +21,25 @@ frontier). Per worker, the frontier is stored as well.
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from heapq import heappop, heappush
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
-from malstrom._errors import OperatorError
-from malstrom.operators._util import user_error
-from malstrom.runtime._engine import Batch, BuildContext, Operator, Select, make_record
+from malstrom.engine.batch import Batch, make_record
+from malstrom.engine.context import BuildContext
+from malstrom.engine.messages import Select
+from malstrom.engine.operator import Operator
+from malstrom.engine.user_code import user_error
+from malstrom.errors import OperatorError
+from malstrom.types import Partitioner
 from malstrom.windows import Count, Session, Tumbling, WindowAssigner, WindowResult
 
 __all__ = ["WindowOp", "restore_frontier"]
 
-Owner = Callable[[Any, Sequence[int]], int] | None
+Owner = Partitioner | None
 
 _MISSING: Any = object()
 _make_result: Callable[[tuple[Any, Any, Any]], WindowResult] = partial(tuple.__new__, WindowResult)

@@ -62,7 +62,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 
-from malstrom.runtime._engine import Operator
+from malstrom.engine.operator import Operator
 from malstrom.transport._exchange import NOTHING
 
 __all__ = ["IntakeGate"]

@@ -25,9 +25,11 @@ from typing import Any
 from malstrom.coordinator._coordinator import (
     Coordinator,
     JobPhase,
+    Operation,
     OperationRefused,
     completed_version,
 )
+from malstrom.errors import JobFailed
 from malstrom.runtime._app import check_importable
 from malstrom.runtime._process import worker_process_main
 from malstrom.runtime._single import build_graph
@@ -48,10 +50,6 @@ __all__ = [
 log = logging.getLogger("malstrom.runtime")
 
 
-class JobFailed(RuntimeError):
-    """The job could not complete: restarts were exhausted. The message gives the cause."""
-
-
 class _AttemptFailed(Exception):
     pass
 
@@ -68,17 +66,17 @@ class JobHandle:
 
     def snapshot(self, timeout: float | None = 120) -> int:
         """Take a snapshot now; returns its version once committed."""
-        return int(self._sup.request("snapshot").result(timeout))
+        return int(self._sup.request(Operation.SNAPSHOT).result(timeout))
 
     def rescale(self, workers: int, timeout: float | None = 300) -> None:
         """Change the number of worker processes while the job runs (no stop, no restart):
         new workers start, keys and source parts move, removed workers exit. Returns once
         the rescale is complete; ``workers`` must be >= 1 (to end a job, use :meth:`stop`)."""
-        self._sup.request("rescale", workers).result(timeout)
+        self._sup.request(Operation.RESCALE, workers).result(timeout)
 
     def stop(self, timeout: float | None = 120) -> None:
         """Take a final snapshot and shut down; a later start resumes from it."""
-        self._sup.request("stop").result(timeout)
+        self._sup.request(Operation.STOP).result(timeout)
         self.wait(timeout)
 
     def wait(self, timeout: float | None = None) -> None:
@@ -307,7 +305,7 @@ class Supervisor(threading.Thread):
         super().__init__(name="malstrom-supervisor", daemon=True)
         self.settings = settings
         self.launcher = launcher
-        self.requests: queue.Queue[tuple[str, Any, Future[Any]]] = queue.Queue()
+        self.requests: queue.Queue[tuple[Operation, Any, Future[Any]]] = queue.Queue()
         self.killed = threading.Event()
         #: Set when there may be something to do: a request, or a worker's message.
         self._woken = threading.Event()
@@ -336,12 +334,14 @@ class Supervisor(threading.Thread):
         self.address = self.server.address
 
     # ----- API used by handles and the admin service (any thread) ------------------------------
-    def request(self, kind: str, arg: Any = None) -> Future[Any]:
+    def request(self, op: Operation | str, arg: Any = None) -> Future[Any]:
+        """Queue ``op`` (an :class:`Operation` or its name) for the running job."""
+        op = Operation(op)
         fut: Future[Any] = Future()
         if self.done.is_set():
-            fut.set_exception(OperationRefused(f"cannot {kind}: the job is {self.phase}"))
+            fut.set_exception(OperationRefused(f"cannot {op.value}: the job is {self.phase}"))
         else:
-            self.requests.put((kind, arg, fut))
+            self.requests.put((op, arg, fut))
             self._woken.set()
         return fut
 
@@ -360,18 +360,22 @@ class Supervisor(threading.Thread):
             return out
 
     def _admin(self, command: str, payload: bytes) -> bytes:
-        if command == "status":
-            return json.dumps(self.status()).encode()
-        if command in ("snapshot", "stop"):
-            timeout = float(json.loads(payload or b"{}").get("timeout", 120))
-            result = self.request(command).result(timeout)
-            return json.dumps({"version": result}).encode()
-        if command == "rescale":
-            args = json.loads(payload or b"{}")
-            workers = args.get("workers")
-            self.request("rescale", workers).result(float(args.get("timeout", 300)))
-            return json.dumps({"workers": workers}).encode()
-        raise ValueError(f"unknown admin command {command!r}")
+        try:
+            op = Operation(command)
+        except ValueError:
+            raise ValueError(f"unknown admin command {command!r}") from None
+        match op:
+            case Operation.STATUS:
+                return json.dumps(self.status()).encode()
+            case Operation.SNAPSHOT | Operation.STOP:
+                timeout = float(json.loads(payload or b"{}").get("timeout", 120))
+                result = self.request(op).result(timeout)
+                return json.dumps({"version": result}).encode()
+            case Operation.RESCALE:
+                args = json.loads(payload or b"{}")
+                workers = args.get("workers")
+                self.request(op, workers).result(float(args.get("timeout", 300)))
+                return json.dumps({"workers": workers}).encode()
 
     # ----- the supervisor loop ------------------------------------------------------------------
     def run(self) -> None:
@@ -555,10 +559,10 @@ class Supervisor(threading.Thread):
     def _serve_requests(self, coord: Coordinator) -> None:
         while True:
             try:
-                kind, arg, fut = self.requests.get_nowait()
+                op, arg, fut = self.requests.get_nowait()
             except queue.Empty:
                 return
-            if kind == "stop":
+            if op is Operation.STOP:
                 self._stop_requested = True
 
             def done(version: Any, err: BaseException | None, fut: Future[Any] = fut) -> None:
@@ -573,12 +577,13 @@ class Supervisor(threading.Thread):
                 else:
                     done(workers, err, fut)
 
-            if kind == "snapshot":
-                coord.request_snapshot(done)
-            elif kind == "rescale":
-                if isinstance(arg, int) and not isinstance(arg, bool) and arg >= 1:
-                    # A restart from now on (e.g. a failure mid-rescale) uses the new size.
-                    self.settings.parallelism = arg
-                coord.request_rescale(arg, rescaled)
-            else:
-                coord.request_stop(done)
+            match op:
+                case Operation.SNAPSHOT:
+                    coord.request_snapshot(done)
+                case Operation.RESCALE:
+                    if isinstance(arg, int) and not isinstance(arg, bool) and arg >= 1:
+                        # A restart from now on (e.g. a failure mid-rescale) uses the new size.
+                        self.settings.parallelism = arg
+                    coord.request_rescale(arg, rescaled)
+                case _:
+                    coord.request_stop(done)

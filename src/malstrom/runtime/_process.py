@@ -14,8 +14,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from malstrom._errors import AttemptFenced, OperatorError
 from malstrom.coordinator._messages import Hello, WorkerFailed
+from malstrom.errors import AttemptFenced, OperatorError
 from malstrom.runtime._app import load_app
 from malstrom.runtime._single import build_graph
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET, Worker, WorkerPhase
@@ -68,7 +68,7 @@ def run_worker_loop(worker: Worker) -> None:
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
     woken = threading.Event()
     endpoint: Any = worker.endpoint
-    exchange: Any = worker.services.get("exchange")
+    exchange: Any = worker.exchange
     sides = [side for side in (endpoint, exchange) if side is not None]
     for side in sides:
         if hasattr(side, "wake"):
@@ -135,7 +135,7 @@ def worker_process_main(
             worker_id,
             control,
             persistence,
-            {"exchange": exchange},
+            exchange,
             source_turn_budget=source_turn_budget,
         )
         run_worker_loop(worker)
@@ -234,7 +234,7 @@ def cluster_worker_main(
                 control.worker_id,
                 control,
                 NoPersistence(),
-                {"exchange": exchange},
+                exchange,
                 source_turn_budget=source_turn_budget,
             )
             run_worker_loop(worker)

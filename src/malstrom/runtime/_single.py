@@ -5,9 +5,10 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
-from typing import Any
 
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
+from malstrom.engine.graph import Graph
+from malstrom.errors import JobFailed
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET, Worker, WorkerPhase, check_budget
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._memory import NoPersistence
@@ -17,7 +18,7 @@ from malstrom.transport._local import local_pair
 __all__ = ["SingleThreadRuntime"]
 
 
-def build_graph(build: Callable[[StreamProvider], None]) -> Any:
+def build_graph(build: Callable[[StreamProvider], None]) -> Graph:
     """Run the user's ``build`` function and return the graph it described."""
     if not callable(build):
         raise TypeError(f"build must be a function build(provider) -> None, got {build!r}")
@@ -61,8 +62,21 @@ class SingleThreadRuntime:
         """The snapshot version the last :meth:`execute` resumed from (None: fresh start)."""
 
     def execute(self) -> None:
-        """Run the job to completion (sources exhausted and final snapshot committed)."""
+        """Run the job to completion (sources exhausted and final snapshot committed).
+
+        A job wired wrongly raises :class:`~malstrom.errors.BuildError` before anything runs;
+        a job that fails raises :class:`~malstrom.errors.JobFailed` whose ``__cause__`` is the
+        original error (an :class:`~malstrom.errors.OperatorError` for user code).
+        """
         graph = build_graph(self.build)
+        try:
+            self._execute(graph)
+        except JobFailed:
+            raise
+        except Exception as e:
+            raise JobFailed(f"{type(e).__name__}: {e}") from e
+
+    def _execute(self, graph: Graph) -> None:
         c_end, w_end = local_pair()
         worker = Worker(
             graph, 0, w_end, self.persistence, source_turn_budget=self.source_turn_budget
@@ -93,7 +107,7 @@ class SingleThreadRuntime:
                 worker.turn()  # deliver the commit notice and Finish to the worker
                 break
             if coord.phase is JobPhase.FAILED:
-                raise RuntimeError(coord.error)
+                raise JobFailed(coord.error or "the job failed")
             if worker.turn():
                 idle = 0
             else:

@@ -12,7 +12,7 @@ saturated pipe (:mod:`malstrom.runtime._backpressure`).
 Fencing: the worker learns its job attempt from :class:`StartBuild` and puts it on every
 message, on its data-plane streams and in its blob names. Once the attempt is over (Abort
 received, the coordinator's link closed or silent), :meth:`Worker.fence` raises
-:class:`~malstrom._errors.AttemptFenced`: sinks call it before every write, the worker before
+:class:`~malstrom.errors.AttemptFenced`: sinks call it before every write, the worker before
 every blob write and commit notice. :meth:`Worker.discard` drops the sinks' buffered output
 without writing it; it runs as soon as the attempt is known to be over.
 """
@@ -22,9 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Set as AbstractSet
 from time import monotonic
-from typing import Any
 
-from malstrom._errors import AttemptFenced, BuildError, OperatorError
 from malstrom.coordinator._messages import (
     Abort,
     BuildComplete,
@@ -39,8 +37,13 @@ from malstrom.coordinator._messages import (
     StartExecution,
     TakeSnapshot,
 )
+from malstrom.engine.context import BuildContext
+from malstrom.engine.exchange import Exchange
+from malstrom.engine.graph import Graph
+from malstrom.engine.messages import Barrier, Rescale, Token
+from malstrom.engine.operator import Operator
+from malstrom.errors import AttemptFenced, BuildError, OperatorError
 from malstrom.runtime._backpressure import IntakeGate
-from malstrom.runtime._engine import Barrier, BuildContext, Operator, Rescale, Token
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._bounded import BoundedPersistence
 from malstrom.snapshot._layout import (
@@ -84,11 +87,11 @@ class Worker:
 
     def __init__(
         self,
-        graph: Any,
+        graph: Graph,
         worker_id: int,
         endpoint: Endpoint,
         persistence: Persistence,
-        services: dict[str, Any] | None = None,
+        exchange: Exchange | None = None,
         *,
         source_turn_budget: float = SOURCE_TURN_BUDGET,
     ) -> None:
@@ -97,7 +100,7 @@ class Worker:
         self.worker_id = worker_id
         self.endpoint = endpoint
         self.persistence = persistence
-        self.services = services or {}
+        self.exchange = exchange
         self.phase = WorkerPhase.WAITING
         self.ops: list[Operator] = []
         self._roots: list[Operator] = []
@@ -148,11 +151,13 @@ class Worker:
             self.persistence = BoundedPersistence(
                 self.persistence, msg.storage_timeout, tick=self._heartbeat
             )
-        exchange = self.services.get("exchange")
+        exchange = self.exchange
         if exchange is not None:
             exchange.set_attempt(msg.attempt)
         if msg.peers is not None and exchange is not None:
-            exchange.connect({w: a for w, a in msg.peers.items() if w != self.worker_id})
+            exchange.connect(  # type: ignore[attr-defined]
+                {w: a for w, a in msg.peers.items() if w != self.worker_id}
+            )
         reader = None
         if msg.restore_version is not None:
             manifest = self.persistence.manifest(msg.restore_version)
@@ -161,7 +166,7 @@ class Worker:
             self.worker_id,
             msg.worker_set,
             reader,
-            self.services,
+            exchange,
             attempt=msg.attempt,
             fence=self.fence,
         )
@@ -175,8 +180,8 @@ class Worker:
                 raise OperatorError(node.name, f"building failed: {type(e).__name__}: {e}") from e
             if len(op.outs) != node.ports:
                 op.set_ports(node.ports)
-            op.restored_done = ctx.restored_ended(node.name)
-            op.aligns_region = node.co_keyed
+            op.restored_ended = ctx.restored_ended(node.name)
+            op.aligns_region = node.aligns_region
             for src, port in node.inputs:
                 built[id(src)].outs[port].append(op.add_input())
             built[id(node)] = op
@@ -199,7 +204,7 @@ class Worker:
             self._heartbeat()
         if self.phase is not WorkerPhase.RUNNING:
             return worked
-        exchange = self.services.get("exchange")
+        exchange = self.exchange
         # Backpressure: take nothing new in upstream of a pipe that peers are slow to take.
         held = NOTHING
         if exchange is not None and self._gate is not None:
@@ -231,7 +236,7 @@ class Worker:
             self._rescale = None
             self.endpoint.send(RescaleComplete(self.worker_id, resc[0], self.attempt))
             worked = True
-        if not self._drained_sent and all(op.done for op in self.ops):
+        if not self._drained_sent and all(op.ended for op in self.ops):
             self._drained_sent = True
             self.endpoint.send(Drained(self.worker_id, self.attempt))
         return worked
@@ -280,38 +285,41 @@ class Worker:
         worked = False
         for msg in msgs:
             worked = True
-            if isinstance(msg, TakeSnapshot):
-                self._begin_snapshot(msg.version)
-                if msg.stop:
-                    self._stopping = True  # suspend: nothing new after the final barrier
-            elif isinstance(msg, SnapshotCommitted):
-                if not finishing:
-                    self.fence()  # a late commit notice must not publish anything any more
-                for op in self.ops:
-                    op.on_committed(msg.version)
-            elif isinstance(msg, Reconfigure):
-                self._begin_rescale(msg)
-            elif isinstance(msg, StartBuild):
-                self._build(msg)
-            elif isinstance(msg, StartExecution):
-                self.phase = WorkerPhase.RUNNING
-            elif isinstance(msg, Finish):
-                self.phase = WorkerPhase.FINISHED
-            elif isinstance(msg, Abort):
-                self.abort_reason = msg.reason
-                self.phase = WorkerPhase.FINISHED
-                self.discard()
-                return worked
-            else:
-                raise TypeError(f"worker {self.worker_id} got an unexpected command {msg!r}")
+            match msg:
+                case TakeSnapshot():
+                    self._begin_snapshot(msg.version)
+                    if msg.stop:
+                        self._stopping = True  # suspend: nothing new after the final barrier
+                case SnapshotCommitted():
+                    if not finishing:
+                        self.fence()  # a late commit notice must not publish anything any more
+                    for op in self.ops:
+                        op.on_committed(msg.version)
+                case Reconfigure():
+                    self._begin_rescale(msg)
+                case StartBuild():
+                    self._build(msg)
+                case StartExecution():
+                    self.phase = WorkerPhase.RUNNING
+                case Finish():
+                    self.phase = WorkerPhase.FINISHED
+                case Abort():
+                    self.abort_reason = msg.reason
+                    self.phase = WorkerPhase.FINISHED
+                    self.discard()
+                    return worked
+                case _:
+                    raise TypeError(f"worker {self.worker_id} got an unexpected command {msg!r}")
         return worked
 
     def _begin_rescale(self, msg: Reconfigure) -> None:
         if self._rescale is not None or self._snapshot is not None:
             raise RuntimeError(f"rescale {msg.version} requested while another operation runs")
-        exchange = self.services.get("exchange")
+        exchange = self.exchange
         if msg.peers is not None and exchange is not None:
-            exchange.connect({w: a for w, a in msg.peers.items() if w != self.worker_id})
+            exchange.connect(  # type: ignore[attr-defined]
+                {w: a for w, a in msg.peers.items() if w != self.worker_id}
+            )
         token = Token(len(self._roots))
         self._rescale = (msg.version, token)
         rescale = Rescale(token, msg.version, tuple(msg.workers))

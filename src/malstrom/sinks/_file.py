@@ -8,7 +8,7 @@ once. A part no snapshot covers (a fresh start) starts with an empty file.
 that was paused, or slow to notice the failure). Every write, cut and flush of a part runs
 under an exclusive lock (``flock``) on the sink's *fence file*, which holds the id of the
 newest attempt that used the sink's files: a part of an older attempt is refused there
-(:class:`~malstrom._errors.AttemptFenced`) and its output never reaches the file; a newer one
+(:class:`~malstrom.errors.AttemptFenced`) and its output never reaches the file; a newer one
 takes the fence over. The fence file sits next to the output: ``.<name>.malstrom-fence`` for a
 single file, ``.malstrom-fence`` in the directory of per-key files. Parts buffer their lines
 in memory, encoded by the format, and write them at snapshots (and every 16 KiB); an aborted
@@ -35,7 +35,7 @@ import time
 from collections.abc import Hashable, Iterator
 from typing import Any
 
-from malstrom._errors import AttemptFenced
+from malstrom.errors import AttemptFenced
 from malstrom.formats import Format, Lines
 from malstrom.sinks._protocols import RecordBatch, StatefulSink
 from malstrom.types import Record

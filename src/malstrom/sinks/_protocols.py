@@ -1,11 +1,11 @@
-"""What a sink is (DESIGN 3.5)."""
+"""What a sink is: stateless, or stateful and partitioned; records reach it in batches."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any, Protocol, overload
 
-from malstrom.runtime._engine import make_record
+from malstrom.engine.batch import make_record
 from malstrom.types import Record
 
 __all__ = [

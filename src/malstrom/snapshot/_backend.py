@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
+from malstrom.errors import SnapshotCorruptError, SnapshotFormatError, SnapshotsDamagedError
+
 __all__ = [
     "FORMAT_VERSION",
     "BlobInfo",
@@ -28,37 +30,6 @@ log = logging.getLogger("malstrom.snapshot")
 
 FORMAT_VERSION = 1
 """Snapshot format written by this release. A snapshot with another format is refused."""
-
-
-class SnapshotFormatError(RuntimeError):
-    """A committed snapshot was written in a format this release cannot read."""
-
-
-class SnapshotCorruptError(RuntimeError):
-    """A committed snapshot version is damaged (missing blob, wrong size or checksum)."""
-
-
-class SnapshotsDamagedError(SnapshotCorruptError):
-    """Snapshots exist but every one is damaged: the job refuses to start from scratch.
-
-    Starting over would rewrite the job's output (file sinks start empty) and reread its
-    sources from the beginning. ``versions`` lists the damaged versions, ``reasons`` why each
-    is unusable. Repair the store, or start fresh on purpose (``fresh_start=True``, on the
-    command line ``--fresh-start``).
-    """
-
-    def __init__(self, location: str, damage: dict[int, str]) -> None:
-        self.location = location
-        self.versions = sorted(damage)
-        self.reasons = dict(damage)
-        detail = "; ".join(damage[v] for v in self.versions)
-        super().__init__(
-            f"every committed snapshot in {location} is damaged (versions "
-            f"{', '.join(map(str, self.versions))}: {detail}). Refusing to start from scratch, "
-            "which would rewrite the job's output and reread its sources from the beginning. "
-            "Repair or restore the snapshot store, or start fresh on purpose with "
-            "fresh_start=True (command line: --fresh-start)"
-        )
 
 
 @dataclass(frozen=True)

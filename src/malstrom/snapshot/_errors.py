@@ -5,22 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from malstrom.errors import StorageError, StoreUnavailableError
+
 __all__ = ["StorageError", "StoreUnavailableError", "unavailable"]
-
-
-class StorageError(RuntimeError):
-    """A call to the snapshot store failed or did not answer in time. The message names the
-    backend and its location, what was being done and the cause."""
-
-
-class StoreUnavailableError(StorageError):
-    """The snapshot store could not be reached or refused the request (network, credentials,
-    missing bucket, timeout). The message names the store's URL.
-
-    It is deliberately not an :class:`OSError`: a store that cannot be reached says nothing
-    about whether a snapshot is damaged, so restoring never skips a version because of it
-    (it would silently fall back to an older snapshot); the job fails and is retried instead.
-    """
 
 
 def _brief(e: BaseException) -> str:

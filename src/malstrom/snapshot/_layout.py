@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import pickle
 import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import msgpack
 
-from malstrom._errors import OperatorError
+from malstrom.engine.context import ENDED_KEY
+from malstrom.errors import OperatorError
 from malstrom.keyed.partitioners import group_owner, key_group, rendezvous_select
-from malstrom.runtime._engine import ENDED_KEY
 from malstrom.snapshot._backend import FORMAT_VERSION, Manifest, Persistence, SnapshotFormatError
+from malstrom.types import Partitioner
 
 __all__ = ["NullSnapshotWriter", "SnapshotReader", "SnapshotWriter", "blob_worker", "worker_blob"]
 
@@ -157,7 +158,7 @@ class SnapshotReader:
     def keyed(
         self,
         operator: str,
-        owner: Callable[[Any, Sequence[int]], int] | None,
+        owner: Partitioner | None,
         me: int,
         workers: Sequence[int],
     ) -> Iterator[tuple[Any, Any]]:

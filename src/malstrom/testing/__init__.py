@@ -1,5 +1,15 @@
 """Helpers for testing your own dataflows.
 
+:class:`LocalCluster` (and :func:`run_local_cluster`) run a job on several workers and their
+coordinator in one thread, deterministically: key routing, barrier alignment across workers,
+epoch merging, snapshots, restores and rescales at any parallelism, without processes. An
+error in a worker's turn (an ``OperatorError``) propagates as it is; a failure the coordinator
+detects raises ``JobFailed``::
+
+    from malstrom.testing import run_local_cluster
+
+    coordinator = run_local_cluster(build, 3)  # three workers, to completion
+
 :func:`run_pipeline` feeds values through a chain of operators on the single-thread runtime
 and returns what came out, so a unit test of your operators is one line::
 
@@ -20,9 +30,10 @@ from malstrom.sinks import ListSink
 from malstrom.snapshot._backend import Persistence
 from malstrom.sources import IterSource, StatefulSource
 from malstrom.stream import Stream, StreamProvider
+from malstrom.testing._cluster import LocalCluster, run_local_cluster
 from malstrom.types import NoKey, Record
 
-__all__ = ["TimedSource", "run_pipeline"]
+__all__ = ["LocalCluster", "TimedSource", "run_local_cluster", "run_pipeline"]
 
 
 class _TimedPart:

@@ -9,7 +9,7 @@ on the server, and clients turn it into a :class:`TransportError` carrying that 
 Servers that send pickled data back (control, admin) also prove they know the token: the
 client sends a random nonce, the server answers with ``HMAC(token, nonce)`` in its initial
 metadata, and the client checks it (:func:`verify_server`) before unpickling anything. So
-pickle only ever flows between authenticated peers of one job (DESIGN invariant 8).
+pickle only ever flows between authenticated peers of one job.
 Without TLS the token travels in clear text: use :class:`TlsConfig` across untrusted networks.
 
 Every server also answers the standard gRPC health checking protocol (``grpc.health.v1``,

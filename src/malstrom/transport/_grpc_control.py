@@ -29,6 +29,7 @@ from typing import Any
 
 import grpc
 
+from malstrom.errors import AdminError
 from malstrom.transport import malstrom_pb2 as pb
 from malstrom.transport import malstrom_pb2_grpc as pb_grpc
 from malstrom.transport._exchange import TransportError
@@ -64,10 +65,6 @@ _STOP = object()
 
 #: ``handler(command, payload) -> reply payload``; raising makes the call fail with its message.
 AdminHandler = Callable[[str, bytes], bytes]
-
-
-class AdminError(RuntimeError):
-    """The coordinator refused or failed an admin command (its message says why)."""
 
 
 def _dumps(msg: Any) -> bytes:

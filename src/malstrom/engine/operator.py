@@ -1,307 +1,35 @@
-"""The engine's vocabulary: in-band messages, the operator base class, the build context.
-
-Records travel as columnar :class:`Batch` es (three parallel sequences) so that operators run
-C-speed loops (``map``, ``itertools.compress``) instead of building an object per record.
-Control travels in-band on the same FIFO channels: :class:`Epoch` (watermark) and
-:class:`Barrier` (ABS snapshot marker). Copies of a control message are tracked with an
-explicit :class:`Token` counter (DESIGN invariant 4), never with reference counts.
-"""
+"""The operator base class every operator on a worker derives from: draining its input
+channels, merging epochs, aligning barriers, emitting and forwarding."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
-from functools import partial
-from itertools import repeat
 from typing import Any
 
-from malstrom._errors import OperatorError, short_repr
-from malstrom.types import MAX, Record
+from malstrom._repr import short_repr
+from malstrom.engine.batch import Batch
+from malstrom.engine.epochs import merge_epochs
+from malstrom.engine.messages import (
+    IDLE,
+    Acquire,
+    Barrier,
+    Control,
+    Epoch,
+    Handover,
+    Installed,
+    Interrogate,
+    RegionMessage,
+    Released,
+    Rescale,
+    Select,
+)
+from malstrom.errors import OperatorError
+from malstrom.types import MAX
 
-__all__ = [
-    "IDLE",
-    "Acquire",
-    "Barrier",
-    "Batch",
-    "BuildContext",
-    "Channel",
-    "Collect",
-    "Control",
-    "Epoch",
-    "Installed",
-    "Interrogate",
-    "Operator",
-    "Released",
-    "Rescale",
-    "Token",
-    "make_record",
-]
-
-ENDED_KEY = "::ended"
-"""Snapshot entry listing the operators that had ended (seen MAX) on a worker."""
+__all__ = ["Channel", "Operator"]
 
 Channel = deque
 """An edge between two operators on one worker: an unbounded FIFO of messages."""
-
-make_record: Callable[[tuple[Any, Any, Any]], Record] = partial(tuple.__new__, Record)
-"""Build a Record from a ``(key, value, timestamp)`` tuple at C speed."""
-
-
-class Batch:
-    """A run of records in columns. Batches are never mutated once emitted (they may be shared)."""
-
-    __slots__ = ("keys", "timestamps", "values")
-
-    def __init__(self, keys: Sequence[Any], values: Sequence[Any], timestamps: Sequence[Any]):
-        self.keys = keys
-        self.values = values
-        self.timestamps = timestamps
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def records(self) -> list[Record]:
-        return list(map(make_record, zip(self.keys, self.values, self.timestamps)))
-
-    def iter_records(self) -> Iterator[Record]:
-        """Records one at a time: each is freed before the next is made (no GC pressure)."""
-        return map(make_record, zip(self.keys, self.values, self.timestamps))
-
-    def record(self, i: int) -> Record:
-        return Record(self.keys[i], self.values[i], self.timestamps[i])
-
-    @staticmethod
-    def same_key(key: Any, values: Sequence[Any], timestamps: Sequence[Any]) -> Batch:
-        return Batch(list(repeat(key, len(values))), values, timestamps)
-
-
-class _Idle:
-    """An epoch value saying "this channel has nothing now": merges leave it out of the minimum."""
-
-    __slots__ = ()
-
-    def __reduce__(self) -> str:
-        return "IDLE"
-
-    def __repr__(self) -> str:
-        return "IDLE"
-
-
-IDLE: Any = _Idle()
-"""``Epoch(IDLE)``: the channel is idle (no source data); it does not hold back merged epochs
-until it sends a real epoch again. Hooks never see it."""
-
-
-class Epoch:
-    """Promise: no later record on this channel has a timestamp ``<= ts``."""
-
-    __slots__ = ("ts",)
-
-    def __init__(self, ts: Any) -> None:
-        self.ts = ts
-
-    def __repr__(self) -> str:
-        return f"Epoch({self.ts!r})"
-
-
-class Token:
-    """Counts the live copies of a broadcast control message; zero means it has completed."""
-
-    __slots__ = ("pending",)
-
-    def __init__(self, pending: int = 0) -> None:
-        self.pending = pending
-
-
-class Control:
-    """A control message whose completion is tracked by a :class:`Token`."""
-
-    __slots__ = ("token",)
-
-    def __init__(self, token: Token) -> None:
-        self.token = token
-
-
-class Barrier(Control):
-    """ABS snapshot barrier: operators persist their state into ``writer`` as it passes."""
-
-    __slots__ = ("version", "writer")
-
-    def __init__(self, token: Token, version: int, writer: Any) -> None:
-        super().__init__(token)
-        self.version = version
-        self.writer = writer
-
-
-class Rescale(Control):
-    """The worker set changes to ``workers`` (configuration ``version``): injected at the roots.
-
-    Every operator sees it once (multi-input operators align it). Distributors and sources
-    start their migration cycle on it; it completes when every copy is consumed and every
-    operator reports :meth:`Operator.rescale_done`.
-    """
-
-    __slots__ = ("version", "workers")
-
-    def __init__(self, token: Token, version: int, workers: tuple[int, ...]) -> None:
-        super().__init__(token)
-        self.version = version
-        self.workers = workers
-
-
-class RegionMessage(Control):
-    """A message a distributor sends into its key region during a rescale.
-
-    Its copies share one object on a worker. Where a region fans out and meets again (a
-    ``split`` or ``cloned`` stream, or two filters of one keyed stream, joined or unioned),
-    one message reaches an operator once per path: :meth:`Operator.on_control` acts on the
-    first copy and consumes the others (``handled`` names the operators that acted), so every
-    operator installs moved state, reports its keys or sees a rescale end exactly once.
-    """
-
-    __slots__ = ("handled",)
-
-    def __init__(self, token: Token) -> None:
-        super().__init__(token)
-        self.handled: set[str] = set()
-
-
-class Interrogate(RegionMessage):
-    """Sent by a distributor into its key region when rescale ``version`` starts (before any
-    record of the new configuration): every keyed operator adds the keys it holds state for
-    to ``keys`` (so their new owners can be worked out ahead of the Collect, a few at a
-    time), and :meth:`Operator.keys_moving` runs."""
-
-    __slots__ = ("keys", "version")
-
-    def __init__(self, token: Token, version: int) -> None:
-        super().__init__(token)
-        self.version = version
-        self.keys: set[Any] = set()
-
-
-Select = Callable[[Iterable[Any]], list[Any]]
-"""``select(keys)``: those of ``keys`` that leave this worker (see :class:`Collect`)."""
-
-
-class Collect(RegionMessage):
-    """Sent by a distributor into its key region: hand over the state of every key that
-    leaves this worker into ``collection[operator name]``.
-
-    Operators find their leaving keys with :meth:`select`. A distributor collects the keys it
-    knows to leave in chunks (``only``: just these keys, one chunk per loop turn), then once
-    more for the rest: then the keys known to stay or to leave (``staying``, ``leaving``) are
-    sorted out with set operations at C speed, and ``moving(key)`` decides the others."""
-
-    __slots__ = ("collection", "leaving", "moving", "only", "staying")
-
-    def __init__(
-        self,
-        token: Token,
-        moving: Callable[[Any], bool],
-        staying: AbstractSet[Any] = frozenset(),
-        leaving: AbstractSet[Any] = frozenset(),
-        only: set[Any] | None = None,
-    ) -> None:
-        super().__init__(token)
-        self.moving = moving
-        self.staying = staying
-        self.leaving = leaving
-        self.only = only
-        self.collection: dict[str, dict[Any, Any]] = {}
-
-    def select(self, keys: Iterable[Any]) -> list[Any]:
-        """The keys among ``keys`` that leave this worker (in this collect)."""
-        if not isinstance(keys, AbstractSet):
-            keys = set(keys)
-        only = self.only
-        if only is not None:
-            return list(only & keys)  # C speed, walking the smaller side (a keys view too)
-        rest = keys - self.staying
-        known = rest & self.leaving
-        if known:
-            rest -= known
-        moving = self.moving
-        return [*known, *[k for k in rest if moving(k)]]
-
-
-class Acquire(RegionMessage):
-    """Sent by a distributor into its key region: install ``states[operator name]`` (keys that
-    now belong to this worker, collected by their previous owner)."""
-
-    __slots__ = ("states",)
-
-    def __init__(self, token: Token, states: dict[str, dict[Any, Any]]) -> None:
-        super().__init__(token)
-        self.states = states
-
-
-class Installed(RegionMessage):
-    """Every key moving to this worker has been acquired; held records follow it."""
-
-    __slots__ = ("version",)
-
-    def __init__(self, token: Token, version: int) -> None:
-        super().__init__(token)
-        self.version = version
-
-
-class Released(RegionMessage):
-    """The records held during rescale ``version`` have passed (they follow
-    :class:`Installed`): the region runs in the new configuration, and
-    :meth:`Operator.keys_moved` runs."""
-
-    __slots__ = ("version",)
-
-    def __init__(self, token: Token, version: int) -> None:
-        super().__init__(token)
-        self.version = version
-
-
-def _never_fenced() -> None:
-    pass
-
-
-@dataclass
-class BuildContext:
-    """What an operator may know about its worker when it is built.
-
-    ``attempt`` is the job attempt the worker belongs to; ``fence()`` raises
-    :class:`~malstrom._errors.AttemptFenced` once that attempt is over. Operators with side
-    effects outside the job (sinks) call it before each one.
-    """
-
-    worker_id: int
-    worker_set: tuple[int, ...]
-    restore: Any = None  # a snapshot reader, or None on a fresh start
-    services: dict[str, Any] = field(default_factory=dict)
-    attempt: int = 0
-    fence: Callable[[], None] = _never_fenced
-
-    def restore_keyed(
-        self, operator: str, owner: Callable[[Any, Sequence[int]], int] | None
-    ) -> Iterator[tuple[Any, Any]]:
-        """The ``(key, state)`` pairs of ``operator`` that this worker owns now."""
-        if self.restore is None:
-            return iter(())
-        return self.restore.keyed(operator, owner, self.worker_id, self.worker_set)
-
-    def restored_ended(self, operator: str) -> bool:
-        """Whether ``operator`` had seen the end of stream in the snapshot restored from."""
-        if self.restore is None:
-            return False
-        ended = self.restore.worker_scoped(ENDED_KEY)
-        if self.worker_id in ended:
-            return operator in ended[self.worker_id]
-        return bool(ended) and all(operator in names for names in ended.values())
-
-    def restore_worker(self, operator: str) -> dict[int, Any]:
-        """Per-worker (unkeyed) state of ``operator``, by the worker id that stored it."""
-        if self.restore is None:
-            return {}
-        return self.restore.worker_scoped(operator)
 
 
 class Operator:
@@ -323,9 +51,9 @@ class Operator:
     """Runs user hooks on epochs: after a restore from a snapshot taken when this operator had
     already ended, its end-of-stream hooks must not run (and emit) a second time."""
     migrates = False
-    """Holds keyed state placed by a partitioner: takes part in Collect/Acquire (rescale)."""
+    """Holds keyed state placed by a partitioner: takes part in Handover/Acquire (rescale)."""
     aligns_region = False
-    """Several inputs, every one keyed by a distributor: the final Collect, Installed and
+    """Several inputs, every one keyed by a distributor: the final Handover, Installed and
     Released of a rescale align here like barriers (a key's state and its records from every
     input move together; what follows Released follows every input's held records)."""
 
@@ -334,8 +62,11 @@ class Operator:
         self.inputs: list[Channel] = []
         self.outs: list[list[Channel]] = [[]]
         self.in_frontier: Any = None
-        self.done = False
-        self.restored_done = False
+        #: Saw the end of the stream (emitted ``Epoch(MAX)``). A worker whose every operator
+        #: ended is *drained* (it tells the coordinator, which then takes the final snapshot).
+        self.ended = False
+        #: Had ended in the snapshot this worker restored from (its end hooks already ran).
+        self.restored_ended = False
         self._chan_epochs: list[Any] = []
         self._blocked: list[bool] = []
         self._idle_out = False
@@ -371,7 +102,7 @@ class Operator:
                 msg.token.pending -= 1
                 return
             msg.handled.add(self.name)
-            if isinstance(msg, Collect):
+            if isinstance(msg, Handover):
                 if msg.only is not None and self.aligns_region:
                     # One input's chunk: the key's records from the other inputs may still
                     # come. This operator and everything after it hand keys over in the
@@ -469,7 +200,7 @@ class Operator:
             for ch in port:
                 ch.append(e)
         if ts is MAX:
-            self.done = True
+            self.ended = True
 
     def forward(self, msg: Control) -> None:
         """Broadcast a control message to every output channel, keeping its token exact."""
@@ -487,19 +218,9 @@ class Operator:
         if len(epochs) == 1:
             merged = ts
         else:
-            if any(e is None for e in epochs):
+            merged = merge_epochs(epochs, self.name)
+            if merged is None:
                 return
-            live = [e for e in epochs if e is not IDLE]
-            if not live:
-                merged = IDLE
-            else:
-                try:
-                    merged = min(live)
-                except TypeError as e:
-                    raise OperatorError(
-                        self.name,
-                        f"cannot merge epochs of incomparable timestamps {short_repr(epochs)}",
-                    ) from e
         if merged is IDLE:
             if not self._idle_out and self.forwards_idle():
                 self._idle_out = True
@@ -516,7 +237,7 @@ class Operator:
         if rising:
             self._idle_out = False
             self.in_frontier = merged
-            if merged is MAX and self.restored_done and self.hooks_on_epoch:
+            if merged is MAX and self.restored_ended and self.hooks_on_epoch:
                 self.emit_epoch(MAX)  # its end-of-stream hooks already ran before the snapshot
             else:
                 self.on_epoch(merged)
@@ -527,7 +248,7 @@ class Operator:
 
     def pass_barrier(self, barrier: Barrier) -> None:
         """A barrier reaches this operator: note whether it had ended, then snapshot."""
-        if self.done:
+        if self.ended:
             barrier.writer.ended.add(self.name)
         self.on_barrier(barrier)
 
@@ -611,13 +332,13 @@ class Operator:
 
     def _aligns(self, msg: Control) -> bool:
         """Control messages aligned across input channels: barriers and rescales always; a
-        rescale's final Collect, Installed and Released where every input is keyed by a
+        rescale's final Handover, Installed and Released where every input is keyed by a
         distributor."""
         t = type(msg)
         if t is Barrier or t is Rescale:
             return True
         if not self.aligns_region:
             return False
-        if t is Collect:
+        if t is Handover:
             return msg.only is None  # type: ignore[attr-defined]
         return t is Installed or t is Released

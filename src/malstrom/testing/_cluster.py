@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from malstrom.coordinator._coordinator import Coordinator, JobPhase
+from malstrom.errors import JobFailed
 from malstrom.runtime._single import build_graph
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET, Worker, WorkerPhase
 from malstrom.snapshot._backend import Persistence
@@ -61,13 +62,14 @@ class LocalCluster:
             wid,
             w_end,
             self.persistence,
-            services={"exchange": self.hub.endpoint(wid)},
+            exchange=self.hub.endpoint(wid),
             source_turn_budget=self.source_turn_budget,
         )
         return c_end
 
     @property
     def ended(self) -> bool:
+        """The job finished or stopped."""
         return self.coord.phase in (JobPhase.FINISHED, JobPhase.STOPPED)
 
     def step(self) -> bool:
@@ -82,7 +84,7 @@ class LocalCluster:
                 w.turn()  # they take in Finish
             return False
         if coord.phase is JobPhase.FAILED:
-            raise RuntimeError(coord.error)
+            raise JobFailed(coord.error or "the job failed")
         for wid in sorted(coord.wanted_workers()):
             coord.add_worker(wid, self._spawn(wid))  # a rescale asked for it
         for wid, w in list(self.workers.items()):

@@ -1,12 +1,13 @@
-"""Shared helpers for operators: user-error wrapping and the Output collector."""
+"""Running user code inside operators: errors that name the operator and the record, and
+C-speed maps over a batch that still say which record failed."""
 
 from __future__ import annotations
 
 from operator import length_hint
 from typing import Any
 
-from malstrom._errors import OperatorError
-from malstrom.runtime._engine import Batch
+from malstrom.engine.batch import Batch
+from malstrom.errors import OperatorError
 from malstrom.types import Record
 
 __all__ = ["batch_error", "failed_index", "map_values", "user_error"]
