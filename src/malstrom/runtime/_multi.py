@@ -28,7 +28,7 @@ from malstrom.coordinator._coordinator import (
     OperationRefused,
     completed_version,
 )
-from malstrom.runtime._app import check_importable
+from malstrom.runtime._app import check_importable, load_app
 from malstrom.runtime._process import worker_process_main
 from malstrom.runtime._single import build_graph
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET, check_budget
@@ -54,6 +54,16 @@ class JobFailed(RuntimeError):
 
 class _AttemptFailed(Exception):
     pass
+
+
+class _StoppedBeforeStart(Exception):
+    """A stop arrived while no attempt was running (workers still connecting, or a restart
+    waiting out its backoff): nothing new to snapshot, the last committed one stands."""
+
+
+#: Seconds a SIGTERM-initiated stop may take (final snapshot included) before the job is
+#: killed; below the 60 s a supervisor such as systemd or Kubernetes is usually configured for.
+STOP_GRACE = 50.0
 
 
 class JobHandle:
@@ -139,13 +149,16 @@ class MultiProcessRuntime:
                 "InMemoryPersistence lives in one process; worker processes cannot share it. "
                 "Use LocalDiskPersistence(path) (or NoPersistence) with MultiProcessRuntime"
             )
-        self._pinned: list[str] = []
         if not isinstance(build, str):
             check_importable(build)
-            # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
-            self._pinned = build_graph(build).pinned()
+        # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
+        self._pinned: list[str] = build_graph(
+            load_app(build) if isinstance(build, str) else build
+        ).pinned()
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
+        if not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
         self.build = build
         self.parallelism = parallelism
         self.persistence = persistence
@@ -180,8 +193,14 @@ class MultiProcessRuntime:
         return JobHandle(sup)
 
     def execute(self) -> None:
-        """Run the job to completion. Ctrl-C stops it with a final snapshot (twice: at once)."""
+        """Run the job to completion. Ctrl-C stops it with a final snapshot (twice: at once).
+
+        SIGTERM (what ``docker stop`` and Kubernetes send) also stops it with a final snapshot
+        and then returns normally; if that takes longer than :data:`STOP_GRACE` seconds, or a
+        second SIGTERM arrives, the job is killed (resumable from its last snapshot).
+        """
         handle = self.start()
+        restore = _stop_on_sigterm(handle._sup)
         try:
             handle.wait()
         except KeyboardInterrupt:
@@ -195,6 +214,44 @@ class MultiProcessRuntime:
                 handle.kill()
                 raise
             raise
+        finally:
+            restore()
+
+
+def _stop_on_sigterm(sup: Supervisor) -> Callable[[], None]:
+    """Make SIGTERM stop ``sup``'s job with a final snapshot; returns the undo function.
+
+    Only from the main thread (Python delivers signals there) and only if nobody else
+    installed a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        return lambda: None
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if sup.stop_requested.is_set():
+            log.warning("SIGTERM again: killing the job (resumable from its last snapshot)")
+            sup.killed.set()
+            return
+        log.warning("SIGTERM: stopping with a final snapshot (again to kill)")
+        sup.request("stop")
+        timer = threading.Timer(STOP_GRACE, _kill_late, args=(sup,))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
+def _kill_late(sup: Supervisor) -> None:
+    if not sup.done.is_set():
+        log.error("the stop took longer than %g s: killing the job", STOP_GRACE)
+        sup.killed.set()
 
 
 @dataclass
@@ -258,7 +315,7 @@ class _LocalLauncher:
                 p.join()
                 del self.procs[i]  # removed by a rescale, exited cleanly
                 continue
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            how = signal.Signals(-code).name if code < 0 else f"exit code {code}"
             raise _AttemptFailed(f"worker {i} died ({how})")
 
     def finish(self, server: Any, clean: bool) -> None:
@@ -309,6 +366,8 @@ class Supervisor(threading.Thread):
         self.launcher = launcher
         self.requests: queue.Queue[tuple[str, Any, Future[Any]]] = queue.Queue()
         self.killed = threading.Event()
+        #: Set once a stop was asked for (answered even if no attempt is running).
+        self.stop_requested = threading.Event()
         self.done = threading.Event()
         self.failure: str | None = None
         self.restarts = 0
@@ -340,6 +399,8 @@ class Supervisor(threading.Thread):
             fut.set_exception(OperationRefused(f"cannot {kind}: the job is {self.phase}"))
         else:
             self.requests.put((kind, arg, fut))
+            if kind == "stop":
+                self.stop_requested.set()
         return fut
 
     def status(self) -> dict[str, Any]:
@@ -393,6 +454,9 @@ class Supervisor(threading.Thread):
             try:
                 self.phase = self._attempt()
                 return
+            except _StoppedBeforeStart:
+                self._stopped_before_start()
+                return
             except (SnapshotCorruptError, SnapshotFormatError) as e:
                 # Every snapshot damaged, or one in a foreign format: restarting cannot help.
                 self.failure = str(e)
@@ -421,8 +485,11 @@ class Supervisor(threading.Thread):
                     delay,
                 )
                 self.phase = "restarting"
-                if self.killed.wait(delay):
+                if self._sleep(delay):
                     self.phase = "killed"
+                    return
+                if self.stop_requested.is_set() and not self.killed.is_set():
+                    self._stopped_before_start()
                     return
             except BaseException as e:  # a bug or an environment problem: fail loudly
                 self.failure = f"{type(e).__name__}: {e}"
@@ -430,6 +497,38 @@ class Supervisor(threading.Thread):
                 self._fail_requests(JobFailed(self.failure))
                 log.exception("supervisor crashed")
                 return
+
+    def _sleep(self, delay: float) -> bool:
+        """Wait ``delay`` seconds or until a stop or kill; True if killed."""
+        deadline = time.monotonic() + delay
+        while not self.stop_requested.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self.killed.wait(min(left, 0.05)):
+                return True
+        return self.killed.is_set()
+
+    def _stopped_before_start(self) -> None:
+        """Answer a stop that came while no attempt ran: the last committed snapshot is the
+        one a later start resumes from."""
+        persistence = self.settings.persistence
+        version = persistence.last_committed() if persistence.stores else None
+        self.phase = "stopped"
+        log.warning(
+            "stopped before the workers ran this attempt; resumable from version %s", version
+        )
+        while True:
+            try:
+                kind, _, fut = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            if fut.done():
+                continue
+            if kind == "stop":
+                fut.set_result(version)
+            else:
+                fut.set_exception(OperationRefused(f"cannot {kind}: the job stopped"))
 
     def _fail_requests(self, err: BaseException) -> None:
         deferred, self._deferred = self._deferred, []
@@ -458,6 +557,8 @@ class Supervisor(threading.Thread):
                 launcher.check()
                 if self.killed.is_set():
                     raise _AttemptFailed("killed")
+                if self.stop_requested.is_set():
+                    raise _StoppedBeforeStart()
                 if time.monotonic() > deadline:
                     raise _AttemptFailed(
                         f"only {len(server.endpoints())} of {settings.parallelism} workers "
@@ -512,11 +613,34 @@ class Supervisor(threading.Thread):
                     raise _AttemptFailed(f"lost connection to worker(s) {sorted(gone)}")
                 time.sleep(0.001)
         except (_AttemptFailed, TransportError) as e:
+            # A worker that died takes its connections with it: name the death (and its
+            # signal), not the closed connection that was noticed first.
+            died = self._death(launcher, e)
+            if died is not None:
+                e = died
             if self._coord is not None:
                 self._coord.fail(str(e))  # answers the operations it was running
+            if e is died:
+                raise died from None
             raise
         finally:
             launcher.finish(server, clean)
+
+    @staticmethod
+    def _death(launcher: Any, err: BaseException) -> _AttemptFailed | None:
+        """The death of a worker process behind ``err``, if one is seen within 0.5 s."""
+        if "died (" in str(err):
+            return None
+        deadline = time.monotonic() + 0.5
+        while True:
+            try:
+                launcher.check()
+            except _AttemptFailed as died:
+                if "(exit code 0)" not in str(died):  # a clean exit is not the cause
+                    return died
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
 
     def _join_workers(self, coord: Coordinator, joining: dict[int, float]) -> None:
         """Start the workers a rescale asks for and hand them to the coordinator."""
