@@ -144,8 +144,13 @@ def test_coordinator_sigterm_stops_the_cluster_with_a_final_snapshot(tmp_path: P
     procs = [coord, *workers]
     try:
         def running() -> bool:
-            st = subprocess.run([*MALSTROM, "status", "--coordinator", addr, *auth],
-                                env=environ, capture_output=True, text=True, timeout=60)  # fmt: skip
+            st = subprocess.run(
+                [*MALSTROM, "status", "--coordinator", addr, *auth],
+                env=environ,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             return st.returncode == 0 and json.loads(st.stdout)["phase"] == "running"
 
         wait_for(running, 60, (tmp_path / "coord.log").read_text())
@@ -263,7 +268,7 @@ def test_expected_cli_failures_are_one_line_without_traceback(tmp_path: Path) ->
     }  # fmt: skip
     try:
         for want, p in procs.items():
-            out, err = p.communicate(timeout=60)
+            _, err = p.communicate(timeout=60)
             assert p.returncode == 2, (want, err)
             lines = [line for line in err.splitlines() if line.strip()]
             assert "Traceback" not in err and "restart 1/" not in err, (want, err)
