@@ -143,6 +143,7 @@ def test_coordinator_sigterm_stops_the_cluster_with_a_final_snapshot(tmp_path: P
                for p in logs]  # fmt: skip
     procs = [coord, *workers]
     try:
+
         def running() -> bool:
             st = subprocess.run(
                 [*MALSTROM, "status", "--coordinator", addr, *auth],
@@ -285,9 +286,10 @@ def test_refused_calls_are_rate_limited_in_the_log(caplog: pytest.LogCaptureFixt
     from malstrom.transport._grpc_control import AdminClient, ControlServer
 
     caplog.set_level(logging.WARNING, logger="malstrom.transport._grpc_auth")
-    with ControlServer(JobAuth("job-a", "right")) as server, AdminClient(
-        server.address, JobAuth("job-a", "wrong")
-    ) as intruder:
+    with (
+        ControlServer(JobAuth("job-a", "right")) as server,
+        AdminClient(server.address, JobAuth("job-a", "wrong")) as intruder,
+    ):
         for _ in range(30):
             with pytest.raises(TransportError):
                 intruder.call("status", timeout=5)

@@ -628,7 +628,7 @@ class Supervisor(threading.Thread):
 
     @staticmethod
     def _death(launcher: Any, err: BaseException) -> _AttemptFailed | None:
-        """The death of a worker process behind ``err``, if one is seen within 0.5 s."""
+        """The death by a signal of a worker process behind ``err``, if seen within 0.5 s."""
         if "died (" in str(err):
             return None
         deadline = time.monotonic() + 0.5
@@ -636,7 +636,8 @@ class Supervisor(threading.Thread):
             try:
                 launcher.check()
             except _AttemptFailed as died:
-                if "(exit code 0)" not in str(died):  # a clean exit is not the cause
+                # Only a signal: a worker that exited on its own reported its error first.
+                if "died (SIG" in str(died):
                     return died
             if time.monotonic() > deadline:
                 return None

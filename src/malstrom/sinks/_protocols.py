@@ -1,4 +1,4 @@
-"""What a sink is (DESIGN 3.5)."""
+"""What a sink is: protocols for stateless and stateful (partitioned) sinks."""
 
 from __future__ import annotations
 

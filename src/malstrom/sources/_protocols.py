@@ -1,4 +1,4 @@
-"""What a source is: partitioned, polled, optionally stateful (DESIGN 3.5)."""
+"""What a source is: partitioned, polled, optionally stateful."""
 
 from __future__ import annotations
 
