@@ -29,7 +29,7 @@ def test_docs_site_builds_strict(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     api = (tmp_path / "site" / "reference" / "core" / "index.html").read_text()
     assert 'id="malstrom.Stream.key_distribute"' in api  # rendered from the docstrings
-    assert (tmp_path / "site" / "guides" / "deployment" / "index.html").exists()
+    assert (tmp_path / "site" / "deployment" / "index.html").exists()
 
 
 def run(values: list[tuple[Any, Any]], wire: Any) -> tuple[list[Record], list[Record]]:

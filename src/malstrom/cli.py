@@ -7,8 +7,10 @@
     malstrom rescale N | snapshot | stop | status --coordinator HOST:PORT
 
 ``APP`` is ``path/to/file.py:build`` or ``package.module:build``. Cluster processes share a job
-id and token (``--job``/``--token`` or ``MALSTROM_JOB``/``MALSTROM_TOKEN``); TLS is enabled
-with ``--tls-cert``, ``--tls-key`` and ``--tls-ca`` (mutual).
+id and token (``--job``/``--token``/``--token-file`` or ``MALSTROM_JOB``/``MALSTROM_TOKEN``/
+``MALSTROM_TOKEN_FILE``); TLS is enabled with ``--tls-cert``, ``--tls-key`` and ``--tls-ca``
+(mutual). SIGTERM to ``run`` or ``coordinator`` stops the job with a final snapshot (exit 0).
+Expected failures (bad arguments, APP, wiring, addresses) print one line and exit 2.
 """
 
 from __future__ import annotations
