@@ -301,3 +301,31 @@ def test_refused_calls_are_rate_limited_in_the_log(caplog: pytest.LogCaptureFixt
             intruder.call("status", timeout=5)
     last = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()][-1]
     assert "(29 more refused from this host, not logged)" in last
+
+
+HUNG_PARENT = """
+import functools, sys
+sys.path.insert(0, {tests!r})
+from jobs import hang_once
+from malstrom import MultiProcessRuntime
+rt = MultiProcessRuntime(functools.partial(hang_once.build, workdir={out!r}), parallelism=2,
+                         heartbeat_timeout=120)
+rt.execute(stop_timeout=1)
+"""
+
+
+def test_a_stop_that_cannot_complete_is_killed_after_the_stop_timeout(tmp_path: Path) -> None:
+    code = HUNG_PARENT.format(tests=str(ROOT / "tests"), out=str(tmp_path))
+    log = tmp_path / "parent.log"
+    with open(log, "w") as out:
+        parent = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=out)
+    try:
+        # A worker hangs in user code: the final snapshot's barrier never passes it.
+        wait_for(lambda: (tmp_path / "hung-once").exists(), 60, log.read_text())
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(60) == 1, log.read_text()
+    finally:
+        parent.kill()
+    assert "the stop did not complete within 1 s and the job was killed" in log.read_text()
+    hung = int((tmp_path / "hung-once").read_text())
+    wait_for(lambda: not alive(hung), 10, "the hung worker outlived the job")

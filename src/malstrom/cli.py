@@ -117,6 +117,14 @@ def _add_job(p: argparse.ArgumentParser) -> None:
         help="seconds of silence after which a worker counts as hung",
     )
     p.add_argument(
+        "--stop-timeout",
+        type=_seconds,
+        default=50.0,
+        metavar="S",
+        help="after SIGTERM or Ctrl-C, seconds the stop with a final snapshot may take "
+        "before the job is killed (default 50; keep it below the orchestrator's grace period)",
+    )
+    p.add_argument(
         "--fresh-start",
         action="store_true",
         help="ignore existing snapshots and run the job from the beginning (output files "
@@ -232,7 +240,7 @@ def _run(args: argparse.Namespace) -> int:
         source_turn_budget=args.source_turn_budget,
     )
     try:
-        rt.execute()
+        rt.execute(stop_timeout=args.stop_timeout)
     except JobFailed as e:
         print(f"malstrom: {e}", file=sys.stderr)
         return 1
@@ -244,7 +252,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _coordinator(args: argparse.Namespace) -> int:
     from malstrom.runtime._app import load_app
-    from malstrom.runtime._multi import ClusterLauncher, JobSettings, Supervisor
+    from malstrom.runtime._multi import ClusterLauncher, JobSettings, Supervisor, request_stop
     from malstrom.runtime._single import build_graph
     from malstrom.snapshot._url import persistence_from_url
 
@@ -277,7 +285,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             return
         stopping.set()
         log.warning("stopping with a final snapshot (signal again to abort)")
-        sup.request("stop")
+        request_stop(sup, args.stop_timeout)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

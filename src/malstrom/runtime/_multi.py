@@ -192,15 +192,15 @@ class MultiProcessRuntime:
         sup.start()
         return JobHandle(sup)
 
-    def execute(self) -> None:
+    def execute(self, *, stop_timeout: float = STOP_GRACE) -> None:
         """Run the job to completion. Ctrl-C stops it with a final snapshot (twice: at once).
 
         SIGTERM (what ``docker stop`` and Kubernetes send) also stops it with a final snapshot
-        and then returns normally; if that takes longer than :data:`STOP_GRACE` seconds, or a
+        and then returns normally; if that takes longer than ``stop_timeout`` seconds, or a
         second SIGTERM arrives, the job is killed (resumable from its last snapshot).
         """
         handle = self.start()
-        restore = _stop_on_sigterm(handle._sup)
+        restore = _stop_on_sigterm(handle._sup, stop_timeout)
         try:
             handle.wait()
         except KeyboardInterrupt:
@@ -218,7 +218,27 @@ class MultiProcessRuntime:
             restore()
 
 
-def _stop_on_sigterm(sup: Supervisor) -> Callable[[], None]:
+def request_stop(sup: Supervisor, grace: float) -> None:
+    """Ask ``sup`` to stop its job with a final snapshot; kill the job if it has not ended
+    ``grace`` seconds later (it then resumes from its last committed snapshot)."""
+    sup.request("stop")
+    timer = threading.Timer(grace, _kill_late, args=(sup, grace))
+    timer.daemon = True
+    timer.start()
+
+
+def _kill_late(sup: Supervisor, grace: float) -> None:
+    if not sup.done.is_set():
+        log.error("the stop took longer than %g s: killing the job", grace)
+        # A failure, not a stop: no final snapshot was taken.
+        sup.failure = (
+            f"the stop did not complete within {grace:g} s and the job was killed; it "
+            "resumes from its last committed snapshot"
+        )
+        sup.killed.set()
+
+
+def _stop_on_sigterm(sup: Supervisor, grace: float) -> Callable[[], None]:
     """Make SIGTERM stop ``sup``'s job with a final snapshot; returns the undo function.
 
     Only from the main thread (Python delivers signals there) and only if nobody else
@@ -235,10 +255,7 @@ def _stop_on_sigterm(sup: Supervisor) -> Callable[[], None]:
             sup.killed.set()
             return
         log.warning("SIGTERM: stopping with a final snapshot (again to kill)")
-        sup.request("stop")
-        timer = threading.Timer(STOP_GRACE, _kill_late, args=(sup,))
-        timer.daemon = True
-        timer.start()
+        request_stop(sup, grace)
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -246,12 +263,6 @@ def _stop_on_sigterm(sup: Supervisor) -> Callable[[], None]:
         signal.signal(signal.SIGTERM, previous)
 
     return restore
-
-
-def _kill_late(sup: Supervisor) -> None:
-    if not sup.done.is_set():
-        log.error("the stop took longer than %g s: killing the job", STOP_GRACE)
-        sup.killed.set()
 
 
 @dataclass
