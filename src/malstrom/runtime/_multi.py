@@ -206,7 +206,7 @@ class MultiProcessRuntime:
         except KeyboardInterrupt:
             log.warning("interrupted: stopping with a final snapshot (Ctrl-C again to kill)")
             try:
-                handle.stop(timeout=60)
+                handle.stop(timeout=stop_timeout)
             except KeyboardInterrupt:
                 handle.kill()
                 raise
