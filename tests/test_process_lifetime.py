@@ -73,15 +73,19 @@ def test_run_sigkilled_worker_is_named_then_sigterm_stops_with_a_final_snapshot(
     snap = tmp_path / "snap"
     # No periodic snapshots: the only snapshot is the one SIGTERM's stop takes.
     log = tmp_path / "run.log"
-    run = spawn("run", APP, "-w", "2", "--persistence", str(snap),
+    run = spawn("run", APP, "-v", "-w", "2", "--persistence", str(snap),
                 log=log, environ=env(tmp_path, delay=0.1))  # fmt: skip
+
+    def attempts() -> int:
+        return log.read_text().count("the job attempt starts")
+
     try:
-        wait_for(lambda: len(worker_pids(run.pid)) == 2, 60, "workers did not start")
-        time.sleep(1.5)
+        wait_for(lambda: attempts() == 1, 60, log.read_text())
+        time.sleep(0.5)
         os.kill(worker_pids(run.pid)[0], signal.SIGKILL)
         wait_for(lambda: "died (SIGKILL)" in log.read_text(), 30, log.read_text())
-        wait_for(lambda: len(worker_pids(run.pid)) == 2, 60, "no restart")
-        time.sleep(1.5)
+        wait_for(lambda: attempts() == 2, 60, log.read_text())
+        time.sleep(0.5)
         assert committed(snap) is None
         run.send_signal(signal.SIGTERM)
         assert run.wait(60) == 0, log.read_text()
@@ -101,6 +105,8 @@ import sys
 sys.path.insert(0, {tests!r})
 from malstrom import MultiProcessRuntime
 from malstrom.snapshot import LocalDiskPersistence
+import logging
+logging.basicConfig(level=logging.INFO)
 MultiProcessRuntime({app!r}, parallelism=2, persistence=LocalDiskPersistence({snap!r})).execute()
 print("execute returned", flush=True)
 """
@@ -116,8 +122,8 @@ def test_sigterm_to_a_multiprocess_runtime_parent_stops_with_a_final_snapshot(
         parent = subprocess.Popen([sys.executable, "-c", code], env=env(tmp_path, delay=0.1),
                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
-        wait_for(lambda: len(worker_pids(parent.pid)) == 2, 60, "workers did not start")
-        time.sleep(1.5)
+        wait_for(lambda: "the job attempt starts" in log.read_text(), 60, log.read_text())
+        time.sleep(0.5)
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(60) == 0, log.read_text()
     finally:

@@ -592,6 +592,7 @@ class Supervisor(threading.Thread):
             with self._lock:
                 self._coord = coord
             coord.start()
+            log.info("all %d workers connected: the job attempt starts", len(endpoints))
             if self._stop_requested:
                 coord.request_stop()
             joining: dict[int, float] = {}  # worker id -> deadline to connect
