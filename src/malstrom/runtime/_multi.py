@@ -379,6 +379,8 @@ class Supervisor(threading.Thread):
         self.killed = threading.Event()
         #: Set once a stop was asked for (answered even if no attempt is running).
         self.stop_requested = threading.Event()
+        #: Set when there may be something to do: a request, or a worker's message.
+        self._woken = threading.Event()
         self.done = threading.Event()
         self.failure: str | None = None
         self.restarts = 0
@@ -412,6 +414,7 @@ class Supervisor(threading.Thread):
             self.requests.put((kind, arg, fut))
             if kind == "stop":
                 self.stop_requested.set()
+            self._woken.set()
         return fut
 
     def status(self) -> dict[str, Any]:
@@ -596,7 +599,9 @@ class Supervisor(threading.Thread):
             if self._stop_requested:
                 coord.request_stop()
             joining: dict[int, float] = {}  # worker id -> deadline to connect
+            server.wake = self._woken.set
             while True:
+                self._woken.clear()  # before the work: what arrives during it wakes the wait
                 if self.killed.is_set():
                     raise _AttemptFailed("killed")
                 self._serve_requests(coord)
@@ -623,7 +628,9 @@ class Supervisor(threading.Thread):
                 gone = set(coord.workers) - set(server.endpoints())
                 if gone:
                     raise _AttemptFailed(f"lost connection to worker(s) {sorted(gone)}")
-                time.sleep(0.001)
+                # Messages and requests wake the wait; timers (snapshot interval, heartbeat
+                # timeouts, worker processes' exits) are looked at every 10 ms.
+                self._woken.wait(0.01)
         except (_AttemptFailed, TransportError) as e:
             # A worker that died takes its connections with it: name the death (and its
             # signal), not the closed connection that was noticed first.
