@@ -181,11 +181,18 @@ def test_sigint_stops_local_run_with_a_final_snapshot_then_resumes(tmp_path: Pat
         "--persistence",
         str(tmp_path / "snap"),
     ]
-    p = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
-    time.sleep(2.0)
-    assert p.poll() is None
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen([*cmd, "-v"], env=env, stderr=out, text=True)
+    # Once the workers run (a stop while they still connect ends at once, without a snapshot).
+    deadline = time.monotonic() + 60
+    while "the job attempt starts" not in log.read_text():
+        assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    time.sleep(0.5)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=90)
+    p.wait(timeout=90)
+    err = log.read_text()
     assert p.returncode == 130, err
     snaps = LocalDiskPersistence(tmp_path / "snap")
     assert snaps.last_committed() is not None

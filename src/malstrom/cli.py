@@ -7,8 +7,10 @@
     malstrom rescale N | snapshot | stop | status --coordinator HOST:PORT
 
 ``APP`` is ``path/to/file.py:build`` or ``package.module:build``. Cluster processes share a job
-id and token (``--job``/``--token`` or ``MALSTROM_JOB``/``MALSTROM_TOKEN``); TLS is enabled
-with ``--tls-cert``, ``--tls-key`` and ``--tls-ca`` (mutual).
+id and token (``--job``/``--token``/``--token-file`` or ``MALSTROM_JOB``/``MALSTROM_TOKEN``/
+``MALSTROM_TOKEN_FILE``); TLS is enabled with ``--tls-cert``, ``--tls-key`` and ``--tls-ca``
+(mutual). SIGTERM to ``run`` or ``coordinator`` stops the job with a final snapshot (exit 0).
+Expected failures (bad arguments, APP, wiring, addresses) print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def _add_auth(p: argparse.ArgumentParser, required: bool) -> None:
         default=os.environ.get("MALSTROM_TOKEN"),
         help="shared secret of the job (default: $MALSTROM_TOKEN)",
     )
+    p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        default=os.environ.get("MALSTROM_TOKEN_FILE"),
+        help="read the token from this file (keeps it out of `ps`; a mounted Secret); "
+        "overrides --token (default: $MALSTROM_TOKEN_FILE)",
+    )
     p.add_argument("--tls-cert", help="this process's certificate (PEM)")
     p.add_argument("--tls-key", help="this process's private key (PEM)")
     p.add_argument("--tls-ca", help="CA that signs every process of the job (PEM)")
@@ -46,6 +55,8 @@ def _add_auth(p: argparse.ArgumentParser, required: bool) -> None:
 def _auth(args: argparse.Namespace) -> tuple[Any, Any]:
     from malstrom.transport._grpc_auth import JobAuth, TlsConfig
 
+    if args.token_file:
+        args.token = _read_token(args.token_file)
     if not args.job or not args.token:
         raise SystemExit(
             "error: give the job id and token (--job/--token or MALSTROM_JOB/MALSTROM_TOKEN)"
@@ -58,17 +69,60 @@ def _auth(args: argparse.Namespace) -> tuple[Any, Any]:
     return JobAuth(args.job, args.token), tls
 
 
+def _read_token(path: str) -> str:
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"--token-file: cannot read {path}: {e.strerror}") from None
+    if not token:
+        raise ValueError(f"--token-file: {path} is empty")
+    return token
+
+
+def _count(value: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {n}")
+    return n
+
+
+def _seconds(value: str) -> float:
+    """An argparse type: a number of seconds > 0."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not x > 0 or x == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value}")
+    return x
+
+
 def _add_job(p: argparse.ArgumentParser) -> None:
     p.add_argument("app", metavar="APP", help="path/to/file.py:build or package.module:build")
     p.add_argument("-w", "--workers", type=int, default=1, help="number of workers")
     p.add_argument("--persistence", help="snapshot directory (or file://PATH); default none")
     p.add_argument("--snapshot-interval", type=float, help="seconds between snapshots")
-    p.add_argument("--max-restarts", type=int, default=3, help="automatic restarts (default 3)")
+    p.add_argument(
+        "--max-restarts", type=_count, default=3, help="automatic restarts, >= 0 (default 3)"
+    )
     p.add_argument(
         "--heartbeat-timeout",
         type=float,
         default=30.0,
         help="seconds of silence after which a worker counts as hung",
+    )
+    p.add_argument(
+        "--stop-timeout",
+        type=_seconds,
+        default=50.0,
+        metavar="S",
+        help="after SIGTERM or Ctrl-C, seconds the stop with a final snapshot may take "
+        "before the job is killed (default 50; keep it below the orchestrator's grace period)",
     )
     p.add_argument(
         "--fresh-start",
@@ -112,6 +166,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_job(p)
     p.add_argument("--listen", required=True, help="HOST:PORT for workers and admin calls")
     p.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=120.0,
+        metavar="S",
+        help="seconds to wait for the workers to connect, per attempt (default 120); "
+        "then the attempt fails and counts as a restart",
+    )
+    p.add_argument(
         "--termination-log",
         metavar="PATH",
         help="write the job's final status (JSON) there on exit; Kubernetes shows "
@@ -124,9 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
     p.add_argument(
         "--listen",
-        default="0.0.0.0",
-        help="HOST or HOST:PORT to bind the data plane on (default: any free port); a fixed "
-        "port is what a Kubernetes probe checks",
+        help="HOST or HOST:PORT to bind the data plane on (default: the local address on "
+        "the route to the coordinator, any free port); a fixed port is what a Kubernetes "
+        "probe checks",
     )
     p.add_argument(
         "--advertise",
@@ -134,7 +196,14 @@ def _parser() -> argparse.ArgumentParser:
         "address on the route to the coordinator)",
     )
     p.add_argument("--id", type=int, help="worker id (default: assigned by the coordinator)")
-    p.add_argument("--reconnect-timeout", type=float, default=300.0)
+    p.add_argument(
+        "--reconnect-timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="S",
+        help="give up (exit 1) after this many seconds without reaching the coordinator, "
+        "counted from start or from the last time it was connected (default 300)",
+    )
     _add_budget(p)
     _add_auth(p, True)
 
@@ -154,11 +223,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from malstrom.runtime._app import load_app
     from malstrom.runtime._multi import JobFailed, MultiProcessRuntime
     from malstrom.snapshot._url import persistence_from_url
 
-    load_app(args.app)  # fail fast on a bad APP, before starting any process
+    # Loads APP and builds its graph once: a bad APP or a wiring error fails here, before
+    # any worker process starts (and is never retried).
     rt = MultiProcessRuntime(
         args.app,
         parallelism=args.workers,
@@ -171,7 +240,7 @@ def _run(args: argparse.Namespace) -> int:
         source_turn_budget=args.source_turn_budget,
     )
     try:
-        rt.execute()
+        rt.execute(stop_timeout=args.stop_timeout)
     except JobFailed as e:
         print(f"malstrom: {e}", file=sys.stderr)
         return 1
@@ -183,11 +252,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _coordinator(args: argparse.Namespace) -> int:
     from malstrom.runtime._app import load_app
-    from malstrom.runtime._multi import ClusterLauncher, JobSettings, Supervisor
+    from malstrom.runtime._multi import ClusterLauncher, JobSettings, Supervisor, request_stop
     from malstrom.runtime._single import build_graph
     from malstrom.snapshot._url import persistence_from_url
 
-    graph = build_graph(load_app(args.app))  # fail fast on a bad APP
+    listen_port(args.listen)  # refuse a HOST without its port
+    graph = build_graph(load_app(args.app))  # fail fast on a bad APP or wiring
 
     auth, tls = _auth(args)
     sup = Supervisor(
@@ -200,6 +270,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             auth=auth,
             tls=tls,
             listen=args.listen,
+            connect_timeout=args.connect_timeout,
             pinned=graph.pinned(),
             fresh_start=args.fresh_start,
         ),
@@ -214,7 +285,7 @@ def _coordinator(args: argparse.Namespace) -> int:
             return
         stopping.set()
         log.warning("stopping with a final snapshot (signal again to abort)")
-        sup.request("stop")
+        request_stop(sup, args.stop_timeout)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -250,14 +321,24 @@ def _host_port(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def listen_port(value: str) -> int:
+    """The port of a coordinator's ``--listen HOST:PORT``; a HOST alone is refused (workers
+    and admin commands must know where to call)."""
+    _, port = _host_port(value)
+    if port == 0 and not value.endswith(":0"):
+        raise ValueError(f"--listen {value!r}: give HOST:PORT (e.g. 0.0.0.0:7000)")
+    return port
+
+
 def _worker(args: argparse.Namespace) -> int:
-    from malstrom.runtime._process import cluster_worker_main, die_with_parent
+    from malstrom.runtime._process import cluster_worker_main
     from malstrom.runtime._worker import check_budget
 
-    die_with_parent()
+    # No parent-death signal here (unlike the workers MultiProcessRuntime spawns): a worker
+    # started by hand, a script or an orchestrator outlives whatever launched it.
     auth, tls = _auth(args)
     check_budget(args.source_turn_budget)
-    host, port = _host_port(args.listen)
+    host, port = _host_port(args.listen) if args.listen else (None, 0)
     return cluster_worker_main(
         args.app,
         args.coordinator,
@@ -296,6 +377,13 @@ def _admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures a user causes (bad APP, wiring, address, file): one line, no traceback."""
+    from malstrom.transport._exchange import TransportError
+
+    return (OSError, ImportError, AttributeError, TypeError, ValueError, TransportError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``malstrom`` command; returns the exit code."""
     # gRPC's C core prints connection chatter on stderr unless told otherwise.
@@ -320,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         code = handlers[args.command](args)
-    except (FileNotFoundError, ImportError, AttributeError, TypeError, ValueError) as e:
+    except _expected_errors() as e:
         print(f"malstrom: {e}", file=sys.stderr)
         code = 2
     if args.command in ("run", "coordinator", "worker"):

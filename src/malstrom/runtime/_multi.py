@@ -30,7 +30,7 @@ from malstrom.coordinator._coordinator import (
     completed_version,
 )
 from malstrom.errors import JobFailed
-from malstrom.runtime._app import check_importable
+from malstrom.runtime._app import check_importable, load_app
 from malstrom.runtime._process import worker_process_main
 from malstrom.runtime._single import build_graph
 from malstrom.runtime._worker import SOURCE_TURN_BUDGET, check_budget
@@ -52,6 +52,16 @@ log = logging.getLogger("malstrom.runtime")
 
 class _AttemptFailed(Exception):
     pass
+
+
+class _StoppedBeforeStart(Exception):
+    """A stop arrived while no attempt was running (workers still connecting, or a restart
+    waiting out its backoff): nothing new to snapshot, the last committed one stands."""
+
+
+#: Seconds a SIGTERM-initiated stop may take (final snapshot included) before the job is
+#: killed; below the 60 s a supervisor such as systemd or Kubernetes is usually configured for.
+STOP_GRACE = 50.0
 
 
 class JobHandle:
@@ -137,13 +147,16 @@ class MultiProcessRuntime:
                 "InMemoryPersistence lives in one process; worker processes cannot share it. "
                 "Use LocalDiskPersistence(path) (or NoPersistence) with MultiProcessRuntime"
             )
-        self._pinned: list[str] = []
         if not isinstance(build, str):
             check_importable(build)
-            # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
-            self._pinned = build_graph(build).pinned()
+        # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
+        self._pinned: list[str] = build_graph(
+            load_app(build) if isinstance(build, str) else build
+        ).pinned()
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
+        if not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
         self.build = build
         self.parallelism = parallelism
         self.persistence = persistence
@@ -177,15 +190,21 @@ class MultiProcessRuntime:
         sup.start()
         return JobHandle(sup)
 
-    def execute(self) -> None:
-        """Run the job to completion. Ctrl-C stops it with a final snapshot (twice: at once)."""
+    def execute(self, *, stop_timeout: float = STOP_GRACE) -> None:
+        """Run the job to completion. Ctrl-C stops it with a final snapshot (twice: at once).
+
+        SIGTERM (what ``docker stop`` and Kubernetes send) also stops it with a final snapshot
+        and then returns normally; if that takes longer than ``stop_timeout`` seconds, or a
+        second SIGTERM arrives, the job is killed (resumable from its last snapshot).
+        """
         handle = self.start()
+        restore = _stop_on_sigterm(handle._sup, stop_timeout)
         try:
             handle.wait()
         except KeyboardInterrupt:
             log.warning("interrupted: stopping with a final snapshot (Ctrl-C again to kill)")
             try:
-                handle.stop(timeout=60)
+                handle.stop(timeout=stop_timeout)
             except KeyboardInterrupt:
                 handle.kill()
                 raise
@@ -193,6 +212,55 @@ class MultiProcessRuntime:
                 handle.kill()
                 raise
             raise
+        finally:
+            restore()
+
+
+def request_stop(sup: Supervisor, grace: float) -> None:
+    """Ask ``sup`` to stop its job with a final snapshot; kill the job if it has not ended
+    ``grace`` seconds later (it then resumes from its last committed snapshot)."""
+    sup.request(Operation.STOP)
+    timer = threading.Timer(grace, _kill_late, args=(sup, grace))
+    timer.daemon = True
+    timer.start()
+
+
+def _kill_late(sup: Supervisor, grace: float) -> None:
+    if not sup.done.is_set():
+        log.error("the stop took longer than %g s: killing the job", grace)
+        # A failure, not a stop: no final snapshot was taken.
+        sup.failure = (
+            f"the stop did not complete within {grace:g} s and the job was killed; it "
+            "resumes from its last committed snapshot"
+        )
+        sup.killed.set()
+
+
+def _stop_on_sigterm(sup: Supervisor, grace: float) -> Callable[[], None]:
+    """Make SIGTERM stop ``sup``'s job with a final snapshot; returns the undo function.
+
+    Only from the main thread (Python delivers signals there) and only if nobody else
+    installed a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        return lambda: None
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if sup.stop_requested.is_set():
+            log.warning("SIGTERM again: killing the job (resumable from its last snapshot)")
+            sup.killed.set()
+            return
+        log.warning("SIGTERM: stopping with a final snapshot (again to kill)")
+        request_stop(sup, grace)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 @dataclass
@@ -256,7 +324,7 @@ class _LocalLauncher:
                 p.join()
                 del self.procs[i]  # removed by a rescale, exited cleanly
                 continue
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+            how = signal.Signals(-code).name if code < 0 else f"exit code {code}"
             raise _AttemptFailed(f"worker {i} died ({how})")
 
     def finish(self, server: Any, clean: bool) -> None:
@@ -307,6 +375,8 @@ class Supervisor(threading.Thread):
         self.launcher = launcher
         self.requests: queue.Queue[tuple[Operation, Any, Future[Any]]] = queue.Queue()
         self.killed = threading.Event()
+        #: Set once a stop was asked for (answered even if no attempt is running).
+        self.stop_requested = threading.Event()
         #: Set when there may be something to do: a request, or a worker's message.
         self._woken = threading.Event()
         self.done = threading.Event()
@@ -342,6 +412,8 @@ class Supervisor(threading.Thread):
             fut.set_exception(OperationRefused(f"cannot {op.value}: the job is {self.phase}"))
         else:
             self.requests.put((op, arg, fut))
+            if op is Operation.STOP:
+                self.stop_requested.set()
             self._woken.set()
         return fut
 
@@ -400,6 +472,9 @@ class Supervisor(threading.Thread):
             try:
                 self.phase = self._attempt()
                 return
+            except _StoppedBeforeStart:
+                self._stopped_before_start()
+                return
             except (SnapshotCorruptError, SnapshotFormatError) as e:
                 # Every snapshot damaged, or one in a foreign format: restarting cannot help.
                 self.failure = str(e)
@@ -428,8 +503,11 @@ class Supervisor(threading.Thread):
                     delay,
                 )
                 self.phase = "restarting"
-                if self.killed.wait(delay):
+                if self._sleep(delay):
                     self.phase = "killed"
+                    return
+                if self.stop_requested.is_set() and not self.killed.is_set():
+                    self._stopped_before_start()
                     return
             except BaseException as e:  # a bug or an environment problem: fail loudly
                 self.failure = f"{type(e).__name__}: {e}"
@@ -437,6 +515,38 @@ class Supervisor(threading.Thread):
                 self._fail_requests(JobFailed(self.failure))
                 log.exception("supervisor crashed")
                 return
+
+    def _sleep(self, delay: float) -> bool:
+        """Wait ``delay`` seconds or until a stop or kill; True if killed."""
+        deadline = time.monotonic() + delay
+        while not self.stop_requested.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            if self.killed.wait(min(left, 0.05)):
+                return True
+        return self.killed.is_set()
+
+    def _stopped_before_start(self) -> None:
+        """Answer a stop that came while no attempt ran: the last committed snapshot is the
+        one a later start resumes from."""
+        persistence = self.settings.persistence
+        version = persistence.last_committed() if persistence.stores else None
+        self.phase = "stopped"
+        log.warning(
+            "stopped before the workers ran this attempt; resumable from version %s", version
+        )
+        while True:
+            try:
+                op, _, fut = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            if fut.done():
+                continue
+            if op is Operation.STOP:
+                fut.set_result(version)
+            else:
+                fut.set_exception(OperationRefused(f"cannot {op.value}: the job stopped"))
 
     def _fail_requests(self, err: BaseException) -> None:
         deferred, self._deferred = self._deferred, []
@@ -465,6 +575,8 @@ class Supervisor(threading.Thread):
                 launcher.check()
                 if self.killed.is_set():
                     raise _AttemptFailed("killed")
+                if self.stop_requested.is_set():
+                    raise _StoppedBeforeStart()
                 if time.monotonic() > deadline:
                     raise _AttemptFailed(
                         f"only {len(server.endpoints())} of {settings.parallelism} workers "
@@ -487,6 +599,7 @@ class Supervisor(threading.Thread):
             with self._lock:
                 self._coord = coord
             coord.start()
+            log.info("all %d workers connected: the job attempt starts", len(endpoints))
             if self._stop_requested:
                 coord.request_stop()
             joining: dict[int, float] = {}  # worker id -> deadline to connect
@@ -523,11 +636,35 @@ class Supervisor(threading.Thread):
                 # timeouts, worker processes' exits) are looked at every 10 ms.
                 self._woken.wait(0.01)
         except (_AttemptFailed, TransportError) as e:
+            # A worker that died takes its connections with it: name the death (and its
+            # signal), not the closed connection that was noticed first.
+            died = self._death(launcher, e)
+            if died is not None:
+                e = died
             if self._coord is not None:
                 self._coord.fail(str(e))  # answers the operations it was running
+            if e is died:
+                raise died from None
             raise
         finally:
             launcher.finish(server, clean)
+
+    @staticmethod
+    def _death(launcher: Any, err: BaseException) -> _AttemptFailed | None:
+        """The death by a signal of a worker process behind ``err``, if seen within 0.5 s."""
+        if "died (" in str(err):
+            return None
+        deadline = time.monotonic() + 0.5
+        while True:
+            try:
+                launcher.check()
+            except _AttemptFailed as died:
+                # Only a signal: a worker that exited on its own reported its error first.
+                if "died (SIG" in str(died):
+                    return died
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.02)
 
     def _join_workers(self, coord: Coordinator, joining: dict[int, float]) -> None:
         """Start the workers a rescale asks for and hand them to the coordinator."""

@@ -119,7 +119,10 @@ def worker_process_main(
     from malstrom.transport._grpc_data import GrpcExchange
 
     die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor owns Ctrl-C
+    # The supervisor owns Ctrl-C and SIGTERM (sent to the whole process group, they would
+    # otherwise kill the workers before the final snapshot the supervisor asks them for).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     logging.basicConfig(level=log_level, format=f"[worker {worker_id}] %(levelname)s %(message)s")
     exchange = GrpcExchange(worker_id, auth, tls, listen=f"{host}:0")
@@ -177,7 +180,7 @@ def cluster_worker_main(
     auth: Any,
     tls: Any = None,
     *,
-    listen_host: str = "0.0.0.0",
+    listen_host: str | None = None,
     listen_port: int = 0,
     advertise: str | None = None,
     worker_id: int | None = None,
@@ -186,14 +189,20 @@ def cluster_worker_main(
 ) -> int:
     """A worker started by hand or by an orchestrator: joins the coordinator, runs job
     attempts until the job finishes, and reconnects after aborts or lost connections.
-    Returns the process exit code."""
+
+    Unreachable coordinator: retries with backoff (logged) and gives up ``reconnect_timeout``
+    seconds after it was last connected (or after start), exit code 1. The data plane binds
+    ``listen_host`` (default: the local address on the route to the coordinator, the one
+    peers are told). Returns the process exit code."""
     from malstrom.snapshot._memory import NoPersistence
     from malstrom.transport._exchange import TransportError
     from malstrom.transport._grpc_control import connect_control
     from malstrom.transport._grpc_data import GrpcExchange
 
     fn = load_app(app)
-    host = advertise or _route_ip(coordinator)
+    local = _route_ip(coordinator)
+    host = advertise or local
+    bind = listen_host or local
     deadline = time.monotonic() + reconnect_timeout
     backoff = 0.2
     while True:
@@ -201,7 +210,7 @@ def cluster_worker_main(
             worker_id if worker_id is not None else -1,
             auth,
             tls,
-            listen=f"{listen_host}:{listen_port}",
+            listen=f"{bind}:{listen_port}",
         )
         port = exchange.address.rpartition(":")[2]
         control = None
@@ -216,7 +225,7 @@ def cluster_worker_main(
                     ),
                     auth,
                     tls,
-                    connect_timeout=max(1.0, deadline - time.monotonic()),
+                    connect_timeout=max(0.5, min(5.0, deadline - time.monotonic())),
                 )
             except TransportError as e:
                 if "refused us" in str(e) or "did not prove" in str(e):  # never worth retrying
@@ -224,7 +233,12 @@ def cluster_worker_main(
                     return 2
                 raise
             exchange.worker_id = control.worker_id
-            log.info("joined %s as worker %d", coordinator, control.worker_id)
+            log.info(
+                "joined %s as worker %d (data plane on %s)",
+                coordinator,
+                control.worker_id,
+                exchange.address,
+            )
             # Rejoining after this attempt may take reconnect_timeout again, from its end.
             deadline = float("inf")
             backoff = 0.2
@@ -263,13 +277,17 @@ def cluster_worker_main(
             exchange.close()
             if control is not None:
                 control.close()
-        if deadline == float("inf"):
+        if deadline == float("inf"):  # was connected: the deadline counts from now
             deadline = time.monotonic() + reconnect_timeout
-        if time.monotonic() > deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             log.error(
-                "could not rejoin %s within %.0f s; giving up", coordinator, reconnect_timeout
+                "could not reach the coordinator at %s for %g s (--reconnect-timeout); giving up",
+                coordinator,
+                reconnect_timeout,
             )
             return 1
-        time.sleep(backoff)
+        wait = min(backoff, left)
+        log.warning("retrying in %.1f s (giving up in %.0f s)", wait, left)
+        time.sleep(wait)
         backoff = min(backoff * 2, 5.0)
-        deadline = max(deadline, time.monotonic() + 1.0)

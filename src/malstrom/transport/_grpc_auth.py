@@ -24,6 +24,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -178,16 +179,44 @@ def is_refusal(err: grpc.RpcError) -> bool:
 
 
 class Rejections:
-    """The last refusals a server made (thread-safe), for status reports and tests."""
+    """The last refusals a server made (thread-safe), for status reports and tests.
 
-    def __init__(self, keep: int = 100) -> None:
+    Also decides which refusals reach the log: the first from a client host, then at most
+    one per ``log_every`` seconds per host, saying how many were left out. A scanner or a
+    misconfigured client retrying in a loop must not flood the log (or fill a disk).
+    """
+
+    def __init__(self, keep: int = 100, log_every: float = 10.0) -> None:
         self._items: deque[str] = deque(maxlen=keep)
         self._lock = threading.Lock()
+        self.log_every = log_every
+        #: Refusals recorded since the server started.
+        self.total = 0
+        self._next_log: dict[str, float] = {}  # client host -> when it may be logged again
+        self._unlogged: dict[str, int] = {}
 
     def add(self, text: str) -> None:
         """Record one refusal."""
         with self._lock:
             self._items.append(text)
+            self.total += 1
+
+    def refuse(self, text: str, peer: str) -> None:
+        """Record one refusal of a call from ``peer`` and log it unless rate-limited."""
+        host = peer.rpartition(":")[0] or peer  # ipv4:1.2.3.4:5678 -> ipv4:1.2.3.4
+        now = time.monotonic()
+        with self._lock:
+            self._items.append(text)
+            self.total += 1
+            if now < self._next_log.get(host, 0.0):
+                self._unlogged[host] = self._unlogged.get(host, 0) + 1
+                return
+            if len(self._next_log) > 10_000:  # many hosts: forget the ones long quiet
+                self._next_log = {h: t for h, t in self._next_log.items() if t > now}
+            self._next_log[host] = now + self.log_every
+            left_out = self._unlogged.pop(host, 0)
+        more = f" ({left_out} more refused from this host, not logged)" if left_out else ""
+        log.warning("%s%s", text, more)
 
     def __iter__(self) -> Any:
         with self._lock:
@@ -217,9 +246,8 @@ class _AuthInterceptor(grpc.ServerInterceptor):
         rejections = self._rejections
 
         def abort(_request: Any, context: Any) -> Any:
-            text = f"refused {method} from {context.peer()}: {message}"
-            log.warning("%s", text)
-            rejections.add(text)
+            peer = context.peer()
+            rejections.refuse(f"refused {method} from {peer}: {message}", peer)
             context.abort(code, message)
 
         if handler.request_streaming and handler.response_streaming:
