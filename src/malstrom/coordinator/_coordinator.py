@@ -114,6 +114,7 @@ class Coordinator:
         pinned: list[str] | None = None,
         attempt: int | None = None,
         restore_after: int | None = None,
+        observer: Any = None,
     ) -> None:
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
@@ -158,6 +159,8 @@ class Coordinator:
         self._joining: set[int] = set()
         self._joined_built: set[int] = set()
         self._rescaled: set[int] = set()
+        #: Gets worker metrics and job events (malstrom.observe.JobObserver); None: no metrics.
+        self.observer = observer
 
     # ----- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -197,6 +200,7 @@ class Coordinator:
             self._shipped_persistence(),
             attempt=self.attempt,
             storage_timeout=self.storage_timeout,
+            metrics=self.observer is not None,
         )
 
     def _shipped_persistence(self) -> Persistence | None:
@@ -350,6 +354,7 @@ class Coordinator:
             return
         self.phase = JobPhase.FAILED
         self.error = reason
+        self._observe("failed", reason=reason)
         err = RuntimeError(reason)
         pending = [
             *self._ops,
@@ -382,8 +387,15 @@ class Coordinator:
         )
         return False
 
+    def _observe(self, event: str, **data: Any) -> None:
+        """Tell the observer (metrics, dashboard) about a job event."""
+        if self.observer is not None:
+            self.observer.event(event, **data)
+
     def _handle(self, msg: object) -> None:
         if isinstance(msg, Heartbeat | Hello):
+            if self.observer is not None and getattr(msg, "metrics", None) is not None:
+                self.observer.report(msg.worker, self.attempt, msg.metrics)  # type: ignore[union-attr]
             return
         if isinstance(msg, BuildComplete) and msg.worker in self._joining:
             self._joined_built.add(msg.worker)
@@ -432,6 +444,7 @@ class Coordinator:
         self._joining = {w for w in self._target if w not in self.workers}
         self._joined_built = set()
         log.info("rescaling from %d to %d workers", len(self.workers), n)
+        self._observe("rescale_started", before=len(self.workers), workers=n)
         if self._joining:
             self.phase = JobPhase.JOINING
         else:
@@ -454,6 +467,7 @@ class Coordinator:
         self._joining = set()
         self.phase = JobPhase.RUNNING
         log.info("rescaled to %d workers", len(self.workers))
+        self._observe("rescale_done", workers=len(self.workers))
         op, self._rescale_op = self._rescale_op, None
         if op is not None and op.callback is not None:
             op.callback(len(self.workers), None)
@@ -470,6 +484,7 @@ class Coordinator:
         self._snap_done = {}
         self._snap_op = op
         self.phase = phase
+        self._observe("snapshot_started", version=version)
         self._broadcast(TakeSnapshot(version, stop=phase is JobPhase.STOPPING))
 
     def _commit(self) -> None:
@@ -485,6 +500,10 @@ class Coordinator:
             return
         self.last_committed = version
         self._snap_version = None
+        self._observe(
+            "snapshot_committed", version=version, size=sum(b.size for b in blobs.values()),
+            final=final,
+        )
         self._broadcast(SnapshotCommitted(version))
         op, self._snap_op = self._snap_op, None
         if self.phase in (JobPhase.FINISHING, JobPhase.STOPPING):

@@ -95,6 +95,12 @@ class JobHandle:
         self._sup.done.wait()
 
     @property
+    def http_url(self) -> str | None:
+        """Where the dashboard and ``/metrics`` are served (None without ``http``)."""
+        obs = self._sup.observation
+        return obs.url if obs is not None else None
+
+    @property
     def running(self) -> bool:
         """True until the job has finished, stopped, failed or been killed."""
         return not self._sup.done.is_set()
@@ -113,6 +119,10 @@ class MultiProcessRuntime:
     ``source_turn_budget`` (seconds, default 5 ms) bounds how long each worker's sources read
     in one loop turn, all parts together: records, barriers, rescales and stops move at least
     that often even if a source's ``poll()`` blocks.
+
+    ``http="HOST:PORT"`` serves ``/metrics``, ``/healthz`` and a live dashboard (port 0: any
+    free port; :attr:`JobHandle.http_url` tells which); its actions take ``token``.
+    ``metrics=False`` turns the per-operator counters off.
     """
 
     def __init__(
@@ -130,6 +140,8 @@ class MultiProcessRuntime:
         log_level: int = logging.WARNING,
         fresh_start: bool = False,
         source_turn_budget: float = SOURCE_TURN_BUDGET,
+        http: str | None = None,
+        metrics: bool = True,
     ) -> None:
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
@@ -140,10 +152,12 @@ class MultiProcessRuntime:
                 "Use LocalDiskPersistence(path) (or NoPersistence) with MultiProcessRuntime"
             )
         self._pinned: list[str] = []
+        self._graph: Any = None
         if not isinstance(build, str):
             check_importable(build)
             # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
-            self._pinned = build_graph(build).pinned()
+            self._graph = build_graph(build)
+            self._pinned = self._graph.pinned()
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
         self.build = build
@@ -158,6 +172,8 @@ class MultiProcessRuntime:
         self.log_level = log_level
         self.fresh_start = fresh_start
         self.source_turn_budget = check_budget(source_turn_budget)
+        self.http = http
+        self.metrics = metrics or http is not None
 
     def start(self) -> JobHandle:
         """Start the job in the background and return its handle."""
@@ -174,6 +190,9 @@ class MultiProcessRuntime:
             listen=f"{self.host}:0",
             pinned=self._pinned,
             fresh_start=self.fresh_start,
+            http=self.http,
+            metrics=self.metrics,
+            graph=self._graph,
         )
         sup = Supervisor(settings, _LocalLauncher(self))
         sup.start()
@@ -212,6 +231,9 @@ class JobSettings:
     connect_timeout: float = 120.0
     pinned: list[str] = field(default_factory=list)  # operators whose keyed state cannot move
     fresh_start: bool = False  # ignore the snapshots that exist when the job starts
+    http: str | None = None  # HOST:PORT for /metrics, /healthz and the dashboard
+    metrics: bool = True  # workers count per operator and report with their heartbeats
+    graph: Any = None  # the built graph (for the dashboard's job graph)
 
 
 class _LocalLauncher:
@@ -332,6 +354,29 @@ class Supervisor(threading.Thread):
             admin=self._admin,
         )
         self.address = self.server.address
+        self.observation = self._observe()
+
+    def _observe(self) -> Any:
+        """Metrics and the HTTP endpoint, when asked for (see ``malstrom.observe``)."""
+        if not self.settings.metrics and not self.settings.http:
+            return None
+        from malstrom.observe._job import observe
+
+        def act(kind: str, arg: Any) -> Any:
+            return self.request(kind, arg).result(300 if kind == "rescale" else 120)
+
+        return observe(
+            self.settings.auth.job_id,
+            self.settings.graph,
+            http=self.settings.http,
+            token=self.settings.auth.token,
+            act=act,
+            status=self.status,
+        )
+
+    @property
+    def observer(self) -> Any:
+        return self.observation.observer if self.observation is not None else None
 
     # ----- API used by handles and the admin service (any thread) ------------------------------
     def request(self, kind: str, arg: Any = None) -> Future[Any]:
@@ -358,7 +403,13 @@ class Supervisor(threading.Thread):
 
     def _admin(self, command: str, payload: bytes) -> bytes:
         if command == "status":
-            return json.dumps(self.status()).encode()
+            out = self.status()
+            if self.observer is not None:
+                metrics = self.observer.state()
+                for bulky in ("series", "graph", "status"):
+                    metrics.pop(bulky, None)
+                out["metrics"] = metrics
+            return json.dumps(out, default=str).encode()
         if command in ("snapshot", "stop"):
             timeout = float(json.loads(payload or b"{}").get("timeout", 120))
             result = self.request(command).result(timeout)
@@ -379,6 +430,8 @@ class Supervisor(threading.Thread):
             # while the server can still send the answers.
             self._fail_requests(OperationRefused(f"the job is {self.phase}"))
             self.server.close(grace=1.0)
+            if self.observation is not None:
+                self.observation.close()
             self.done.set()
 
     def _run(self) -> None:
@@ -405,6 +458,8 @@ class Supervisor(threading.Thread):
                     self.phase = "killed"
                     return
                 self.restarts += 1
+                if self.observer is not None:
+                    self.observer.event("restart", number=self.restarts, reason=str(e))
                 if self.restarts > settings.max_restarts:
                     self.failure = (
                         f"job failed after {settings.max_restarts} restarts; last cause: {e}"
@@ -476,6 +531,7 @@ class Supervisor(threading.Thread):
                 peers=peers,
                 pinned=settings.pinned,
                 restore_after=self._restore_after,
+                observer=self.observer,
             )
             with self._lock:
                 self._coord = coord

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +17,8 @@ from malstrom.stream import StreamProvider
 from malstrom.transport._local import local_pair
 
 __all__ = ["SingleThreadRuntime"]
+
+log = logging.getLogger("malstrom.runtime")
 
 
 def build_graph(build: Callable[[StreamProvider], None]) -> Any:
@@ -41,6 +45,11 @@ class SingleThreadRuntime:
     loop turn, all parts together: records, snapshot barriers and stops move at least that
     often even if a source's ``poll()`` blocks. Raise it for a little less per-turn overhead
     with slow sources, lower it for lower latency.
+
+    ``http="HOST:PORT"`` serves ``/metrics``, ``/healthz`` and a live dashboard while the job
+    runs (port 0: any free port; :attr:`http_url` tells which). Its snapshot and stop
+    actions take the admin ``token`` (a random one is made and logged when not given).
+    ``metrics=False`` turns the per-operator counters off.
     """
 
     def __init__(
@@ -51,8 +60,16 @@ class SingleThreadRuntime:
         snapshot_interval: float | None = None,
         fresh_start: bool = False,
         source_turn_budget: float = SOURCE_TURN_BUDGET,
+        http: str | None = None,
+        token: str | None = None,
+        metrics: bool = True,
     ) -> None:
         self.build = build
+        self.http = http
+        self.token = token
+        self.metrics = metrics or http is not None
+        self.http_url: str | None = None
+        """Where the dashboard and ``/metrics`` are served (when ``http`` was given)."""
         self.source_turn_budget = check_budget(source_turn_budget)
         self.persistence = persistence if persistence is not None else NoPersistence()
         self.snapshot_interval = snapshot_interval
@@ -71,6 +88,37 @@ class SingleThreadRuntime:
         coord = Coordinator(
             self.persistence, {0: c_end}, self.snapshot_interval, restore_after=after
         )
+        ops = self._observe(graph, coord)
+        try:
+            self._execute(coord, worker, ops)
+        finally:
+            if ops is not None:
+                ops.close()
+
+    def _observe(self, graph: Any, coord: Coordinator) -> Any:
+        """Metrics and the HTTP endpoint, when asked for (see the class docs)."""
+        if not self.metrics:
+            return None
+        from malstrom.observe._job import OperationQueue, observe
+
+        token = self.token or secrets.token_hex(16)
+        if self.http is not None and self.token is None:
+            log.warning("malstrom: dashboard actions take the admin token %s", token)
+        queue = OperationQueue()
+        obs = observe(
+            f"local-{secrets.token_hex(4)}",
+            graph,
+            http=self.http,
+            token=token,
+            act=queue.act,
+            status=coord.status,
+        )
+        coord.observer = obs.observer
+        obs.queue = queue  # type: ignore[attr-defined]
+        self.http_url = obs.url
+        return obs
+
+    def _execute(self, coord: Coordinator, worker: Worker, ops: Any) -> None:
         coord.start()
         self.restored_from = coord.restored_from
         if coord.finished:
@@ -80,14 +128,16 @@ class SingleThreadRuntime:
         gc_threshold = gc.get_threshold()
         gc.set_threshold(max(gc_threshold[0], 50_000), *gc_threshold[1:])
         try:
-            self._run(coord, worker)
+            self._run(coord, worker, ops.queue if ops is not None else None)
         finally:
             gc.set_threshold(*gc_threshold)
 
     @staticmethod
-    def _run(coord: Coordinator, worker: Worker) -> None:
+    def _run(coord: Coordinator, worker: Worker, operations: Any = None) -> None:
         idle = 0
         while True:
+            if operations is not None:
+                operations.serve(coord)  # snapshot / stop asked for from the dashboard
             coord.poll()
             if coord.phase in (JobPhase.FINISHED, JobPhase.STOPPED):
                 worker.turn()  # deliver the commit notice and Finish to the worker

@@ -113,6 +113,7 @@ class Worker:
         self.attempt: int | None = None
         self._discarded = False
         self._link_can_close = hasattr(endpoint, "closed")  # network links; in-process never
+        self.metrics: Any = None  # malstrom.observe counters, when StartBuild asks for them
 
     # ----- fencing -------------------------------------------------------------------------
     def fence(self) -> None:
@@ -137,7 +138,8 @@ class Worker:
                 pass
 
     def _heartbeat(self) -> None:
-        self.endpoint.send(Heartbeat(self.worker_id, self.attempt))
+        report = self.metrics.report() if self.metrics is not None else None
+        self.endpoint.send(Heartbeat(self.worker_id, self.attempt, report))
 
     # ----- build -------------------------------------------------------------------------
     def _build(self, msg: StartBuild) -> None:
@@ -184,6 +186,10 @@ class Worker:
         self._roots = [op for op in self.ops if op.is_source]
         self._scheduled = [op for op in self.ops if op.wants_schedule]
         self._gate = IntakeGate(self.ops)
+        if msg.metrics:
+            from malstrom.observe._collect import instrument
+
+            self.metrics = instrument(self.worker_id, self.ops, exchange)
         self.phase = WorkerPhase.BUILT
         self.endpoint.send(BuildComplete(self.worker_id, self.attempt))
 
@@ -233,6 +239,8 @@ class Worker:
             worked = True
         if not self._drained_sent and all(op.done for op in self.ops):
             self._drained_sent = True
+            if self.metrics is not None:
+                self._heartbeat()  # the final counts reach the coordinator before it ends
             self.endpoint.send(Drained(self.worker_id, self.attempt))
         return worked
 
