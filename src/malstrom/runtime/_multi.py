@@ -56,6 +56,39 @@ class _AttemptFailed(Exception):
     pass
 
 
+NO_MAIN_GUARD_EXIT = 87
+"""Exit code of a worker process whose import of the job's main module started a job."""
+
+_NO_MAIN_GUARD = (
+    "the job's main module starts the job when imported: worker processes import it again "
+    "(multiprocessing 'spawn') and would start jobs of their own. Put the runtime call under "
+    "`if __name__ == \"__main__\":`"
+)
+
+
+def _refuse_in_worker_bootstrap() -> None:
+    """In a worker process still importing the job's main module (no ``__main__`` guard),
+    leave at once with :data:`NO_MAIN_GUARD_EXIT`: the supervisor names the cause once
+    instead of restarting the job over N worker tracebacks."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        os._exit(NO_MAIN_GUARD_EXIT)
+
+
+def _build_once(build: Callable[[Any], None] | str) -> Any:
+    """The job's graph, built in this process; the user's error says it came from build."""
+    from malstrom._errors import BuildError
+    from malstrom.runtime._app import load_app
+
+    fn = load_app(build) if isinstance(build, str) else build
+    try:
+        return build_graph(fn)
+    except BuildError:
+        raise
+    except Exception as e:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise BuildError(f"the job's build function {name} raised {type(e).__name__}: {e}") from e
+
+
 class JobHandle:
     """Controls a job started with :meth:`MultiProcessRuntime.start`."""
 
@@ -95,6 +128,21 @@ class JobHandle:
         self._sup.done.wait()
 
     @property
+    def address(self) -> str:
+        """Where the coordinator listens for workers and admin calls (HOST:PORT)."""
+        return str(self._sup.address)
+
+    @property
+    def job(self) -> str:
+        """The job id (admin calls give it with the token)."""
+        return str(self._sup.settings.auth.job_id)
+
+    def state(self) -> dict[str, Any] | None:
+        """Metrics, snapshot history and events of the job (None with ``metrics=False``)."""
+        obs = self._sup.observer
+        return obs.state() if obs is not None else None
+
+    @property
     def http_url(self) -> str | None:
         """Where the dashboard and ``/metrics`` are served (None without ``http``)."""
         obs = self._sup.observation
@@ -122,7 +170,9 @@ class MultiProcessRuntime:
 
     ``http="HOST:PORT"`` serves ``/metrics``, ``/healthz`` and a live dashboard (port 0: any
     free port; :attr:`JobHandle.http_url` tells which); its actions take ``token``.
-    ``metrics=False`` turns the per-operator counters off.
+    ``metrics=False`` turns the per-operator counters off. ``admin="HOST:PORT"`` is where the
+    coordinator listens for workers and admin calls (``malstrom status`` etc.; default: any
+    free port on ``host``), ``job`` the job id they give (default: a random one).
     """
 
     def __init__(
@@ -142,6 +192,8 @@ class MultiProcessRuntime:
         source_turn_budget: float = SOURCE_TURN_BUDGET,
         http: str | None = None,
         metrics: bool = True,
+        admin: str | None = None,
+        job: str | None = None,
     ) -> None:
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
@@ -151,13 +203,13 @@ class MultiProcessRuntime:
                 "InMemoryPersistence lives in one process; worker processes cannot share it. "
                 "Use LocalDiskPersistence(path) (or NoPersistence) with MultiProcessRuntime"
             )
-        self._pinned: list[str] = []
-        self._graph: Any = None
+        _refuse_in_worker_bootstrap()
         if not isinstance(build, str):
             check_importable(build)
-            # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
-            self._graph = build_graph(build)
-            self._pinned = self._graph.pinned()
+        # Build once here: a wiring mistake or a build() that raises is one clear error now,
+        # not N failed workers and restarts.
+        self._graph = _build_once(build)
+        self._pinned: list[str] = self._graph.pinned()
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
         self.build = build
@@ -174,6 +226,8 @@ class MultiProcessRuntime:
         self.source_turn_budget = check_budget(source_turn_budget)
         self.http = http
         self.metrics = metrics or http is not None
+        self.admin = admin
+        self.job = job
 
     def start(self) -> JobHandle:
         """Start the job in the background and return its handle."""
@@ -185,9 +239,9 @@ class MultiProcessRuntime:
             snapshot_interval=self.snapshot_interval,
             max_restarts=self.max_restarts,
             heartbeat_timeout=self.heartbeat_timeout,
-            auth=JobAuth(job_id=f"local-{secrets.token_hex(4)}", token=self.token),
+            auth=JobAuth(job_id=self.job or f"local-{secrets.token_hex(4)}", token=self.token),
             tls=self.tls,
-            listen=f"{self.host}:0",
+            listen=self.admin or f"{self.host}:0",
             pinned=self._pinned,
             fresh_start=self.fresh_start,
             http=self.http,
@@ -280,6 +334,8 @@ class _LocalLauncher:
                 p.join()
                 del self.procs[i]  # removed by a rescale, exited cleanly
                 continue
+            if code == NO_MAIN_GUARD_EXIT:
+                raise JobFailed(_NO_MAIN_GUARD)
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
             raise _AttemptFailed(f"worker {i} died ({how})")
 
@@ -341,6 +397,7 @@ class Supervisor(threading.Thread):
         # Rescales whose attempt failed midway: the restart runs at the new size, and they
         # complete when it runs.
         self._deferred: list[Future[Any]] = []
+        self._last_build_failure: str | None = None  # the same one twice: no more restarts
         # Snapshots up to this version are not restored from (a fresh start ignores them).
         self._restore_after: int | None = None
         self._lock = threading.Lock()
@@ -446,7 +503,7 @@ class Supervisor(threading.Thread):
             try:
                 self.phase = self._attempt()
                 return
-            except (SnapshotCorruptError, SnapshotFormatError) as e:
+            except (SnapshotCorruptError, SnapshotFormatError, JobFailed) as e:
                 # Every snapshot damaged, or one in a foreign format: restarting cannot help.
                 self.failure = str(e)
                 self.phase = "failed"
@@ -456,6 +513,12 @@ class Supervisor(threading.Thread):
             except (_AttemptFailed, TransportError) as e:
                 if self.killed.is_set():
                     self.phase = "killed"
+                    return
+                if self._same_build_failure(str(e)):
+                    self.failure = f"the job fails the same way every start, building: {e}"
+                    self.phase = "failed"
+                    self._fail_requests(JobFailed(self.failure))
+                    log.error("%s", self.failure)
                     return
                 self.restarts += 1
                 if self.observer is not None:
@@ -485,6 +548,19 @@ class Supervisor(threading.Thread):
                 self._fail_requests(JobFailed(self.failure))
                 log.exception("supervisor crashed")
                 return
+
+    def _same_build_failure(self, cause: str) -> bool:
+        """Whether ``cause`` is a failure to build the graph, the same as the last attempt's
+        (which worker reports it first does not matter)."""
+        import re
+
+        if "building failed" not in cause:
+            self._last_build_failure = None
+            return False
+        key = re.sub(r"worker \d+", "worker", cause)
+        same = key == self._last_build_failure
+        self._last_build_failure = key
+        return same
 
     def _fail_requests(self, err: BaseException) -> None:
         deferred, self._deferred = self._deferred, []
