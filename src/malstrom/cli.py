@@ -122,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
         help="where the job answers status/snapshot/rescale/stop (default: any free port on "
         "127.0.0.1; printed at start with the job id)",
     )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        metavar="S",
+        help="seconds between progress reports (default: 0.5 on a terminal, where one line "
+        "is rewritten in place; 10 otherwise, as log lines)",
+    )
 
     p = sub.add_parser(
         "coordinator", parents=[common], help="run a job's coordinator for a cluster"
@@ -201,7 +208,11 @@ def _run(args: argparse.Namespace) -> int:
         state = handle.state
         if handle.state() is not None:
             start_progress(
-                lambda: state() or {}, handle._sup.done, sys.stderr, tty=sys.stderr.isatty()
+                lambda: state() or {},
+                handle._sup.done,
+                sys.stderr,
+                tty=sys.stderr.isatty(),
+                interval=args.progress_interval,
             )
         try:
             handle.wait()

@@ -70,12 +70,18 @@ class SingleThreadRuntime:
         self.metrics = metrics or http is not None
         self.http_url: str | None = None
         """Where the dashboard and ``/metrics`` are served (when ``http`` was given)."""
+        self._observer: Any = None
         self.source_turn_budget = check_budget(source_turn_budget)
         self.persistence = persistence if persistence is not None else NoPersistence()
         self.snapshot_interval = snapshot_interval
         self.fresh_start = fresh_start
         self.restored_from: int | None = None
         """The snapshot version the last :meth:`execute` resumed from (None: fresh start)."""
+
+    def state(self) -> dict[str, Any] | None:
+        """Metrics, snapshot history and events of the last :meth:`execute` (None with
+        ``metrics=False``): what the dashboard shows, as plain data."""
+        return self._observer.state() if self._observer is not None else None
 
     def execute(self) -> None:
         """Run the job to completion (sources exhausted and final snapshot committed)."""
@@ -116,6 +122,7 @@ class SingleThreadRuntime:
         coord.observer = obs.observer
         obs.queue = queue  # type: ignore[attr-defined]
         self.http_url = obs.url
+        self._observer = obs.observer
         return obs
 
     def _execute(self, coord: Coordinator, worker: Worker, ops: Any) -> None:
