@@ -71,7 +71,7 @@ def test_run_admin_status_table_json_metrics_progress(tmp_path: Path) -> None:
             if m := re.search(r"job obs-job admin at (\S+) ", line):
                 admin = m.group(1)
                 assert "$MALSTROM_TOKEN" in line  # a token from the environment is not printed
-            if m := re.search(r"dashboard at (http://\S+)", line):
+            if m := re.search(r"dashboard and metrics at (http://\S+/)", line):
                 url = m.group(1)
         assert admin and url, lines
         assert not admin.endswith(":0")

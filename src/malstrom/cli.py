@@ -233,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _announce(handle: Any, rt: Any, token_given: bool) -> None:
-    """Print where the job answers admin calls (and its dashboard)."""
+    """Print where the job answers admin calls (the HTTP endpoint logs its own address)."""
     token = "$MALSTROM_TOKEN" if token_given else rt.token
     print(
         f"malstrom: job {handle.job} admin at {handle.address} (malstrom status --coordinator "
@@ -241,8 +241,6 @@ def _announce(handle: Any, rt: Any, token_given: bool) -> None:
         file=sys.stderr,
         flush=True,
     )
-    if handle.http_url:
-        print(f"malstrom: dashboard at {handle.http_url}", file=sys.stderr, flush=True)
 
 
 def _coordinator(args: argparse.Namespace) -> int:
@@ -272,8 +270,6 @@ def _coordinator(args: argparse.Namespace) -> int:
         ClusterLauncher(),
     )
     print(f"malstrom coordinator for job {auth.job_id!r} listening on {sup.address}", flush=True)
-    if sup.observation is not None and sup.observation.url:
-        print(f"malstrom: dashboard at {sup.observation.url}", flush=True)
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
