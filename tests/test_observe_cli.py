@@ -95,9 +95,18 @@ def test_run_admin_status_table_json_metrics_progress(tmp_path: Path) -> None:
         with urllib.request.urlopen(url + "metrics", timeout=10) as resp:
             text = resp.read().decode()
         assert 'malstrom_records_out_total{job="obs-job",operator="trickle",worker="0"}' in text
+        watch = subprocess.Popen(
+            [*MALSTROM, "status", "--watch", "0.2", "--coordinator", admin],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1.5)
         r = _admin("stop", "--coordinator", admin, env=env)
         assert r.returncode == 0, r.stderr
         _, err = proc.communicate(timeout=120)
+        # The watcher redrew the table until the job was gone.
+        watched, _ = watch.communicate(timeout=60)
+        assert watch.returncode == 1
+        assert watched.count("job obs-job   phase") >= 2
         assert proc.returncode == 0, err
         logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         progress = [x for x in logs if x["message"].startswith("progress: ")]

@@ -175,6 +175,12 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout", type=float, default=300.0 if name == "rescale" else 120.0)
         if name == "status":
             p.add_argument("--json", action="store_true", help="the status as JSON (scripts)")
+            p.add_argument(
+                "--watch",
+                type=float,
+                metavar="S",
+                help="redraw the status every S seconds until Ctrl-C or the job ends (like top)",
+            )
         _add_auth(p, True)
     apply_env_defaults(ap)
     return ap
@@ -340,6 +346,10 @@ def _admin(args: argparse.Namespace) -> int:
     from malstrom.transport._grpc_control import AdminClient
 
     auth, tls = _auth(args)
+    if args.command == "status" and args.watch:
+        from malstrom.observe._cli import watch_status
+
+        return watch_status(AdminClient(args.coordinator, auth, tls), args.watch, args.timeout)
     client = AdminClient(args.coordinator, auth, tls)
     try:
         body: dict[str, Any] = {"timeout": args.timeout}

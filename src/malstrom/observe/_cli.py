@@ -11,7 +11,14 @@ from typing import Any
 from malstrom.observe._logs import LOG_FORMATS
 from malstrom.observe._status import format_status
 
-__all__ = ["add_http", "add_log_format", "apply_env_defaults", "env_name", "print_status"]
+__all__ = [
+    "add_http",
+    "add_log_format",
+    "apply_env_defaults",
+    "env_name",
+    "print_status",
+    "watch_status",
+]
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -82,3 +89,29 @@ def print_status(reply: bytes, as_json: bool) -> None:
         print(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         print(format_status(data))
+
+
+def watch_status(client: Any, every: float, timeout: float) -> int:
+    """``malstrom status --watch S``: clear the screen and print the table every S seconds
+    until Ctrl-C (0) or the job cannot be reached any more (1)."""
+    import sys
+    import time
+
+    if not every > 0:
+        print("malstrom status: --watch needs a number of seconds > 0", file=sys.stderr)
+        return 2
+    tty = sys.stdout.isatty()
+    try:
+        while True:
+            try:
+                reply = client.call("status", b"{}", timeout=timeout)
+            except Exception as e:
+                print(f"malstrom status: {e}", file=sys.stderr)
+                return 1
+            text = format_status(json.loads(reply))
+            print(("\x1b[H\x1b[2J" if tty else "") + text + ("" if tty else "\n"), flush=True)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        client.close()
