@@ -94,6 +94,8 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
         assert 'operator="count",worker="1"' in text or 'worker="1"' in text
         assert "malstrom_user_even_records_total" in text
         assert "malstrom_rescales_total" in text
+        assert 'malstrom_records_routed_total{job="' in text  # key_distribute, 2 workers
+        assert "malstrom_backpressured_seconds_total" in text
         code, body = _get(url + "healthz")
         assert code == 200 and json.loads(body)["ok"] is True
     finally:

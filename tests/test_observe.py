@@ -85,7 +85,15 @@ def test_metrics_off_reports_nothing() -> None:
 
 
 def _report(ops: dict[str, list[Any]], user: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"t": time.time(), "ops": ops, "kinds": {}, "peers": {1: [100, 50]}, "user": user or {}}
+    return {
+        "t": time.time(),
+        "ops": ops,
+        "kinds": {},
+        "peers": {1: [100, 50]},
+        "routed": {1: [10, 4]},
+        "backpressured": 0.5,
+        "user": user or {},
+    }
 
 
 def test_totals_survive_worker_restarts_and_stay_monotonic() -> None:
@@ -106,6 +114,8 @@ def test_totals_survive_worker_restarts_and_stay_monotonic() -> None:
     user = fams["malstrom_user_u"].samples[0]
     assert user.value == 8.0
     assert fams["malstrom_bytes_sent"].samples[0].value == 200  # 100 + 100 (restart)
+    assert fams["malstrom_records_routed"].samples[0].value == 20
+    assert fams["malstrom_backpressured_seconds"].samples[0].value == 1.0
 
 
 def _metrics_text(obs: JobObserver) -> str:

@@ -68,7 +68,8 @@ class JobObserver:
         self._totals: dict[tuple[int, str], list[float]] = {}
         self._gauges: dict[tuple[int, str], list[Any]] = {}
         self._peers: dict[tuple[int, int], list[int]] = {}
-        self._peer_last: dict[tuple[int, int], list[int]] = {}
+        self._routed: dict[tuple[int, int], list[int]] = {}  # records sent, received
+        self._backpressured: dict[int, float] = {}
         self._user: dict[tuple[str, int, str], float] = {}
         self._user_help: dict[str, str] = {}
         self._saturated: dict[int, int] = {}
@@ -110,6 +111,17 @@ class JobObserver:
                 old_p = prev_peers.get(peer, (0, 0))
                 tot_p[0] += sent - (old_p[0] if old_p[0] <= sent else 0)
                 tot_p[1] += recv - (old_p[1] if old_p[1] <= recv else 0)
+            prev_routed = prev.get("routed", {}) if prev is not None else {}
+            for peer, (sent, recv) in rep.get("routed", {}).items():
+                tot_r = self._routed.setdefault((worker, peer), [0, 0])
+                old_r = prev_routed.get(peer, (0, 0))
+                tot_r[0] += sent - (old_r[0] if old_r[0] <= sent else 0)
+                tot_r[1] += recv - (old_r[1] if old_r[1] <= recv else 0)
+            bp = float(rep.get("backpressured", 0.0))
+            old_bp = float(prev.get("backpressured", 0.0)) if prev is not None else 0.0
+            self._backpressured[worker] = self._backpressured.get(worker, 0.0) + bp - (
+                old_bp if old_bp <= bp else 0.0
+            )
             prev_user = prev["user"] if prev is not None else {}
             for uname, entries in rep.get("user", {}).items():
                 before = {op: v for op, v, _ in prev_user.get(uname, [])}
@@ -262,6 +274,7 @@ class JobObserver:
                     "attempt": s.attempt,
                     "last_report_age": round(now - s.received, 2),
                     "saturated_pipes": self._saturated.get(w, 0),
+                    "backpressured_seconds": round(self._backpressured.get(w, 0.0), 3),
                 }
                 for w, s in sorted(self._workers.items())
                 if "workers" not in status or w in status["workers"]
@@ -354,6 +367,27 @@ class JobObserver:
                     "Bytes received from the peer",
                     pl,
                 ).add_metric(lv, recv)
+            for (w, peer), (sent, recv) in sorted(self._routed.items()):
+                lv = [job, str(w), str(peer)]
+                fam(
+                    CounterMetricFamily,
+                    "malstrom_records_routed",
+                    "Records sent to the peer (key_distribute)",
+                    pl,
+                ).add_metric(lv, sent)
+                fam(
+                    CounterMetricFamily,
+                    "malstrom_records_received",
+                    "Records received from the peer (key_distribute)",
+                    pl,
+                ).add_metric(lv, recv)
+            for w, secs in sorted(self._backpressured.items()):
+                fam(
+                    CounterMetricFamily,
+                    "malstrom_backpressured_seconds",
+                    "Time the worker held its intakes back: a pipe to a peer was saturated",
+                    ["job", "worker"],
+                ).add_metric([job, str(w)], secs)
             for w, n in sorted(self._saturated.items()):
                 if w in self._workers:
                     fam(

@@ -113,6 +113,11 @@ class WorkerMetrics:
         self.counters: dict[str, OpCounters] = {}
         self.kinds = {op.name: type(op).__name__ for op in ops}
         self.pid = 0
+        #: per peer: [records sent, records received]
+        self.routed: dict[int, list[int]] = {}
+        self.backpressured = 0.0  # seconds the worker held intakes (a saturated pipe)
+        if exchange is not None:
+            self._wrap_exchange(exchange)
         for op in ops:
             c = self.counters[op.name] = OpCounters()
             late = type(op).__name__ in _LATE_PORT_CLASSES and len(op.outs) > 1
@@ -122,6 +127,47 @@ class WorkerMetrics:
                 _wrap_timed(op, "poll", c)
             if op.inputs:
                 _wrap_timed(op, "drain", c)
+
+    def _wrap_exchange(self, exchange: Any) -> None:
+        """Records per peer (once per batch sent or taken) and time held back (once a turn:
+        the worker tells the exchange what it holds every turn)."""
+        from malstrom.runtime._engine import Batch
+
+        send, recv, hold = exchange.send, exchange.recv, exchange.hold
+        routed = self.routed
+        clock = time.monotonic
+        last = [0.0]
+
+        def counted_send(peer: int, operator: str, msg: Any) -> None:
+            if type(msg) is Batch:
+                row = routed.get(peer)
+                if row is None:
+                    row = routed[peer] = [0, 0]
+                row[0] += len(msg.values)
+            send(peer, operator, msg)
+
+        def counted_recv(peer: int, operator: str) -> Any:
+            msg = recv(peer, operator)
+            if type(msg) is Batch:
+                row = routed.get(peer)
+                if row is None:
+                    row = routed[peer] = [0, 0]
+                row[1] += len(msg.values)
+            return msg
+
+        def timed_hold(operators: Any) -> None:
+            now = clock()
+            if operators:
+                if last[0]:
+                    self.backpressured += now - last[0]
+                last[0] = now
+            else:
+                last[0] = 0.0
+            hold(operators)
+
+        exchange.send = counted_send
+        exchange.recv = counted_recv
+        exchange.hold = timed_hold
 
     def report(self) -> dict[str, Any]:
         """Plain data (pickles and JSON-encodes): cumulative counters and current gauges."""
@@ -152,6 +198,8 @@ class WorkerMetrics:
             "kinds": self.kinds,
             "peers": _peers(self.exchange),
             "saturated": len(_saturated(self.exchange)),
+            "routed": {peer: list(row) for peer, row in self.routed.items()},
+            "backpressured": self.backpressured,
             "user": _user.snapshot(),
         }
 

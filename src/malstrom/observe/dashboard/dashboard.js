@@ -168,7 +168,7 @@ async function refresh() {
     fmt(o.records_out), fmt(o.rate), o.lag === null ? "–" : o.lag.toFixed(2), fmt(o.late),
     fmt(o.queue), o.keys === null ? "–" : fmt(o.keys), o.busy_seconds.toFixed(2)]);
   rows($("workers").tBodies[0], s.workers, (w) => [w.id, w.attempt, w.last_report_age.toFixed(1),
-    w.saturated_pipes]);
+    w.saturated_pipes, w.backpressured_seconds.toFixed(1)]);
   rows($("snapshots").tBodies[0], s.snapshots.slice().reverse(), (n) => [
     n.version + (n.final ? " (final)" : ""), n.duration.toFixed(3), bytes(n.size),
     ago(s.now - n.committed) + " ago"]);
