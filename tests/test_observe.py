@@ -76,6 +76,9 @@ def test_counts_are_exact_per_operator() -> None:
     assert state["last_snapshot"]["final"] is True
     # The frontier reached the end (MAX): no numeric lag left to show.
     assert ops["out"]["lag"] is None
+    # The source knows its size: the progress shows how much is done.
+    assert 0.99 < state["done"] < 1
+    assert progress_line(state).startswith("finished | 100.0% | ")
 
 
 def test_metrics_off_reports_nothing() -> None:
@@ -290,6 +293,8 @@ def test_status_text() -> None:
     assert any(line.split()[:2] == ["1", "12"] for line in lines)
     line = progress_line({**status["metrics"], "status": status})
     assert line.startswith("running | 12.3k rec/s | 50.0k records read | lag 0.25 s")
+    line = progress_line({**status["metrics"], "status": status, "done": 0.4})
+    assert line.startswith("running | 40.0% | 12.3k rec/s")
 
 
 @pytest.mark.parametrize("bad", ["", "1x", "a b", "a-b"])

@@ -74,6 +74,7 @@ class JobObserver:
         self._user_help: dict[str, str] = {}
         self._saturated: dict[int, int] = {}
         self.kinds: dict[str, str] = {}
+        self.sizes: dict[str, int | None] = {}
         self._samples: deque[_Sample] = deque(maxlen=4)
         self.series: deque[tuple[float, float, float | None]] = deque(maxlen=HISTORY)
         self.rates: dict[str, float] = {}
@@ -97,6 +98,7 @@ class JobObserver:
             prev = seen.last if seen is not None and seen.attempt == attempt else None
             self._workers[worker] = _WorkerSeen(attempt, rep, time.time(), rep.get("pid"))
             self.kinds.update(rep.get("kinds", {}))
+            self.sizes.update(rep.get("sizes", {}))
             prev_ops = prev["ops"] if prev is not None else {}
             for name, vals in rep["ops"].items():
                 tot = self._totals.setdefault((worker, name), [0, 0, 0, 0.0, 0])
@@ -234,6 +236,20 @@ class JobObserver:
                 lows[name] = min(cur, f)
         return {n: (max(0.0, now - f) if f is not None else None) for n, f in lows.items()}
 
+    def _done(self, totals: dict[str, list[float]]) -> float | None:
+        """Fraction of the input read, when every source knows its size (bounded sources).
+        Records replayed after a restart count again, so it is capped below 1 until the
+        job finishes."""
+        roots = [n["name"] for n in self.graph["nodes"] if n["root"]]
+        sizes = [self.sizes.get(r) for r in roots]
+        if not roots or any(s is None for s in sizes):
+            return None
+        total = sum(s for s in sizes if s is not None)
+        if total == 0:
+            return 1.0
+        read = sum(totals.get(r, [0, 0])[_OUT] for r in roots)
+        return min(read / total, 0.999)
+
     # ----- output (any thread) ---------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Everything the dashboard and ``malstrom status`` show, as JSON-able data."""
@@ -295,6 +311,7 @@ class JobObserver:
                 "rescales": self.rescales,
                 "rescale_seconds": self.rescale_seconds,
                 "restarts": self.restarts,
+                "done": self._done(totals),
                 "throughput": self.series[-1][1] if self.series else 0.0,
                 "lag": self.series[-1][2] if self.series else None,
             }

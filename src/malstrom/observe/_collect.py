@@ -112,6 +112,8 @@ class WorkerMetrics:
         self.exchange = exchange
         self.counters: dict[str, OpCounters] = {}
         self.kinds = {op.name: type(op).__name__ for op in ops}
+        #: Records each source emits in all, where its implementation says (``size()``).
+        self.sizes = {op.name: _source_size(op) for op in ops if op.is_source}
         self.pid = 0
         #: per peer: [records sent, records received]
         self.routed: dict[int, list[int]] = {}
@@ -196,6 +198,7 @@ class WorkerMetrics:
             "t": time.time(),
             "ops": ops,
             "kinds": self.kinds,
+            "sizes": self.sizes,
             "peers": _peers(self.exchange),
             "saturated": len(_saturated(self.exchange)),
             "routed": {peer: list(row) for peer, row in self.routed.items()},
@@ -216,6 +219,17 @@ OP_FIELDS = (
     "keys",
     "has_frontier",
 )
+
+
+def _source_size(op: Any) -> int | None:
+    size = getattr(getattr(op, "impl", None), "size", None)
+    if not callable(size):
+        return None
+    try:
+        n = size()
+    except Exception:  # a size is a nicety: never fail the job over it
+        return None
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
 
 
 def _saturated(exchange: Any) -> Any:

@@ -130,8 +130,12 @@ def progress_line(state: dict[str, Any]) -> str:
     lag = state.get("lag")
     last = state.get("last_snapshot")
     snap = f"v{last['version']} {_ago(last.get('age'))} ago" if last else "none"
+    done = state.get("done")
+    if done is not None and status.get("phase") == "finished":
+        done = 1.0
+    pct = f"{done * 100:.1f}% | " if done is not None else ""
     return (
-        f"{status.get('phase', 'starting')} | {_num(state.get('throughput'))} rec/s | "
+        f"{status.get('phase', 'starting')} | {pct}{_num(state.get('throughput'))} rec/s | "
         f"{_num(read)} records read | lag {'-' if lag is None else f'{lag:.2f} s'} | "
         f"snapshot {snap} | {len(status.get('workers', []))} workers"
     )

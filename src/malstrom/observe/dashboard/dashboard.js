@@ -161,6 +161,8 @@ async function refresh() {
   $("last-snapshot").textContent = s.last_snapshot
     ? `v${s.last_snapshot.version}, ${ago(s.last_snapshot.age)} ago` : "none";
   $("uptime").textContent = ago(s.uptime);
+  $("done").textContent = s.done === null || s.done === undefined
+    ? "unbounded" : (st.phase === "finished" ? 100 : s.done * 100).toFixed(1) + " %";
   drawGraph(s.graph, s.operators);
   plot($("plot-throughput"), s.series.map((p) => [p[0], p[1]]), "#2563eb", "");
   plot($("plot-lag"), s.series.map((p) => [p[0], p[2]]), "#d97706", "s");
