@@ -301,3 +301,17 @@ def test_status_text() -> None:
 def test_user_counter_names_are_checked(bad: str) -> None:
     with pytest.raises(ValueError, match="counter name"):
         counter(bad)
+
+
+def test_http_address_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rt = SingleThreadRuntime(build_counted, http=f"127.0.0.1:{port}")
+        with pytest.raises(OSError, match=f"cannot serve http at 127.0.0.1:{port}"):
+            rt.execute()
+    with pytest.raises(ValueError, match="give HOST:PORT"):
+        SingleThreadRuntime(build_counted, http="localhost")

@@ -64,7 +64,10 @@ class ObserveServer:
         self.act = act
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(observer))
-        self._httpd = ThreadingHTTPServer((host, port), _handler(self))
+        try:
+            self._httpd = ThreadingHTTPServer((host, port), _handler(self))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot serve http at {address}: {e.strerror}") from e
         self._httpd.daemon_threads = True
         shown = host if ":" not in host else f"[{host}]"
         if host in ("0.0.0.0", "::"):

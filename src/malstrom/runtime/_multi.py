@@ -224,6 +224,10 @@ class MultiProcessRuntime:
         self.log_level = log_level
         self.fresh_start = fresh_start
         self.source_turn_budget = check_budget(source_turn_budget)
+        if http is not None:
+            from malstrom.observe._http import parse_address
+
+            parse_address(http)  # a malformed address fails here, not when the job starts
         self.http = http
         self.metrics = metrics or http is not None
         self.admin = admin

@@ -65,6 +65,10 @@ class SingleThreadRuntime:
         metrics: bool = True,
     ) -> None:
         self.build = build
+        if http is not None:
+            from malstrom.observe._http import parse_address
+
+            parse_address(http)  # a malformed address fails here, not when the job starts
         self.http = http
         self.token = token
         self.metrics = metrics or http is not None
