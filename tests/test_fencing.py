@@ -127,6 +127,7 @@ def test_peers_refuse_streams_of_another_attempt() -> None:
         assert refused is not None and "stale attempt" in str(refused)
         got = None
         while got is None and time.monotonic() < deadline:
+            c.flush()  # a worker flushes every turn: what waited for the connection goes now
             got = b.recv(2, "op")
             time.sleep(0.01)
         assert got == "fresh"

@@ -27,7 +27,37 @@ def _seek(f: BinaryIO, path: str, offset: int) -> None:
     f.seek(offset)
 
 
-class _LineReader:
+class _TextReader:
+    """What the text readers share: the open file, and the state ``(byte offset, records
+    read)`` a restored part resumes from."""
+
+    _f: BinaryIO | None
+    _offset: int
+    _index: int
+
+    def _numbered(self, n: int) -> range:
+        """Timestamps of the next ``n`` records (their numbers in the file)."""
+        start = self._index
+        self._index = start + n
+        return range(start, self._index)
+
+    def is_finished(self) -> bool:
+        return self._f is None
+
+    def snapshot(self) -> object:
+        return (self._offset, self._index)
+
+    def collect(self) -> object:
+        self.close()
+        return (self._offset, self._index)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+class _LineReader(_TextReader):
     """One record per line; ``parse`` turns a line's text into a value (None: the text)."""
 
     def __init__(
@@ -78,24 +108,7 @@ class _LineReader:
                     except ValueError as e:
                         raise ValueError(f"{self._path}, byte {offset}: {e}") from e
                 offset += len(raw)
-        start_index = self._index
-        self._index = start_index + len(values)
-        return values, range(start_index, self._index)
-
-    def is_finished(self) -> bool:
-        return self._f is None
-
-    def snapshot(self) -> object:
-        return (self._offset, self._index)
-
-    def collect(self) -> object:
-        self.close()
-        return (self._offset, self._index)
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        return values, self._numbered(len(values))
 
 
 class _TextWriter:
@@ -229,7 +242,7 @@ def _converters(
     return list(types)
 
 
-class _CsvReader:
+class _CsvReader(_TextReader):
     def __init__(self, path: str, state: object | None, fmt: Csv) -> None:
         offset, index = (0, 0) if state is None else tuple(state)  # type: ignore[arg-type]
         self._path = path
@@ -305,24 +318,7 @@ class _CsvReader:
                         ) from e
             rows = list(map(list, zip(*cols)))
         values: list[Any] = [dict(zip(columns, r)) for r in rows] if columns is not None else rows
-        start_index = self._index
-        self._index = start_index + len(values)
-        return values, range(start_index, self._index)
-
-    def is_finished(self) -> bool:
-        return self._f is None
-
-    def snapshot(self) -> object:
-        return (self._offset, self._index)
-
-    def collect(self) -> object:
-        self.close()
-        return (self._offset, self._index)
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        return values, self._numbered(len(values))
 
 
 class _CsvWriter:

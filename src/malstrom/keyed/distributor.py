@@ -270,6 +270,11 @@ class DistributorOp(Operator):
             worked = True
         return worked
 
+    def wake_at(self, now: float) -> float | None:
+        # Peers' messages wake the worker by themselves; a rescale cycle works a budget of
+        # keys per turn, so it keeps the worker turning.
+        return now if self._cycle is not None else None
+
     def schedule(self) -> None:
         """Take in what the peers sent (all of it, except past a peer's barrier marker)."""
         if self._cycle is not None:

@@ -275,6 +275,28 @@ class SourceOp(Operator):
     def _peers(self) -> Sequence[int]:
         return self._cycle.peers if self._cycle is not None else self.remotes
 
+    def wake_at(self, now: float) -> float | None:
+        if self.done:
+            return None
+        if self._cycle is not None:
+            return now
+        # Parts are polled: only they know when they may have records. A part may say
+        # (``wake_in()``: seconds, None: unknown), else the worker keeps polling it.
+        wake = self._next_relist if self._relist_every is not None else None
+        for p in self.parts:
+            if p.finished:
+                continue
+            hint = getattr(p.part, "wake_in", None)
+            try:
+                t = None if hint is None else hint()
+            except Exception as e:
+                raise user_error(self.name, e) from e
+            if t is None:
+                return now
+            if wake is None or now + t < wake:
+                wake = now + t
+        return wake  # None: peers' messages (a part done or moved) wake the worker
+
     def schedule(self) -> None:
         every = self._relist_every
         if every is not None and self._cycle is None and not self.done:

@@ -88,6 +88,11 @@ class GenerateEpochsOp(Operator):
             self._idle = True
             self.emit_epoch(IDLE)
 
+    def wake_at(self, now: float) -> float | None:
+        if self._idle or self.done or self.idle_timeout is None:
+            return None  # records arriving wake the worker
+        return self._last_record + self.idle_timeout
+
     def keys_moving(self, version: int) -> None:
         if self._moving is None:
             self._moving = version
@@ -146,23 +151,10 @@ class GenerateEpochsOp(Operator):
                     if c is not None and (prev is None or c > prev):
                         prev = c
                     i += 1
-        except _GeneratorFailed as failed:
-            raise user_error(self.name, failed.cause, batch.record(i)) from failed.cause
-        except TypeError as e:
-            raise OperatorError(
-                self.name,
-                f"incomparable timestamps: {short_repr(batch.timestamps[i])} vs epoch "
-                f"{short_repr(prev)} ({e})",
-                batch.record(i),
-            ) from e
         except Exception as e:
-            raise user_error(self.name, e, batch.record(i)) from e
-        if all(mask):
-            self.emit_to(0, batch)
-        else:
-            late = [not m for m in mask]
-            self.emit_to(0, _select(batch, mask))
-            self.emit_to(1, _select(batch, late))
+            cause = e.cause if isinstance(e, _GeneratorFailed) else e
+            raise self._failure(e, batch, i, prev) from cause
+        self._emit_split(batch, mask)
         if prev is not start:
             self.prev = prev
             self.emit_epoch(prev)
@@ -195,23 +187,32 @@ class GenerateEpochsOp(Operator):
                     if c is not None and (g is None or c > g):
                         g = c
                     i += 1
-        except _GeneratorFailed as failed:
-            raise user_error(self.name, failed.cause, batch.record(i)) from failed.cause
-        except TypeError as e:
-            raise OperatorError(
-                self.name,
-                f"incomparable timestamps: {short_repr(batch.timestamps[i])} vs epoch "
-                f"{short_repr(f)} ({e})",
-                batch.record(i),
-            ) from e
         except Exception as e:
-            raise user_error(self.name, e, batch.record(i)) from e
+            cause = e.cause if isinstance(e, _GeneratorFailed) else e
+            raise self._failure(e, batch, i, f) from cause
         self._gathered = g
+        self._emit_split(batch, mask)
+
+    def _emit_split(self, batch: Batch, mask: list[bool]) -> None:
+        """On-time records (``mask``) to output 0, late ones to output 1."""
         if all(mask):
             self.emit_to(0, batch)
         else:
             self.emit_to(0, _select(batch, mask))
             self.emit_to(1, _select(batch, [not m for m in mask]))
+
+    def _failure(self, e: Exception, batch: Batch, i: int, epoch: Any) -> Exception:
+        """The error to raise for record ``i`` of ``batch``, compared against ``epoch``."""
+        if isinstance(e, _GeneratorFailed):
+            return user_error(self.name, e.cause, batch.record(i))
+        if isinstance(e, TypeError):
+            return OperatorError(
+                self.name,
+                f"incomparable timestamps: {short_repr(batch.timestamps[i])} vs epoch "
+                f"{short_repr(epoch)} ({e})",
+                batch.record(i),
+            )
+        return user_error(self.name, e, batch.record(i))
 
     def on_epoch(self, ts: Any) -> None:
         prev = self.prev

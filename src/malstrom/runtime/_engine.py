@@ -435,6 +435,13 @@ class Operator:
     def schedule(self) -> None:
         """Runs every loop turn when :attr:`wants_schedule` is set."""
 
+    def wake_at(self, now: float) -> float | None:
+        """When this operator next needs a loop turn though nothing arrives for it
+        (``time.monotonic()`` seconds; ``now``: keep polling; None: only when a record or
+        message arrives). Asked only when the worker is idle, to decide how long it may
+        sleep. The default keeps polling operators that want :meth:`schedule`."""
+        return now if self.wants_schedule else None
+
     def backpressured(self) -> None:
         """Runs (before :meth:`schedule`, with :attr:`wants_schedule` set) every loop turn in
         which the worker holds intakes because a pipe to a peer is saturated."""

@@ -391,6 +391,8 @@ class Supervisor(threading.Thread):
         self.launcher = launcher
         self.requests: queue.Queue[tuple[str, Any, Future[Any]]] = queue.Queue()
         self.killed = threading.Event()
+        #: Set when there may be something to do: a request, or a worker's message.
+        self._woken = threading.Event()
         self.done = threading.Event()
         self.failure: str | None = None
         self.restarts = 0
@@ -446,6 +448,7 @@ class Supervisor(threading.Thread):
             fut.set_exception(OperationRefused(f"cannot {kind}: the job is {self.phase}"))
         else:
             self.requests.put((kind, arg, fut))
+            self._woken.set()
         return fut
 
     def status(self) -> dict[str, Any]:
@@ -619,7 +622,9 @@ class Supervisor(threading.Thread):
             if self._stop_requested:
                 coord.request_stop()
             joining: dict[int, float] = {}  # worker id -> deadline to connect
+            server.wake = self._woken.set
             while True:
+                self._woken.clear()  # before the work: what arrives during it wakes the wait
                 if self.killed.is_set():
                     raise _AttemptFailed("killed")
                 self._serve_requests(coord)
@@ -646,7 +651,9 @@ class Supervisor(threading.Thread):
                 gone = set(coord.workers) - set(server.endpoints())
                 if gone:
                     raise _AttemptFailed(f"lost connection to worker(s) {sorted(gone)}")
-                time.sleep(0.001)
+                # Messages and requests wake the wait; timers (snapshot interval, heartbeat
+                # timeouts, worker processes' exits) are looked at every 10 ms.
+                self._woken.wait(0.01)
         except (_AttemptFailed, TransportError) as e:
             if self._coord is not None:
                 self._coord.fail(str(e))  # answers the operations it was running

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -46,27 +47,60 @@ def describe_error(e: BaseException) -> str:
     return f"{head}\n{tb.rstrip()}"
 
 
+#: Idle turns before the loop sleeps until woken (about 40 ms of backing off).
+_RAMP = 20
+#: The longest idle sleep (the heartbeat deadline is usually sooner).
+_MAX_SLEEP = 0.5
+
+
 def run_worker_loop(worker: Worker) -> None:
-    """Turn the worker until the coordinator says finish (or abort); back off when idle."""
+    """Turn the worker until the coordinator says finish (or abort); sleep when idle.
+
+    After a turn with nothing to do the loop backs off (0.2 ms more per idle turn, up to
+    4 ms); after ``_RAMP`` idle turns in a row it sleeps until something wakes it: a command
+    from the coordinator, a frame from a peer (both transports call ``wake``), or the time an
+    operator or the heartbeat asks for (:meth:`Worker.wake_deadline`). An idle worker so
+    costs next to nothing, while a busy one never waits.
+    """
     # As in SingleThreadRuntime: batches make many short-lived containers, and the default
     # gen-0 threshold would run the cyclic GC every few hundred records.
     threshold = gc.get_threshold()
     gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+    woken = threading.Event()
+    endpoint: Any = worker.endpoint
+    exchange: Any = worker.services.get("exchange")
+    sides = [side for side in (endpoint, exchange) if side is not None]
+    for side in sides:
+        if hasattr(side, "wake"):
+            side.wake = woken.set
+    # Only links that wake the loop let it sleep past the ramp.
+    ramp = _RAMP if all(hasattr(side, "wake") for side in sides) else None
     try:
         idle = 0
-        endpoint: Any = worker.endpoint
         while worker.phase is not WorkerPhase.FINISHED:
             if getattr(endpoint, "closed", False):
                 from malstrom.transport._exchange import TransportError
 
                 raise TransportError("the coordinator closed the control stream")
+            woken.clear()  # before the turn: what arrives during it wakes the next wait
             if worker.turn():
                 idle = 0
-            else:
-                idle = min(idle + 1, 20)
-                time.sleep(0.0002 * idle)
+                continue
+            if ramp is None or idle < ramp:
+                idle = min(idle + 1, _RAMP)
+                woken.wait(0.0002 * idle)
+                continue
+            pause = min(worker.wake_deadline() - time.monotonic(), _MAX_SLEEP)
+            woken.wait(max(pause, 0.0002 * _RAMP))
     finally:
+        for side in sides:
+            if hasattr(side, "wake"):
+                side.wake = _nothing
         gc.set_threshold(*threshold)
+
+
+def _nothing() -> None:
+    pass
 
 
 def worker_process_main(

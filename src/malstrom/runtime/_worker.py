@@ -244,6 +244,24 @@ class Worker:
             self.endpoint.send(Drained(self.worker_id, self.attempt))
         return worked
 
+    def wake_deadline(self) -> float:
+        """The latest ``time.monotonic()`` at which the next turn must start if nothing
+        arrives (a command or a peer's frame wakes the loop earlier): the next heartbeat, or
+        sooner if an operator asks (:meth:`Operator.wake_at`)."""
+        deadline = self._next_heartbeat
+        if self.phase is not WorkerPhase.RUNNING:
+            return deadline
+        now = monotonic()
+        if self._snapshot is not None or self._rescale is not None:
+            return now
+        for op in self.ops:
+            t = op.wake_at(now)
+            if t is not None and t < deadline:
+                deadline = t
+                if t <= now:
+                    break
+        return deadline
+
     def _poll_sources(self, deadline: float, held: AbstractSet[str]) -> bool:
         """Poll every source not ``held`` once, each with its share of the time left until
         ``deadline``."""

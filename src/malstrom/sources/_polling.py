@@ -73,6 +73,12 @@ class _PollingPart:
     def is_finished(self) -> bool:
         return self._max is not None and self._polls >= self._max
 
+    def wake_in(self) -> float | None:
+        """Seconds until the next slot is due (None while a call runs: keep polling)."""
+        if self._call is not None:
+            return None
+        return max(0.0, self._due - self._clock())
+
     def snapshot(self) -> object:
         return {"due": self._due, "polls": self._polls}
 

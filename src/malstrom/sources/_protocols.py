@@ -17,7 +17,13 @@ __all__ = [
 
 @runtime_checkable
 class StatelessSourcePartition(Protocol):
-    """One part of a source, built on exactly one worker."""
+    """One part of a source, built on exactly one worker.
+
+    Optional: ``wake_in() -> float | None``, the seconds until this part may have a record
+    (None: it cannot tell). A worker whose parts all answer, and that has nothing else to do,
+    sleeps until then instead of polling (an idle worker then costs next to no CPU);
+    a record or message arriving from elsewhere wakes it sooner.
+    """
 
     def poll(self) -> tuple[Any, Any] | None:
         """The next ``(value, timestamp)``, or None if nothing is ready now.

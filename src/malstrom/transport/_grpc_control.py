@@ -143,6 +143,7 @@ class _ControlService(pb_grpc.ControlServicer):
                 msg = pickle.loads(frame.payload)
                 if link.ready.is_set():
                     inbox.append(msg)
+                    self.owner.wake()
                 else:
                     link.hello = msg
                     link.ready.set()
@@ -158,6 +159,7 @@ class _ControlService(pb_grpc.ControlServicer):
             if link.broken is not None:
                 log.warning("worker %d (%s): %s", link.worker_id, link.peer, link.broken)
             link._end()
+            self.owner.wake()
 
     def _write(self, link: WorkerLink, context: Any) -> Iterator[pb.ControlFrame]:
         interval = self.owner.heartbeat_interval
@@ -214,6 +216,9 @@ class ControlServer:
         self.auth = auth
         self.heartbeat_timeout = heartbeat_timeout
         self.heartbeat_interval = heartbeat_interval
+        #: Called (from gRPC threads) when a worker's message arrives or its link ends: the
+        #: coordinator's loop sets it to wake itself from its idle wait.
+        self.wake: Callable[[], None] = _nothing
         #: Refusals of clients that presented another job, token or version.
         self.rejections = Rejections()
         self._admin = admin
@@ -338,6 +343,10 @@ def serve_admin(server: ControlServer, handler: AdminHandler) -> None:
 
 
 # ================================ worker side ================================================
+def _nothing() -> None:
+    pass
+
+
 class ControlClient:
     """A worker's end of its control stream to the coordinator (an ``Endpoint``).
 
@@ -367,6 +376,9 @@ class ControlClient:
         self._closing = False
         self._heartbeats = True
         self._last_heard = time.monotonic()
+        #: Called (from the reader thread) when a message arrives or the link ends: the worker
+        #: loop sets it to wake itself from an idle sleep.
+        self.wake: Callable[[], None] = _nothing
         self._channel = make_channel(address, auth, tls)
         self._stub = pb_grpc.ControlStub(self._channel)
         self.worker_id: int = self._open(worker_id, hello, connect_timeout)
@@ -471,6 +483,7 @@ class ControlClient:
                 self._last_heard = time.monotonic()
                 if frame.payload:
                     inbox.append(pickle.loads(frame.payload))
+                    self.wake()
             if not self._closing:
                 self._error = f"coordinator at {self.address} ended the control stream"
         except grpc.RpcError as e:
@@ -480,6 +493,7 @@ class ControlClient:
             self._error = f"bad message from coordinator at {self.address}: {e!r}"
         if self._error is not None and not self._closing:
             log.warning("%s", self._error)
+        self.wake()  # the worker loop sees the link closed
 
     def _stop_heartbeats(self) -> None:
         """Testing aid: keep the stream open but stop sending heartbeats."""

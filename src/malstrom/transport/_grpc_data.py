@@ -32,7 +32,7 @@ import pickle
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -301,6 +301,10 @@ class _DataPlane(pb_grpc.DataPlaneServicer):
         return pb.Ack(frames=n)
 
 
+def _nothing() -> None:
+    pass
+
+
 class GrpcExchange:
     """One worker's side of every worker-to-worker pipe, over gRPC (see module docs).
 
@@ -357,6 +361,9 @@ class GrpcExchange:
         self._closed = False
         #: The job attempt this worker runs (None until told): streams must carry it.
         self.attempt: int | None = None
+        #: Called (from gRPC threads) when a frame arrives: the worker loop sets it to wake
+        #: itself from an idle sleep.
+        self.wake: Callable[[], None] = _nothing
         self._server, self.address = make_server(auth, tls, listen, rejections=self.rejections)
         pb_grpc.add_DataPlaneServicer_to_server(_DataPlane(self), self._server)
         self._server.start()
@@ -653,6 +660,7 @@ class GrpcExchange:
         if credits:
             self._on_credits(peer, credits)
             if not payload:
+                self.wake()  # credit may release a saturated pipe
                 return
         if frame.more:
             state.partial.append(payload)
@@ -667,3 +675,4 @@ class GrpcExchange:
         frames.append((frame.seq, payload, state))
         # Never wait here: what a peer may send is bounded by the credit we granted per pipe.
         state.received += len(payload)
+        self.wake()
