@@ -4,6 +4,7 @@
     .venv/bin/python bench/core.py            # full: 5 rounds, full-size inputs
     .venv/bin/python bench/core.py --quick    # 3 rounds, inputs 1/5 the size
     .venv/bin/python bench/core.py --profile b --profile c   # cProfile one framework run each
+    .venv/bin/python bench/core.py --metrics-overhead        # metrics on vs off (target >= 0.95)
 
 Three pipelines run on one worker, each against a plain loop calling the SAME user functions:
 
@@ -159,9 +160,13 @@ def gen_events(n: int, n_keys: int = N_KEYS) -> list[tuple[str, int]]:
 # ----------------------------------------------------------------------------------------------
 # The pipelines: framework and loop versions. Each returns (seconds, result-for-checking).
 # ----------------------------------------------------------------------------------------------
+METRICS = {"on": True}
+"""Per-operator metrics in the framework runs (on by default, as in the runtimes)."""
+
+
 def _execute(build: Any) -> float:
     t0 = time.perf_counter()
-    SingleThreadRuntime(build).execute()
+    SingleThreadRuntime(build, metrics=METRICS["on"]).execute()
     return time.perf_counter() - t0
 
 
@@ -294,6 +299,49 @@ def bench_pipeline(key: str, data: list[Any], rounds: int) -> dict[str, Any]:
         "ratios": ratios,
         "result": r_fw,
     }
+
+
+def bench_metrics(key: str, data: list[Any], rounds: int) -> dict[str, Any]:
+    """Framework throughput with per-operator metrics on vs off (alternating runs)."""
+    label, fw, _ = PIPELINES[key]
+    on_rates, off_rates, ratios, cpu_ratios = [], [], [], []
+    try:
+        for _ in range(rounds):
+            times, cpu = {}, {}
+            for on in (False, True):
+                METRICS["on"] = on
+                gc.collect()
+                c0 = time.process_time()
+                times[on] = fw(data)[0]
+                cpu[on] = time.process_time() - c0
+            off_rates.append(len(data) / times[False])
+            on_rates.append(len(data) / times[True])
+            ratios.append(times[False] / times[True])
+            cpu_ratios.append(cpu[False] / cpu[True])
+    finally:
+        METRICS["on"] = True
+    return {
+        "label": label,
+        "on": statistics.median(on_rates),
+        "off": statistics.median(off_rates),
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+        "cpu_ratio": statistics.median(cpu_ratios),
+    }
+
+
+def print_metrics_table(rows: list[dict[str, Any]], rounds: int) -> None:
+    print(f"\nMetrics overhead, SingleThreadRuntime, median of {rounds} rounds (target >= 0.95)")
+    print("on/off: throughput ratio (wall time); cpu: the same from process CPU time, which")
+    print("other processes on a shared machine disturb less")
+    print(f"{'pipeline':<44} {'off rec/s':>12} {'on rec/s':>12} {'on/off':>7} {'cpu':>6}")
+    for r in rows:
+        verdict = "ok" if r["ratio"] >= 0.95 else "BELOW TARGET"
+        print(
+            f"{r['label']:<44} {fmt_rate(r['off']):>12} {fmt_rate(r['on']):>12} "
+            f"{r['ratio']:>7.3f} {r['cpu_ratio']:>6.3f} {verdict}  "
+            f"rounds: {', '.join(f'{x:.3f}' for x in r['ratios'])}"
+        )
 
 
 def fmt_rate(r: float) -> str:
@@ -456,6 +504,11 @@ def main() -> None:
         help="profile one framework run of these pipelines instead of benchmarking",
     )
     ap.add_argument("--profiler", choices=["cprofile", "pyinstrument"], default="cprofile")
+    ap.add_argument(
+        "--metrics-overhead",
+        action="store_true",
+        help="compare framework runs with per-operator metrics on and off (no loops, no memory)",
+    )
     ap.add_argument("--mem-child", help=argparse.SUPPRESS)
     ap.add_argument("--mem-keys", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -471,6 +524,14 @@ def main() -> None:
 
     if args.profile:
         profile(args.profile, sizes, args.profiler)
+        return
+
+    if args.metrics_overhead:
+        gens = {"a": gen_ints, "b": gen_words, "c": gen_events}
+        print(f"malstrom metrics overhead: python {sys.version.split()[0]}, {rounds} rounds")
+        keys = [k for k in (args.only or ["a", "b", "c"]) if k != "mem"]
+        rows = [bench_metrics(k, gens[k](sizes[k]), rounds) for k in keys]
+        print_metrics_table(rows, rounds)
         return
 
     parts = args.only or ["a", "b", "c", "mem"]

@@ -6,11 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
 # Debian packages the tests need: iproute2 (the multi-host tests build network namespaces,
-# as root) and the PostgreSQL server (the PostgresSink tests start a throw-away server).
+# as root), the PostgreSQL server (the PostgresSink tests start a throw-away server) and
+# chromium (the dashboard test).
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null \
   || need+=(postgresql)
+# Chromium: the dashboard test opens the page in a real (headless) browser.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "== apt-get install ${need[*]}"
   log=$(mktemp)

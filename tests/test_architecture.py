@@ -35,8 +35,9 @@ LAYERS: dict[str, int] = {
     "malstrom.connectors": 3,
     # 4: the fluent API that builds a graph from operators
     "malstrom.stream": 4,
-    # 5: the coordinator (job-level protocols)
+    # 5: the coordinator (job-level protocols) and observation (counters, metrics, dashboard)
     "malstrom.coordinator": 5,
+    "malstrom.observe": 5,
     # 6: workers, runtimes, the supervisor
     "malstrom.runtime": 6,
     # 7: entry points and tools on top of everything

@@ -126,8 +126,9 @@ class Cluster:
         )
 
     def admin(self, command: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+        json_out = ["--json"] if command == "status" else []
         return subprocess.run(
-            [*MALSTROM, command, "--coordinator", self.addr],
+            [*MALSTROM, command, *json_out, "--coordinator", self.addr],
             env=kw.get("env", self.env),
             capture_output=True,
             text=True,

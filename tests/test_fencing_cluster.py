@@ -70,7 +70,7 @@ class Job:
 
     def status(self) -> dict[str, Any] | None:
         r = subprocess.run(
-            [*MALSTROM, "status", "--coordinator", self.addr],
+            [*MALSTROM, "status", "--json", "--coordinator", self.addr],
             env=self.env,
             capture_output=True,
             text=True,

@@ -89,7 +89,14 @@ def test_extras_and_all() -> None:
 
 def test_the_core_needs_only_its_own_dependencies() -> None:
     names = {requirement_name(r) for r in PROJECT["dependencies"]}
-    assert names == {"msgpack", "xxhash", "grpcio", "grpcio-health-checking", "protobuf"}
+    assert names == {
+        "msgpack",
+        "xxhash",
+        "grpcio",
+        "grpcio-health-checking",
+        "protobuf",
+        "prometheus-client",  # /metrics of the coordinator
+    }
     # Importing the library, its runtimes and its command loads no optional package.
     code = (
         "import sys, malstrom, malstrom.cli, malstrom.runtime._multi, malstrom.snapshot, "

@@ -32,6 +32,7 @@ PUBLIC_MODULES = [
     "malstrom.connectors.kafka",
     "malstrom.connectors.postgres",
     "malstrom.k8s",
+    "malstrom.observe",
 ]
 
 SRC = Path(malstrom.__file__).parent

@@ -4,7 +4,11 @@
         [--source-turn-budget S]
     malstrom coordinator APP -w N --listen HOST:PORT [--persistence URL] [...]
     malstrom worker APP --coordinator HOST:PORT [--listen HOST] [--advertise HOST] [...]
-    malstrom rescale N | snapshot | stop | status --coordinator HOST:PORT
+    malstrom rescale N | snapshot | stop | status [--json] --coordinator HOST:PORT
+
+``--http HOST:PORT`` (run, coordinator) serves ``/metrics``, ``/healthz`` and a live dashboard.
+Every option also reads ``MALSTROM_<OPTION>`` from the environment (``--snapshot-interval``:
+``MALSTROM_SNAPSHOT_INTERVAL``); the command line wins.
 
 ``APP`` is ``path/to/file.py:build`` or ``package.module:build``. Cluster processes share a job
 id and token (``--job``/``--token``/``--token-file`` or ``MALSTROM_JOB``/``MALSTROM_TOKEN``/
@@ -24,6 +28,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
+
+from malstrom import __version__
+from malstrom.observe._cli import add_http, add_log_format, apply_env_defaults, print_status
+from malstrom.observe._logs import setup_logging
 
 __all__ = ["main"]
 
@@ -116,6 +124,7 @@ def _add_job(p: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds of silence after which a worker counts as hung",
     )
+    add_http(p)
     p.add_argument(
         "--stop-timeout",
         type=_seconds,
@@ -149,9 +158,11 @@ def _add_budget(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    add_log_format(common)
     ap = argparse.ArgumentParser(
         prog="malstrom", description=__doc__.splitlines()[0], parents=[common]
     )
+    ap.add_argument("--version", action="version", version=f"malstrom {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -159,6 +170,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_job(p)
     _add_budget(p)
+    p.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="where the job answers status/snapshot/rescale/stop (default: any free port on "
+        "127.0.0.1; printed at start with the job id)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        metavar="S",
+        help="seconds between progress reports (default: 0.5 on a terminal, where one line "
+        "is rewritten in place; 10 otherwise, as log lines)",
+    )
 
     p = sub.add_parser(
         "coordinator", parents=[common], help="run a job's coordinator for a cluster"
@@ -218,16 +242,25 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("workers", type=int, help="the new number of workers (>= 1)")
         p.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
         p.add_argument("--timeout", type=float, default=300.0 if name == "rescale" else 120.0)
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="the status as JSON (scripts)")
+            p.add_argument(
+                "--watch",
+                type=float,
+                metavar="S",
+                help="redraw the status every S seconds until Ctrl-C or the job ends (like top)",
+            )
         _add_auth(p, True)
+    apply_env_defaults(ap)
     return ap
 
 
 def _run(args: argparse.Namespace) -> int:
-    from malstrom.runtime._multi import JobFailed, MultiProcessRuntime
+    from malstrom.runtime._multi import JobFailed, MultiProcessRuntime, run_to_end
     from malstrom.snapshot._url import persistence_from_url
 
-    # Loads APP and builds its graph once: a bad APP or a wiring error fails here, before
-    # any worker process starts (and is never retried).
+    # Loads APP and builds its graph once: a bad APP, a wiring error or a build() that
+    # raises fails here, before any worker process starts (and is never retried).
     rt = MultiProcessRuntime(
         args.app,
         parallelism=args.workers,
@@ -238,9 +271,26 @@ def _run(args: argparse.Namespace) -> int:
         log_level=logging.INFO if args.verbose else logging.WARNING,
         fresh_start=args.fresh_start,
         source_turn_budget=args.source_turn_budget,
+        http=args.http,
+        admin=args.admin,
+        job=os.environ.get("MALSTROM_JOB"),
+        token=os.environ.get("MALSTROM_TOKEN"),
     )
     try:
-        rt.execute(stop_timeout=args.stop_timeout)
+        handle = rt.start()
+        _announce(handle, rt, token_given="MALSTROM_TOKEN" in os.environ)
+        from malstrom.observe._progress import start_progress
+
+        state = handle.state
+        if handle.state() is not None:
+            start_progress(
+                lambda: state() or {},
+                handle._sup.done,
+                sys.stderr,
+                tty=sys.stderr.isatty(),
+                interval=args.progress_interval,
+            )
+        run_to_end(handle, args.stop_timeout)
     except JobFailed as e:
         print(f"malstrom: {e}", file=sys.stderr)
         return 1
@@ -248,6 +298,17 @@ def _run(args: argparse.Namespace) -> int:
         print("malstrom: stopped (resumable from the last snapshot)", file=sys.stderr)
         return 130
     return 0
+
+
+def _announce(handle: Any, rt: Any, token_given: bool) -> None:
+    """Print where the job answers admin calls (the HTTP endpoint logs its own address)."""
+    token = "$MALSTROM_TOKEN" if token_given else rt.token
+    print(
+        f"malstrom: job {handle.job} admin at {handle.address} (malstrom status --coordinator "
+        f"{handle.address} --job {handle.job} --token {token})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _coordinator(args: argparse.Namespace) -> int:
@@ -273,6 +334,8 @@ def _coordinator(args: argparse.Namespace) -> int:
             connect_timeout=args.connect_timeout,
             pinned=graph.pinned(),
             fresh_start=args.fresh_start,
+            http=args.http,
+            graph=graph,
         ),
         ClusterLauncher(),
     )
@@ -357,6 +420,10 @@ def _admin(args: argparse.Namespace) -> int:
     from malstrom.transport._grpc_control import AdminClient
 
     auth, tls = _auth(args)
+    if args.command == "status" and args.watch:
+        from malstrom.observe._cli import watch_status
+
+        return watch_status(AdminClient(args.coordinator, auth, tls), args.watch, args.timeout)
     client = AdminClient(args.coordinator, auth, tls)
     try:
         body: dict[str, Any] = {"timeout": args.timeout}
@@ -373,6 +440,9 @@ def _admin(args: argparse.Namespace) -> int:
         return 1
     finally:
         client.close()
+    if args.command == "status":
+        print_status(reply, args.json)
+        return 0
     print(json.dumps(json.loads(reply), indent=2, sort_keys=True))
     return 0
 
@@ -389,13 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # gRPC's C core prints connection chatter on stderr unless told otherwise.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    setup_logging(
+        logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        args.log_format,
     )
     handlers = {
         "run": _run,

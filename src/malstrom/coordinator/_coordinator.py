@@ -55,6 +55,7 @@ __all__ = ["Coordinator", "JobPhase", "Operation", "OperationRefused", "complete
 
 log = logging.getLogger("malstrom.coordinator")
 
+
 def completed_version(persistence: Persistence, after: int | None = None) -> int | None:
     """The snapshot version at which the job completed, if its last snapshot says so.
 
@@ -93,6 +94,7 @@ class Coordinator:
         pinned: list[str] | None = None,
         attempt: int | None = None,
         restore_after: int | None = None,
+        observer: Any = None,
     ) -> None:
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
@@ -132,6 +134,8 @@ class Coordinator:
         self.pinned = list(pinned or [])
         """Operators keeping keyed state in place: the job cannot lose workers."""
         self.config_version = 0
+        #: Gets worker metrics and job events (malstrom.observe.JobObserver); None: no metrics.
+        self.observer = observer
 
     @property
     def phase(self) -> JobPhase:
@@ -180,6 +184,7 @@ class Coordinator:
             self._shipped_persistence(),
             attempt=self.attempt,
             storage_timeout=self.storage_timeout,
+            metrics=self.observer is not None,
         )
 
     def _shipped_persistence(self) -> Persistence | None:
@@ -338,6 +343,7 @@ class Coordinator:
             return
         self._state = JobPhase.FAILED
         self.error = reason
+        self._observe("failed", reason=reason)
         err = RuntimeError(reason)
         pending = [
             *self._ops,
@@ -369,10 +375,19 @@ class Coordinator:
         )
         return False
 
+    def _observe(self, event: str, **data: Any) -> None:
+        """Tell the observer (metrics, dashboard) about a job event."""
+        if self.observer is not None:
+            self.observer.event(event, **data)
+
     def _handle(self, msg: object) -> None:
         rescale = self._rescale
         match msg:
-            case Heartbeat() | Hello():
+            case Heartbeat():
+                if self.observer is not None and msg.metrics is not None:
+                    self.observer.report(msg.worker, self.attempt, msg.metrics)
+                return
+            case Hello():
                 return
             case BuildComplete() if rescale is not None and msg.worker in rescale.joining:
                 rescale.built.add(msg.worker)
@@ -424,6 +439,7 @@ class Coordinator:
         rescale = PendingRescale(request, target, {w for w in target if w not in self.workers})
         self._rescale = rescale
         log.info("rescaling from %d to %d workers", len(self.workers), n)
+        self._observe("rescale_started", before=len(self.workers), workers=n)
         if not rescale.joining:
             self._reconfigure(rescale)
 
@@ -443,6 +459,7 @@ class Coordinator:
                 self.peers.pop(w, None)
         self._rescale = None
         log.info("rescaled to %d workers", len(self.workers))
+        self._observe("rescale_done", workers=len(self.workers))
         rescale.request.answer(len(self.workers))
 
     def _arm_timer(self) -> None:
@@ -454,6 +471,7 @@ class Coordinator:
         version = self._next_version
         self._next_version += 1
         self._snapshot = PendingSnapshot(version, phase, request)
+        self._observe("snapshot_started", version=version)
         self._broadcast(TakeSnapshot(version, stop=phase is JobPhase.STOPPING))
 
     def _commit(self, snapshot: PendingSnapshot) -> None:
@@ -468,6 +486,12 @@ class Coordinator:
             return
         self.last_committed = version
         self._snapshot = None
+        self._observe(
+            "snapshot_committed",
+            version=version,
+            size=sum(b.size for b in blobs.values()),
+            final=final,
+        )
         self._broadcast(SnapshotCommitted(version))
         if snapshot.stop:
             self._broadcast(Finish())

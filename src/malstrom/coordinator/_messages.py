@@ -69,6 +69,7 @@ class StartBuild:
     persistence: Any = None  # the job's backend, for workers started without one (cluster)
     attempt: int = 0  # the job attempt this worker now belongs to (fencing)
     storage_timeout: float | None = None  # bound on one snapshot store call (None: none)
+    metrics: bool = False  # count per operator and report with each heartbeat
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class Heartbeat:
 
     worker: int
     attempt: int | None = None
+    metrics: Any = None  # the worker's metrics report (malstrom.observe), when asked for
 
 
 @dataclass(frozen=True)

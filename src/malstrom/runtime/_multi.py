@@ -64,6 +64,38 @@ class _StoppedBeforeStart(Exception):
 STOP_GRACE = 50.0
 
 
+NO_MAIN_GUARD_EXIT = 87
+"""Exit code of a worker process whose import of the job's main module started a job."""
+
+_NO_MAIN_GUARD = (
+    "the job's main module starts the job when imported: worker processes import it again "
+    "(multiprocessing 'spawn') and would start jobs of their own. Put the runtime call under "
+    '`if __name__ == "__main__":`'
+)
+
+
+def _refuse_in_worker_bootstrap() -> None:
+    """In a worker process still importing the job's main module (no ``__main__`` guard),
+    leave at once with :data:`NO_MAIN_GUARD_EXIT`: the supervisor names the cause once
+    instead of restarting the job over N worker tracebacks."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        os._exit(NO_MAIN_GUARD_EXIT)
+
+
+def _build_once(build: Callable[[Any], None] | str) -> Any:
+    """The job's graph, built in this process; the user's error says it came from build."""
+    from malstrom.errors import BuildError
+
+    fn = load_app(build) if isinstance(build, str) else build
+    try:
+        return build_graph(fn)
+    except BuildError:
+        raise
+    except Exception as e:
+        name = getattr(fn, "__qualname__", repr(fn))
+        raise BuildError(f"the job's build function {name} raised {type(e).__name__}: {e}") from e
+
+
 class JobHandle:
     """Controls a job started with :meth:`MultiProcessRuntime.start`."""
 
@@ -103,6 +135,27 @@ class JobHandle:
         self._sup.done.wait()
 
     @property
+    def address(self) -> str:
+        """Where the coordinator listens for workers and admin calls (HOST:PORT)."""
+        return str(self._sup.address)
+
+    @property
+    def job(self) -> str:
+        """The job id (admin calls give it with the token)."""
+        return str(self._sup.settings.auth.job_id)
+
+    def state(self) -> dict[str, Any] | None:
+        """Metrics, snapshot history and events of the job (None with ``metrics=False``)."""
+        obs = self._sup.observer
+        return obs.state() if obs is not None else None
+
+    @property
+    def http_url(self) -> str | None:
+        """Where the dashboard and ``/metrics`` are served (None without ``http``)."""
+        obs = self._sup.observation
+        return obs.url if obs is not None else None
+
+    @property
     def running(self) -> bool:
         """True until the job has finished, stopped, failed or been killed."""
         return not self._sup.done.is_set()
@@ -121,6 +174,12 @@ class MultiProcessRuntime:
     ``source_turn_budget`` (seconds, default 5 ms) bounds how long each worker's sources read
     in one loop turn, all parts together: records, barriers, rescales and stops move at least
     that often even if a source's ``poll()`` blocks.
+
+    ``http="HOST:PORT"`` serves ``/metrics``, ``/healthz`` and a live dashboard (port 0: any
+    free port; :attr:`JobHandle.http_url` tells which); its actions take ``token``.
+    ``metrics=False`` turns the per-operator counters off. ``admin="HOST:PORT"`` is where the
+    coordinator listens for workers and admin calls (``malstrom status`` etc.; default: any
+    free port on ``host``), ``job`` the job id they give (default: a random one).
     """
 
     def __init__(
@@ -138,6 +197,10 @@ class MultiProcessRuntime:
         log_level: int = logging.WARNING,
         fresh_start: bool = False,
         source_turn_budget: float = SOURCE_TURN_BUDGET,
+        http: str | None = None,
+        metrics: bool = True,
+        admin: str | None = None,
+        job: str | None = None,
     ) -> None:
         if not isinstance(parallelism, int) or parallelism < 1:
             raise ValueError(f"parallelism must be an int >= 1, got {parallelism!r}")
@@ -147,12 +210,13 @@ class MultiProcessRuntime:
                 "InMemoryPersistence lives in one process; worker processes cannot share it. "
                 "Use LocalDiskPersistence(path) (or NoPersistence) with MultiProcessRuntime"
             )
+        _refuse_in_worker_bootstrap()
         if not isinstance(build, str):
             check_importable(build)
-        # Build once here: a wiring mistake is a BuildError now, not N failed restarts.
-        self._pinned: list[str] = build_graph(
-            load_app(build) if isinstance(build, str) else build
-        ).pinned()
+        # Build once here: a wiring mistake or a build() that raises is one clear error now,
+        # not N failed workers and restarts.
+        self._graph = _build_once(build)
+        self._pinned: list[str] = self._graph.pinned()
         if snapshot_interval is not None and snapshot_interval <= 0:
             raise ValueError(f"snapshot_interval must be > 0 seconds, got {snapshot_interval!r}")
         if not isinstance(max_restarts, int) or max_restarts < 0:
@@ -169,6 +233,14 @@ class MultiProcessRuntime:
         self.log_level = log_level
         self.fresh_start = fresh_start
         self.source_turn_budget = check_budget(source_turn_budget)
+        if http is not None:
+            from malstrom.observe._http import parse_address
+
+            parse_address(http)  # a malformed address fails here, not when the job starts
+        self.http = http
+        self.metrics = metrics or http is not None
+        self.admin = admin
+        self.job = job
 
     def start(self) -> JobHandle:
         """Start the job in the background and return its handle."""
@@ -180,11 +252,14 @@ class MultiProcessRuntime:
             snapshot_interval=self.snapshot_interval,
             max_restarts=self.max_restarts,
             heartbeat_timeout=self.heartbeat_timeout,
-            auth=JobAuth(job_id=f"local-{secrets.token_hex(4)}", token=self.token),
+            auth=JobAuth(job_id=self.job or f"local-{secrets.token_hex(4)}", token=self.token),
             tls=self.tls,
-            listen=f"{self.host}:0",
+            listen=self.admin or f"{self.host}:0",
             pinned=self._pinned,
             fresh_start=self.fresh_start,
+            http=self.http,
+            metrics=self.metrics,
+            graph=self._graph,
         )
         sup = Supervisor(settings, _LocalLauncher(self))
         sup.start()
@@ -197,23 +272,28 @@ class MultiProcessRuntime:
         and then returns normally; if that takes longer than ``stop_timeout`` seconds, or a
         second SIGTERM arrives, the job is killed (resumable from its last snapshot).
         """
-        handle = self.start()
-        restore = _stop_on_sigterm(handle._sup, stop_timeout)
+        run_to_end(self.start(), stop_timeout)
+
+
+def run_to_end(handle: JobHandle, stop_timeout: float = STOP_GRACE) -> None:
+    """Wait for ``handle``'s job to end, with :meth:`MultiProcessRuntime.execute`'s signal
+    handling: Ctrl-C or SIGTERM stop it with a final snapshot, a second one kills it."""
+    restore = _stop_on_sigterm(handle._sup, stop_timeout)
+    try:
+        handle.wait()
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopping with a final snapshot (Ctrl-C again to kill)")
         try:
-            handle.wait()
+            handle.stop(timeout=stop_timeout)
         except KeyboardInterrupt:
-            log.warning("interrupted: stopping with a final snapshot (Ctrl-C again to kill)")
-            try:
-                handle.stop(timeout=stop_timeout)
-            except KeyboardInterrupt:
-                handle.kill()
-                raise
-            except Exception:
-                handle.kill()
-                raise
+            handle.kill()
             raise
-        finally:
-            restore()
+        except Exception:
+            handle.kill()
+            raise
+        raise
+    finally:
+        restore()
 
 
 def request_stop(sup: Supervisor, grace: float) -> None:
@@ -278,6 +358,9 @@ class JobSettings:
     connect_timeout: float = 120.0
     pinned: list[str] = field(default_factory=list)  # operators whose keyed state cannot move
     fresh_start: bool = False  # ignore the snapshots that exist when the job starts
+    http: str | None = None  # HOST:PORT for /metrics, /healthz and the dashboard
+    metrics: bool = True  # workers count per operator and report with their heartbeats
+    graph: Any = None  # the built graph (for the dashboard's job graph)
 
 
 class _LocalLauncher:
@@ -324,6 +407,8 @@ class _LocalLauncher:
                 p.join()
                 del self.procs[i]  # removed by a rescale, exited cleanly
                 continue
+            if code == NO_MAIN_GUARD_EXIT:
+                raise JobFailed(_NO_MAIN_GUARD)
             how = signal.Signals(-code).name if code < 0 else f"exit code {code}"
             raise _AttemptFailed(f"worker {i} died ({how})")
 
@@ -389,6 +474,7 @@ class Supervisor(threading.Thread):
         # Rescales whose attempt failed midway: the restart runs at the new size, and they
         # complete when it runs.
         self._deferred: list[Future[Any]] = []
+        self._last_build_failure: str | None = None  # the same one twice: no more restarts
         # Snapshots up to this version are not restored from (a fresh start ignores them).
         self._restore_after: int | None = None
         self._lock = threading.Lock()
@@ -402,6 +488,29 @@ class Supervisor(threading.Thread):
             admin=self._admin,
         )
         self.address = self.server.address
+        self.observation = self._observe()
+
+    def _observe(self) -> Any:
+        """Metrics and the HTTP endpoint, when asked for (see ``malstrom.observe``)."""
+        if not self.settings.metrics and not self.settings.http:
+            return None
+        from malstrom.observe._job import observe
+
+        def act(kind: str, arg: Any) -> Any:
+            return self.request(kind, arg).result(300 if kind == "rescale" else 120)
+
+        return observe(
+            self.settings.auth.job_id,
+            self.settings.graph,
+            http=self.settings.http,
+            token=self.settings.auth.token,
+            act=act,
+            status=self.status,
+        )
+
+    @property
+    def observer(self) -> Any:
+        return self.observation.observer if self.observation is not None else None
 
     # ----- API used by handles and the admin service (any thread) ------------------------------
     def request(self, op: Operation | str, arg: Any = None) -> Future[Any]:
@@ -438,7 +547,13 @@ class Supervisor(threading.Thread):
             raise ValueError(f"unknown admin command {command!r}") from None
         match op:
             case Operation.STATUS:
-                return json.dumps(self.status()).encode()
+                out = self.status()
+                if self.observer is not None:
+                    metrics = self.observer.state()
+                    for bulky in ("series", "graph", "status"):
+                        metrics.pop(bulky, None)
+                    out["metrics"] = metrics
+                return json.dumps(out, default=str).encode()
             case Operation.SNAPSHOT | Operation.STOP:
                 timeout = float(json.loads(payload or b"{}").get("timeout", 120))
                 result = self.request(op).result(timeout)
@@ -458,6 +573,8 @@ class Supervisor(threading.Thread):
             # while the server can still send the answers.
             self._fail_requests(OperationRefused(f"the job is {self.phase}"))
             self.server.close(grace=1.0)
+            if self.observation is not None:
+                self.observation.close()
             self.done.set()
 
     def _run(self) -> None:
@@ -475,7 +592,7 @@ class Supervisor(threading.Thread):
             except _StoppedBeforeStart:
                 self._stopped_before_start()
                 return
-            except (SnapshotCorruptError, SnapshotFormatError) as e:
+            except (SnapshotCorruptError, SnapshotFormatError, JobFailed) as e:
                 # Every snapshot damaged, or one in a foreign format: restarting cannot help.
                 self.failure = str(e)
                 self.phase = "failed"
@@ -486,7 +603,15 @@ class Supervisor(threading.Thread):
                 if self.killed.is_set():
                     self.phase = "killed"
                     return
+                if self._same_build_failure(str(e)):
+                    self.failure = f"the job fails the same way every start, building: {e}"
+                    self.phase = "failed"
+                    self._fail_requests(JobFailed(self.failure))
+                    log.error("%s", self.failure)
+                    return
                 self.restarts += 1
+                if self.observer is not None:
+                    self.observer.event("restart", number=self.restarts, reason=str(e))
                 if self.restarts > settings.max_restarts:
                     self.failure = (
                         f"job failed after {settings.max_restarts} restarts; last cause: {e}"
@@ -548,6 +673,19 @@ class Supervisor(threading.Thread):
             else:
                 fut.set_exception(OperationRefused(f"cannot {op.value}: the job stopped"))
 
+    def _same_build_failure(self, cause: str) -> bool:
+        """Whether ``cause`` is a failure to build the graph, the same as the last attempt's
+        (which worker reports it first does not matter)."""
+        import re
+
+        if "building failed" not in cause:
+            self._last_build_failure = None
+            return False
+        key = re.sub(r"worker \d+", "worker", cause)
+        same = key == self._last_build_failure
+        self._last_build_failure = key
+        return same
+
     def _fail_requests(self, err: BaseException) -> None:
         deferred, self._deferred = self._deferred, []
         for fut in deferred:
@@ -595,6 +733,7 @@ class Supervisor(threading.Thread):
                 peers=peers,
                 pinned=settings.pinned,
                 restore_after=self._restore_after,
+                observer=self.observer,
             )
             with self._lock:
                 self._coord = coord

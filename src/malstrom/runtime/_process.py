@@ -124,7 +124,9 @@ def worker_process_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    logging.basicConfig(level=log_level, format=f"[worker {worker_id}] %(levelname)s %(message)s")
+    from malstrom.observe._logs import setup_logging
+
+    setup_logging(log_level, job=getattr(auth, "job_id", None), worker=worker_id)
     exchange = GrpcExchange(worker_id, auth, tls, listen=f"{host}:0")
     control = connect_control(
         coordinator, worker_id, Hello(worker_id, exchange.address, os.getpid()), auth, tls

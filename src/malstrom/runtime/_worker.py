@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Set as AbstractSet
 from time import monotonic
+from typing import Any
 
 from malstrom.coordinator._messages import (
     Abort,
@@ -116,6 +117,7 @@ class Worker:
         self.attempt: int | None = None
         self._discarded = False
         self._link_can_close = hasattr(endpoint, "closed")  # network links; in-process never
+        self.metrics: Any = None  # malstrom.observe counters, when StartBuild asks for them
 
     # ----- fencing -------------------------------------------------------------------------
     def fence(self) -> None:
@@ -140,7 +142,8 @@ class Worker:
                 pass
 
     def _heartbeat(self) -> None:
-        self.endpoint.send(Heartbeat(self.worker_id, self.attempt))
+        report = self.metrics.report() if self.metrics is not None else None
+        self.endpoint.send(Heartbeat(self.worker_id, self.attempt, report))
 
     # ----- build -------------------------------------------------------------------------
     def _build(self, msg: StartBuild) -> None:
@@ -189,6 +192,10 @@ class Worker:
         self._roots = [op for op in self.ops if op.is_source]
         self._scheduled = [op for op in self.ops if op.wants_schedule]
         self._gate = IntakeGate(self.ops)
+        if msg.metrics:
+            from malstrom.observe._collect import instrument
+
+            self.metrics = instrument(self.worker_id, self.ops, exchange)
         self.phase = WorkerPhase.BUILT
         self.endpoint.send(BuildComplete(self.worker_id, self.attempt))
 
@@ -238,6 +245,8 @@ class Worker:
             worked = True
         if not self._drained_sent and all(op.ended for op in self.ops):
             self._drained_sent = True
+            if self.metrics is not None:
+                self._heartbeat()  # the final counts reach the coordinator before it ends
             self.endpoint.send(Drained(self.worker_id, self.attempt))
         return worked
 

@@ -91,5 +91,14 @@ class IterSource(StatefulSource):
         it = iter(src() if callable(src) and not isinstance(src, Iterable) else src)
         return _IterPartition(it, int(state) if state is not None else 0)  # type: ignore[call-overload]
 
+    def size(self) -> int | None:
+        """How many items the source emits in all, when the iterable knows (``len``): the
+        progress of ``malstrom run`` shows the percentage done."""
+        src = self._iterable
+        try:
+            return len(src)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+
     def __repr__(self) -> str:
         return "IterSource(...)"
