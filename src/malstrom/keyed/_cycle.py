@@ -8,45 +8,21 @@ their last transfer). See :mod:`malstrom.keyed.distributor` for the protocol.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
-from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
 from malstrom.engine.epochs import merge_epochs
 from malstrom.engine.messages import IDLE, Handover, Interrogate, Token
 from malstrom.errors import OperatorError
-from malstrom.keyed.partitioners import group_table, key_group, rendezvous_select
-from malstrom.types import Partitioner
+from malstrom.keyed._placement import KeyPlacement
 
-__all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "place", "split_transfers"]
+__all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "split_transfers"]
 
 TRANSFER_KEYS = 1000
 """Keys per transfer message: large state moves in many bounded frames, not one huge one."""
 COLLECT_KEYS = 1024
 """Keys collected per worker loop turn: the worker's other keys keep flowing meanwhile."""
-
-
-def place(
-    partitioner: Partitioner,
-    key: Any,
-    workers: Sequence[int],
-    operator: str,
-    by_group: Sequence[int] | None = None,
-) -> int:
-    """``partitioner(key, workers)`` (a table lookup when ``by_group`` holds the default
-    partitioner's owner per key group), with errors that name the operator and the key."""
-    try:
-        w = by_group[key_group(key)] if by_group is not None else partitioner(key, workers)
-    except Exception as e:
-        raise OperatorError(operator, f"partitioner failed for key {short_repr(key)}: {e}") from e
-    if w not in workers:
-        raise OperatorError(
-            operator,
-            f"partitioner returned worker {w!r} for key {short_repr(key)}, "
-            f"which is not one of the workers {list(workers)}",
-        )
-    return w
 
 
 class RescaleMarker:
@@ -90,31 +66,20 @@ class Transfer:
 class Cycle:
     """A distributor's progress through one rescale."""
 
-    def __init__(
-        self,
-        version: int,
-        old: tuple[int, ...],
-        new: tuple[int, ...],
-        me: int,
-        partitioner: Partitioner,
-        operator: str,
-    ) -> None:
+    def __init__(self, version: int, old: KeyPlacement, new: tuple[int, ...]) -> None:
         if not new:
-            raise OperatorError(operator, "cannot rescale to zero workers")
+            raise OperatorError(old.operator, "cannot rescale to zero workers")
+        me = old.me
         self.version = version
-        self.old = tuple(old)
-        self.new = tuple(new)
+        self.old_placement = old  # the distributor's own: its cache serves the cycle too
+        self.new_placement = KeyPlacement(old.partitioner, new, me, old.operator)
+        self.old = old.workers
+        self.new = self.new_placement.workers
         self.me = me
-        self.peers = tuple(sorted((set(old) | set(new)) - {me}))
-        self.partitioner = partitioner
-        self.operator = operator
-        self.cache: dict[Any, int] = {}
-        # The default partitioner places key groups: one table lookup per key instead of a
-        # rendezvous over every worker (collecting walks every key a worker holds).
-        default = partitioner is rendezvous_select
-        self._by_group = group_table(self.new) if default else None
-        self._old_by_group = group_table(self.old) if default and old else None
-        self.old_cache: dict[Any, int] = {}
+        self.peers = tuple(sorted((set(self.old) | set(self.new)) - {me}))
+        self.operator = old.operator
+        # The key's worker in the new configuration (bound once: warming calls it per key).
+        self.owner = self.new_placement.owner
         self.local = False
         self.my_frontier: Any = None
         self.marks: dict[int, Any] = {}
@@ -128,32 +93,6 @@ class Cycle:
         self.staying: set[Any] = set()  # held keys known to stay ours
         self.leaving: set[Any] = set()  # held keys known to leave
         self.leaving_to: dict[int, set[Any]] = {}  # the same, by new owner
-
-    def owner(self, key: Any) -> int:
-        """The key's worker in the new configuration."""
-        w = self.cache.get(key)
-        if w is None:
-            w = self.cache[key] = place(
-                self.partitioner, key, self.new, self.operator, self._by_group
-            )
-        return w
-
-    def owners(self, keys: Sequence[Any]) -> list[int]:
-        owner = self.owner
-        return [owner(k) for k in keys]
-
-    def old_owners(self, keys: Sequence[Any]) -> list[int]:
-        """The keys' workers in the old configuration."""
-        cache = self.old_cache
-        out = []
-        for k in keys:
-            w = cache.get(k)
-            if w is None:
-                w = cache[k] = place(
-                    self.partitioner, k, self.old, self.operator, self._old_by_group
-                )
-            out.append(w)
-        return out
 
     def moving(self, key: Any) -> bool:
         """Whether ``key``'s state leaves this worker."""

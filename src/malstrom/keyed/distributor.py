@@ -1,8 +1,9 @@
 """key_distribute: re-key records and move each to the worker that owns its key.
 
 Each worker runs one distributor per ``key_distribute``. Ownership is
-``partitioner(key, workers)``, looked up through a per-configuration cache, so the
-partitioner runs once per distinct key, not once per record. With a single worker every
+``partitioner(key, workers)``, looked up per batch through the worker set's
+:class:`~malstrom.keyed._placement.KeyPlacement` (a cache: the partitioner runs once per
+distinct key, not once per record). With a single worker every
 record is local and the operator only re-keys.
 
 Across workers (through the worker's ``exchange``, FIFO per (peer, operator)):
@@ -60,19 +61,12 @@ from malstrom.engine.messages import (
 from malstrom.engine.operator import Operator
 from malstrom.engine.user_code import map_values, user_error
 from malstrom.errors import BuildError, OperatorError
-from malstrom.keyed._cycle import (
-    Cycle,
-    RescaleMarker,
-    Transfer,
-    agreed_epoch,
-    place,
-    split_transfers,
-)
+from malstrom.keyed._cycle import Cycle, RescaleMarker, Transfer, agreed_epoch, split_transfers
+from malstrom.keyed._placement import KeyPlacement
 from malstrom.types import Partitioner
 
 __all__ = ["BARRIER_MARKER", "DistributorOp"]
 
-_CACHE_LIMIT = 500_000
 WARM_KEYS = 1024
 """Keys whose new owner a rescale works out per loop turn before collecting."""
 
@@ -113,20 +107,18 @@ class DistributorOp(Operator):
         super().__init__(name)
         self.key_fn = key_fn
         self.part_of = part_of
-        self.partitioner = partitioner
         self.me = ctx.worker_id
-        self.workers = tuple(ctx.worker_set)
-        self.remotes = [w for w in self.workers if w != self.me]
+        # Where keys live in the current configuration (a rescale's new one once it ended).
+        self.placement = KeyPlacement(partitioner, ctx.worker_set, self.me, name)
         self.exchange: Any = ctx.exchange
-        if self.remotes and self.exchange is None:
+        if self.placement.remotes and self.exchange is None:
             raise BuildError(
-                f"operator {name!r}: {len(self.workers)} workers but this runtime has no "
-                "worker-to-worker exchange"
+                f"operator {name!r}: {len(self.placement.workers)} workers but this runtime "
+                "has no worker-to-worker exchange"
             )
         self.wants_schedule = self.exchange is not None
-        self._cache: dict[Any, int] = {}
         self._local_frontier: Any = None
-        self._remote_frontier: dict[int, Any] = dict.fromkeys(self.remotes)
+        self._remote_frontier: dict[int, Any] = dict.fromkeys(self.placement.remotes)
         self._out_frontier: Any = None
         self._idle_out = False
         self._local_barrier: Barrier | None = None
@@ -135,24 +127,6 @@ class DistributorOp(Operator):
         self._done_version = -1
 
     # ----- routing -----------------------------------------------------------------------
-    def _owner(self, key: Any) -> int:
-        return place(self.partitioner, key, self.workers, self.name)
-
-    def _owners(self, keys: Sequence[Any]) -> list[int]:
-        cache = self._cache
-        try:
-            return list(map(cache.__getitem__, keys))
-        except KeyError:
-            pass
-        except TypeError as e:
-            raise OperatorError(self.name, f"keys must be hashable: {e}") from e
-        if len(cache) > _CACHE_LIMIT:
-            cache.clear()
-        for k in keys:
-            if k not in cache:
-                cache[k] = self._owner(k)
-        return [cache[k] for k in keys]
-
     def on_batch(self, batch: Batch, port: int) -> None:
         if self.key_fn is not None:
             keys = map_values(self.name, self.key_fn, batch)
@@ -161,22 +135,23 @@ class DistributorOp(Operator):
         if cycle is not None and cycle.local:
             self._route_new(batch, cycle)
             return
-        if not self.remotes:
+        placement = self.placement
+        if not placement.remotes:
             self.emit(batch)
             return
-        owners = self._owners(self._route_keys(batch))
+        owners = placement.owners(self._route_keys(batch))
         me = self.me
         n = len(owners)
         # Worker ids 0..255 (the usual case): owners as bytes, so counting and the 0/1 mask of
         # each destination run at C speed (bytes.translate) instead of a map() per record.
-        small = min(self.workers) >= 0 and max(self.workers) < 256
+        small = placement.small
         codes: Sequence[int] = bytearray(owners) if small else owners
         n_local = codes.count(me)
         if n_local == n:
             self.emit(batch)
             return
         remaining = n
-        for w in self.workers:
+        for w in placement.workers:
             count = n_local if w == me else codes.count(w)
             if not count:
                 continue
@@ -203,7 +178,7 @@ class DistributorOp(Operator):
         self._local_frontier = ts
         e = Epoch(ts)
         cycle = self._cycle
-        for w in cycle.peers if cycle is not None and cycle.local else self.remotes:
+        for w in cycle.peers if cycle is not None and cycle.local else self.placement.remotes:
             self.exchange.send(w, self.name, e)
         self._emit_merged()
 
@@ -237,24 +212,25 @@ class DistributorOp(Operator):
     def on_barrier(self, barrier: Barrier) -> None:
         if self._cycle is not None:
             raise OperatorError(self.name, "a snapshot barrier arrived during a rescale")
-        if not self.remotes:
+        remotes = self.placement.remotes
+        if not remotes:
             self.forward(barrier)
             return
         self._local_barrier = barrier
-        for w in self.remotes:
+        for w in remotes:
             self.exchange.send(w, self.name, BARRIER_MARKER)
         self._try_release()
 
     def _try_release(self) -> None:
         b = self._local_barrier
-        if b is not None and len(self._marked) == len(self.remotes):
+        if b is not None and len(self._marked) == len(self.placement.remotes):
             self._local_barrier = None
             self._marked.clear()
             self.forward(b)
 
     # ----- driving -------------------------------------------------------------------------
     def drain(self) -> bool:
-        if not self.remotes and self._cycle is None:
+        if not self.placement.remotes and self._cycle is None:
             return super().drain()
         # While the local barrier waits for the peers' markers, local input stays queued.
         ch = self.inputs[0]
@@ -276,7 +252,7 @@ class DistributorOp(Operator):
             return
         recv = self.exchange.recv
         name = self.name
-        for w in self.remotes:
+        for w in self.placement.remotes:
             if w in self._marked:
                 continue
             while (msg := recv(w, name)) is not None:
@@ -318,9 +294,7 @@ class DistributorOp(Operator):
         if self._cycle is None:
             if self.exchange is None:
                 raise OperatorError(self.name, "cannot rescale: this runtime has no exchange")
-            self._cycle = Cycle(
-                version, self.workers, tuple(workers), self.me, self.partitioner, self.name
-            )
+            self._cycle = Cycle(version, self.placement, tuple(workers))
             ask = self._cycle.interrogate = Interrogate(Token(1), version)
             self.forward(ask)
         elif self._cycle.version != version:
@@ -408,10 +382,8 @@ class DistributorOp(Operator):
             self.emit(b)
         cycle.held.clear()
         self.forward(Released(Token(1), cycle.version))
-        self.workers = cycle.new
-        self.remotes = [w for w in cycle.new if w != self.me]
-        self._cache = cycle.cache
-        self._remote_frontier = {w: self._remote_frontier.get(w) for w in self.remotes}
+        self.placement = cycle.new_placement
+        self._remote_frontier = {w: self._remote_frontier.get(w) for w in self.placement.remotes}
         self._done_version = cycle.version
         self._cycle = None
         self._emit_merged()
@@ -419,8 +391,8 @@ class DistributorOp(Operator):
     def _route_new(self, batch: Batch, cycle: Cycle) -> None:
         """Local records after our Rescale: routed by the new worker set."""
         route = self._route_keys(batch)
-        old = cycle.old_owners(route)
-        new = cycle.owners(route)
+        old = cycle.old_placement.owners(route)
+        new = cycle.new_placement.owners(route)
         me = self.me
         mine: list[int] = []
         held: list[int] = []
@@ -444,7 +416,7 @@ class DistributorOp(Operator):
 
     def _deliver_new(self, batch: Batch, cycle: Cycle) -> None:
         """A peer's record of the new configuration: ours, but held while its state moves."""
-        old = cycle.old_owners(self._route_keys(batch))
+        old = cycle.old_placement.owners(self._route_keys(batch))
         me = self.me
         if all(o == me for o in old):
             self.emit(batch)
