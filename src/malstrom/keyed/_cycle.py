@@ -1,9 +1,11 @@
-"""One rescale cycle of a distributor: what it waits for, and the messages peers exchange.
+"""One rescale cycle of a distributor: the data it works on, and the messages peers exchange.
 
-A cycle moves a key region from the old worker set to the new one. Its progress is explicit:
-``local`` (our own Rescale arrived), ``marks`` (which peers sent their marker), ``collect``
-(our Handover, with its token), ``sent`` (our keys went out), ``received`` (which peers sent
-their last transfer). See :mod:`malstrom.keyed.distributor` for the protocol.
+A cycle moves a key region from the old worker set to the new one. Where it is, is its
+``machine``'s phase (:class:`~malstrom.engine.rescale_cycle.RescaleCycle` run by
+:data:`~malstrom.engine.rescale_cycle.DISTRIBUTOR_CYCLE`: which peers' markers and last
+transfers arrived, too); :class:`Cycle` holds the data the phases work on: the old and new
+placements, the records held, the region's keys being sorted, the Handover travelling. See
+:mod:`malstrom.keyed.distributor` for the protocol.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from malstrom.engine.batch import Batch
 from malstrom.engine.epochs import merge_epochs
 from malstrom.engine.messages import IDLE, Handover, Interrogate, Token
+from malstrom.engine.rescale_cycle import DISTRIBUTOR_CYCLE, Phase, RescaleCycle
 from malstrom.errors import OperatorError
 from malstrom.keyed._placement import KeyPlacement
 
@@ -80,19 +83,21 @@ class Cycle:
         self.operator = old.operator
         # The key's worker in the new configuration (bound once: warming calls it per key).
         self.owner = self.new_placement.owner
-        self.local = False
-        self.my_frontier: Any = None
-        self.marks: dict[int, Any] = {}
+        self.machine = RescaleCycle(DISTRIBUTOR_CYCLE, self.operator, version, self.peers)
+        self.my_frontier: Any = None  # our local epoch when our marker went out
         self.collect: Handover | None = None  # the Handover travelling through the region now
         self.chunks: list[set[Any] | None] | None = None  # Collects to come (None: the rest)
-        self.sent = False
-        self.received: set[int] = set()
         self.held: list[Batch] = []
         self.interrogate: Interrogate | None = None  # asks the region which keys it holds
         self.to_warm: list[Any] | None = None  # held keys whose new owner is still unknown
         self.staying: set[Any] = set()  # held keys known to stay ours
         self.leaving: set[Any] = set()  # held keys known to leave
         self.leaving_to: dict[int, set[Any]] = {}  # the same, by new owner
+
+    @property
+    def local(self) -> bool:
+        """Our own Rescale arrived: our local records follow the new configuration."""
+        return self.machine.reached(Phase.AWAITING_MARKERS)
 
     def moving(self, key: Any) -> bool:
         """Whether ``key``'s state leaves this worker."""
@@ -114,10 +119,6 @@ class Cycle:
             return Handover(Token(1), self.moving, only=only)
         # The rest: keys that appeared after the region was interrogated.
         return Handover(Token(1), self.moving, self.staying, self.leaving)
-
-    def aligned(self) -> bool:
-        """Every record of the old configuration has reached us (ours and every peer's)."""
-        return self.local and len(self.marks) == len(self.peers)
 
     def warm(self, budget: int) -> bool:
         """Work out the new owners of up to ``budget`` more held keys; True once done.
@@ -158,7 +159,8 @@ class Cycle:
 def agreed_epoch(cycle: Cycle, operator: str) -> Any:
     """The epoch every worker can reach before keys move: the least local frontier the old
     workers announced in their markers (None if one had none)."""
-    vals = [cycle.marks[w] for w in cycle.old if w != cycle.me]
+    frontiers = cycle.machine.markers.arrived
+    vals = [frontiers[w] for w in cycle.old if w != cycle.me]
     if cycle.me in cycle.old:
         vals.append(cycle.my_frontier)
     merged = merge_epochs(vals, operator)

@@ -3,8 +3,8 @@
 Each worker runs one distributor per ``key_distribute``. Ownership is
 ``partitioner(key, workers)``, looked up per batch through the worker set's
 :class:`~malstrom.keyed._placement.KeyPlacement` (a cache: the partitioner runs once per
-distinct key, not once per record). With a single worker every
-record is local and the operator only re-keys.
+distinct key, not once per record). With a single worker every record is local and the
+operator only re-keys.
 
 Across workers (through the worker's ``exchange``, FIFO per (peer, operator)):
 
@@ -16,24 +16,32 @@ Across workers (through the worker's ``exchange``, FIFO per (peer, operator)):
   the local barrier is held and every peer is marked, the barrier goes downstream and reading
   resumes. Data from a peer before its marker belongs to the snapshot, data after it does not.
 
-Rescaling (zero downtime; one cycle per configuration change, see :mod:`malstrom.keyed._cycle`):
+Rescaling (zero downtime; one cycle per configuration change: its data in
+:mod:`malstrom.keyed._cycle`, its phases and transitions in
+:mod:`malstrom.engine.rescale_cycle`, named here in capitals):
 
-1. When the worker's ``Rescale`` reaches the distributor, it sends a :class:`RescaleMarker`
-   (new worker set, its local frontier) to every old and new peer and from then on routes
-   its local input by the new worker set. A peer learns of the rescale from the first marker
-   it gets, so records of a newer configuration are never taken for old ones.
+1. When the worker's ``Rescale`` reaches the distributor, it asks its region which keys it
+   holds (``Interrogate``), sends a :class:`RescaleMarker` (new worker set, its local
+   frontier) to every old and new peer and from then on routes its local input by the new
+   worker set (AWAITING_MARKERS). A peer learns of the rescale from the first marker it gets,
+   so records of a newer configuration are never taken for old ones (AWAITING_RESCALE until
+   its own Rescale arrives).
 2. Records reaching the new owner of a key whose state is still elsewhere are **held** (only
    those keys); every other key keeps flowing.
 3. Once its own Rescale and every peer's marker arrived (all old-configuration records are
-   in), the distributor advances its region to the agreed epoch (the minimum frontier the old
-   workers announced in their markers) and sends a ``Handover`` into its region: every keyed
-   operator hands over the state of the keys leaving this worker. The collected state goes to
-   the new owners as :class:`Transfer` messages, then a last (empty) transfer to every peer.
-4. Transfers arriving are installed downstream (``Acquire``). When every peer's last
-   transfer is in, ``Installed`` goes downstream, the held records follow it, then
-   ``Released``, and the distributor switches to the new worker set. Merged epochs stay
-   frozen during the cycle, so no epoch ever overtakes a held or moved record; epoch
-   generators downstream freeze too, from the cycle's ``Interrogate`` to ``Released``.
+   in) and the region's keys are sorted into staying and leaving (AWAITING_KEYS; sorting
+   works a budget of keys a loop turn from the cycle's start), the distributor advances its
+   region to the agreed epoch (the minimum frontier the old workers announced in their
+   markers) and sends a ``Handover`` into its region: every keyed operator hands over the
+   state of the keys leaving this worker, one chunk a turn (HANDING_OVER). The collected
+   state goes to the new owners as :class:`Transfer` messages, then a last (empty) transfer
+   to every peer (AWAITING_TRANSFERS).
+4. Transfers arriving are installed downstream (``Acquire``). Once every peer's last
+   transfer is in (RELEASING, until the messages at hand are handled), ``Installed`` goes
+   downstream, the held records follow it, then ``Released``, and the distributor switches
+   to the new placement (DONE). Merged epochs stay frozen during the cycle, so no epoch ever
+   overtakes a held or moved record; epoch generators downstream freeze too, from the
+   cycle's ``Interrogate`` to ``Released``.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ from malstrom.engine.messages import (
     Token,
 )
 from malstrom.engine.operator import Operator
+from malstrom.engine.rescale_cycle import Action, Event, Phase
 from malstrom.engine.user_code import map_values, user_error
 from malstrom.errors import BuildError, OperatorError
 from malstrom.keyed._cycle import Cycle, RescaleMarker, Transfer, agreed_epoch, split_transfers
@@ -295,8 +304,6 @@ class DistributorOp(Operator):
             if self.exchange is None:
                 raise OperatorError(self.name, "cannot rescale: this runtime has no exchange")
             self._cycle = Cycle(version, self.placement, tuple(workers))
-            ask = self._cycle.interrogate = Interrogate(Token(1), version)
-            self.forward(ask)
         elif self._cycle.version != version:
             raise OperatorError(
                 self.name,
@@ -308,27 +315,24 @@ class DistributorOp(Operator):
         if msg.version <= self._done_version:
             return
         cycle = self._begin_cycle(msg.version, msg.workers)
-        cycle.local = True
         cycle.my_frontier = self._local_frontier
-        marker = RescaleMarker(msg.version, cycle.new, self._local_frontier)
-        for w in cycle.peers:
-            self.exchange.send(w, self.name, marker)
-            self._remote_frontier.setdefault(w, None)
+        self._act(cycle, cycle.machine.fire(Event.RESCALE))
         self._advance(cycle)
 
     def _on_marker(self, cycle: Cycle, peer: int, msg: RescaleMarker) -> None:
-        cycle.marks[peer] = msg.frontier
         self._remote_frontier[peer] = msg.frontier
+        self._act(cycle, cycle.machine.fire(Event.MARKER, peer, msg.frontier))
         self._advance(cycle)
 
     def _schedule_cycle(self, cycle: Cycle) -> None:
         recv = self.exchange.recv
         name = self.name
+        machine = cycle.machine
         for w in cycle.peers:
             while self._cycle is cycle and (msg := recv(w, name)) is not None:
                 t = type(msg)
                 if t is Batch:
-                    if w in cycle.marks:
+                    if w in machine.markers:
                         self._deliver_new(msg, cycle)
                     else:
                         self.emit(msg)  # sent under the old configuration: a key we own
@@ -342,39 +346,70 @@ class DistributorOp(Operator):
                     self._on_marker(cycle, w, msg)
                 elif t is Transfer:
                     if msg.states:
-                        acq = Acquire(Token(1), msg.states)
-                        self.forward(acq)
+                        self._act(cycle, machine.fire(Event.TRANSFER, w), msg)
                     if msg.last:
-                        cycle.received.add(w)
+                        self._act(cycle, machine.fire(Event.LAST_TRANSFER, w))
                 else:
                     raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
         if self._cycle is cycle:
             self._advance(cycle, WARM_KEYS)  # once per loop turn
 
     def _advance(self, cycle: Cycle, warm: int = 0) -> None:
-        """Move the cycle on as far as it can go now (working out up to ``warm`` owners)."""
-        if cycle.chunks is None and cycle.warm(warm) and cycle.aligned():
-            g = agreed_epoch(cycle, self.name)
-            if g is not None and (self._out_frontier is None or g > self._out_frontier):
-                self._out_frontier = g
-                self._idle_out = False
-                self.emit_epoch(g)
-            cycle.collect = cycle.next_collect()
-            assert cycle.collect is not None
-            self.forward(cycle.collect)
+        """Fire the events the messages at hand brought about (working out up to ``warm``
+        owners of the region's keys first): the region's keys sorted, a Handover back, the
+        end of the messages at hand."""
+        machine = cycle.machine
+        # Sorting runs from the cycle's start (while the markers come in) to the hand-over.
+        sorting = not machine.reached(Phase.HANDING_OVER)
+        if sorting and cycle.warm(warm) and machine.phase is Phase.AWAITING_KEYS:
+            self._act(cycle, machine.fire(Event.KEYS_SORTED))
         collect = cycle.collect
-        if collect is not None and collect.token.pending == 0:
-            # That chunk is out of the region: ship it, and start the next one (one a turn).
-            cycle.collect = nxt = cycle.next_collect()
-            for w, msg in split_transfers(cycle, collect.collection, last=nxt is None):
-                self.exchange.send(w, self.name, msg)
-            collect.collection = {}
-            if nxt is None:
-                cycle.sent = True
+        if (
+            machine.phase is Phase.HANDING_OVER
+            and collect is not None
+            and not collect.token.pending
+        ):
+            # That chunk is out of the region (one a turn: its token went through it).
+            more = Event.COLLECTED if cycle.chunks else Event.LAST_COLLECTED
+            self._act(cycle, machine.fire(more))
+        if machine.phase is Phase.RELEASING:
+            self._act(cycle, machine.fire(Event.SETTLE))
+
+    def _act(self, cycle: Cycle, actions: tuple[Action, ...], transfer: Any = None) -> None:
+        """Carry out a transition's ``actions`` (``transfer``: the Transfer that arrived)."""
+        for action in actions:
+            if action is Action.INTERROGATE:
+                ask = cycle.interrogate = Interrogate(Token(1), cycle.version)
+                self.forward(ask)
+            elif action is Action.SEND_MARKERS:
+                marker = RescaleMarker(cycle.version, cycle.new, cycle.my_frontier)
+                for w in cycle.peers:
+                    self.exchange.send(w, self.name, marker)
+                    self._remote_frontier.setdefault(w, None)
+            elif action is Action.EMIT_AGREED_EPOCH:
+                g = agreed_epoch(cycle, self.name)
+                if g is not None and (self._out_frontier is None or g > self._out_frontier):
+                    self._out_frontier = g
+                    self._idle_out = False
+                    self.emit_epoch(g)
+            elif action is Action.HAND_OVER:
+                collect = cycle.collect = cycle.next_collect()
+                assert collect is not None
+                self.forward(collect)
+            elif action is Action.SHIP or action is Action.SHIP_LAST:
+                collect = cycle.collect
+                assert collect is not None
+                last = action is Action.SHIP_LAST
+                for w, msg in split_transfers(cycle, collect.collection, last=last):
+                    self.exchange.send(w, self.name, msg)
+                collect.collection = {}
+                cycle.collect = None
+            elif action is Action.ACQUIRE:
+                self.forward(Acquire(Token(1), transfer.states))
+            elif action is Action.RELEASE:
+                self._finish_cycle(cycle)
             else:
-                self.forward(nxt)
-        if cycle.sent and len(cycle.received) == len(cycle.peers):
-            self._finish_cycle(cycle)
+                raise OperatorError(self.name, f"rescale: no such distributor action {action}")
 
     def _finish_cycle(self, cycle: Cycle) -> None:
         self.forward(Installed(Token(1), cycle.version))
