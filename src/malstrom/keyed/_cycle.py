@@ -10,7 +10,7 @@ placements, the records held, the region's keys being sorted, the Handover trave
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from malstrom.engine.batch import Batch
@@ -81,18 +81,14 @@ class Cycle:
         self.me = me
         self.peers = tuple(sorted((set(self.old) | set(self.new)) - {me}))
         self.operator = old.operator
-        # The key's worker in the new configuration (bound once: warming calls it per key).
+        # The key's worker in the new configuration (bound once: sorting calls it per key).
         self.owner = self.new_placement.owner
         self.machine = RescaleCycle(DISTRIBUTOR_CYCLE, self.operator, version, self.peers)
         self.my_frontier: Any = None  # our local epoch when our marker went out
         self.collect: Handover | None = None  # the Handover travelling through the region now
         self.chunks: list[set[Any] | None] | None = None  # Collects to come (None: the rest)
-        self.held: list[Batch] = []
-        self.interrogate: Interrogate | None = None  # asks the region which keys it holds
-        self.to_warm: list[Any] | None = None  # held keys whose new owner is still unknown
-        self.staying: set[Any] = set()  # held keys known to stay ours
-        self.leaving: set[Any] = set()  # held keys known to leave
-        self.leaving_to: dict[int, set[Any]] = {}  # the same, by new owner
+        self.held: list[Batch] = []  # records of keys whose state is still on its way here
+        self.keys = KeySorter(self.owner, me)
 
     @property
     def local(self) -> bool:
@@ -106,7 +102,7 @@ class Cycle:
     def next_collect(self) -> Handover | None:
         """The next Handover to send into the region (None once all were sent)."""
         if self.chunks is None:
-            keys = list(self.leaving)
+            keys = list(self.keys.leaving)
             self.chunks = [
                 set(keys[i : i + COLLECT_KEYS]) for i in range(0, len(keys), COLLECT_KEYS)
             ]
@@ -118,23 +114,40 @@ class Cycle:
         if only is not None:
             return Handover(Token(1), self.moving, only=only)
         # The rest: keys that appeared after the region was interrogated.
-        return Handover(Token(1), self.moving, self.staying, self.leaving)
+        return Handover(Token(1), self.moving, self.keys.staying, self.keys.leaving)
 
-    def warm(self, budget: int) -> bool:
-        """Work out the new owners of up to ``budget`` more held keys; True once done.
 
-        Collecting asks every stateful operator which of its keys leave. With the owners of
-        the keys the region reported (:class:`Interrogate`) worked out beforehand, a few
-        thousand per worker loop turn while the peers' markers come in, the keys known to
-        stay are skipped at C speed (:attr:`staying`), so the worker's other keys keep
-        flowing instead of stalling behind one long walk over every key."""
-        if self.to_warm is None:
-            ask = self.interrogate
+class KeySorter:
+    """The keys the region holds state for, sorted into staying and leaving, a budget of keys
+    a worker loop turn.
+
+    Collecting asks every stateful operator which of its keys leave. With the owners of the
+    keys the region reported (:class:`Interrogate`, in :attr:`ask`) worked out beforehand, a
+    few thousand per loop turn while the peers' markers come in, the keys known to stay are
+    skipped at C speed (:attr:`staying`), so the worker's other keys keep flowing instead of
+    stalling behind one long walk over every key."""
+
+    __slots__ = ("ask", "leaving", "leaving_to", "me", "owner", "staying", "todo")
+
+    def __init__(self, owner: Callable[[Any], int], me: int) -> None:
+        self.owner = owner  # a key's worker in the new configuration
+        self.me = me
+        self.ask: Interrogate | None = None  # asks the region which keys it holds
+        self.todo: list[Any] | None = None  # held keys whose new owner is still unknown
+        self.staying: set[Any] = set()  # held keys known to stay ours
+        self.leaving: set[Any] = set()  # held keys known to leave
+        self.leaving_to: dict[int, set[Any]] = {}  # the same, by new owner
+
+    def sort(self, budget: int) -> bool:
+        """Work out the new owners of up to ``budget`` more held keys; True once done (False
+        while the region has not answered :attr:`ask`)."""
+        if self.todo is None:
+            ask = self.ask
             if ask is None or ask.token.pending:
                 return False
-            self.to_warm = list(ask.keys)
-            self.interrogate = None
-        todo = self.to_warm
+            self.todo = list(ask.keys)
+            self.ask = None
+        todo = self.todo
         if not todo:
             return True
         if budget <= 0:
@@ -176,7 +189,7 @@ def split_transfers(
     for op, states in collection.items():
         groups: dict[int, list[Any]] = {}
         rest = set(states)
-        for w, known in cycle.leaving_to.items():  # grouped while warming: set operations
+        for w, known in cycle.keys.leaving_to.items():  # grouped while sorting: set operations
             mine = rest & known
             if mine:
                 rest -= mine

@@ -76,7 +76,7 @@ from malstrom.types import Partitioner
 
 __all__ = ["BARRIER_MARKER", "DistributorOp"]
 
-WARM_KEYS = 1024
+SORT_KEYS = 1024
 """Keys whose new owner a rescale works out per loop turn before collecting."""
 
 
@@ -352,16 +352,15 @@ class DistributorOp(Operator):
                 else:
                     raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
         if self._cycle is cycle:
-            self._advance(cycle, WARM_KEYS)  # once per loop turn
+            self._advance(cycle, SORT_KEYS)  # once per loop turn
 
-    def _advance(self, cycle: Cycle, warm: int = 0) -> None:
-        """Fire the events the messages at hand brought about (working out up to ``warm``
-        owners of the region's keys first): the region's keys sorted, a Handover back, the
-        end of the messages at hand."""
+    def _advance(self, cycle: Cycle, budget: int = 0) -> None:
+        """Fire the events the messages at hand brought about, after sorting up to ``budget``
+        of the region's keys: the keys sorted, a Handover back, the end of those messages."""
         machine = cycle.machine
         # Sorting runs from the cycle's start (while the markers come in) to the hand-over.
         sorting = not machine.reached(Phase.HANDING_OVER)
-        if sorting and cycle.warm(warm) and machine.phase is Phase.AWAITING_KEYS:
+        if sorting and cycle.keys.sort(budget) and machine.phase is Phase.AWAITING_KEYS:
             self._act(cycle, machine.fire(Event.KEYS_SORTED))
         collect = cycle.collect
         if (
@@ -379,7 +378,7 @@ class DistributorOp(Operator):
         """Carry out a transition's ``actions`` (``transfer``: the Transfer that arrived)."""
         for action in actions:
             if action is Action.INTERROGATE:
-                ask = cycle.interrogate = Interrogate(Token(1), cycle.version)
+                ask = cycle.keys.ask = Interrogate(Token(1), cycle.version)
                 self.forward(ask)
             elif action is Action.SEND_MARKERS:
                 marker = RescaleMarker(cycle.version, cycle.new, cycle.my_frontier)
