@@ -94,7 +94,7 @@ class PartsMoved:
 @dataclass
 class _PartsCycle:
     """A source's rescale: its :data:`~malstrom.engine.rescale_cycle.SOURCE_CYCLE` machine
-    (which peers' PartsMoved arrived) and the worker sets it moves between."""
+    (which peers' PartsMoved arrived), the new worker set and the peers it exchanges with."""
 
     workers: tuple[int, ...]  # the new worker set
     peers: tuple[int, ...]  # every old and new worker but this one, in sending order
