@@ -1,52 +1,31 @@
-"""One rescale cycle of a distributor: what it waits for, and the messages peers exchange.
+"""One rescale cycle of a distributor: the data it works on, and the messages peers exchange.
 
-A cycle moves a key region from the old worker set to the new one. Its progress is explicit:
-``local`` (our own Rescale arrived), ``marks`` (which peers sent their marker), ``collect``
-(our Handover, with its token), ``sent`` (our keys went out), ``received`` (which peers sent
-their last transfer). See :mod:`malstrom.keyed.distributor` for the protocol.
+A cycle moves a key region from the old worker set to the new one. Where it is, is its
+``machine``'s phase (:class:`~malstrom.engine.rescale_cycle.RescaleCycle` run by
+:data:`~malstrom.engine.rescale_cycle.DISTRIBUTOR_CYCLE`: which peers' markers and last
+transfers arrived, too); :class:`Cycle` holds the data the phases work on: the old and new
+placements, the records held, the region's keys being sorted, the Handover travelling. See
+:mod:`malstrom.keyed.distributor` for the protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from malstrom._repr import short_repr
 from malstrom.engine.batch import Batch
 from malstrom.engine.epochs import merge_epochs
 from malstrom.engine.messages import IDLE, Handover, Interrogate, Token
+from malstrom.engine.rescale_cycle import DISTRIBUTOR_CYCLE, Phase, RescaleCycle
 from malstrom.errors import OperatorError
-from malstrom.keyed.partitioners import group_table, key_group, rendezvous_select
-from malstrom.types import Partitioner
+from malstrom.keyed._placement import KeyPlacement
 
-__all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "place", "split_transfers"]
+__all__ = ["Cycle", "RescaleMarker", "Transfer", "agreed_epoch", "split_transfers"]
 
 TRANSFER_KEYS = 1000
 """Keys per transfer message: large state moves in many bounded frames, not one huge one."""
 COLLECT_KEYS = 1024
 """Keys collected per worker loop turn: the worker's other keys keep flowing meanwhile."""
-
-
-def place(
-    partitioner: Partitioner,
-    key: Any,
-    workers: Sequence[int],
-    operator: str,
-    by_group: Sequence[int] | None = None,
-) -> int:
-    """``partitioner(key, workers)`` (a table lookup when ``by_group`` holds the default
-    partitioner's owner per key group), with errors that name the operator and the key."""
-    try:
-        w = by_group[key_group(key)] if by_group is not None else partitioner(key, workers)
-    except Exception as e:
-        raise OperatorError(operator, f"partitioner failed for key {short_repr(key)}: {e}") from e
-    if w not in workers:
-        raise OperatorError(
-            operator,
-            f"partitioner returned worker {w!r} for key {short_repr(key)}, "
-            f"which is not one of the workers {list(workers)}",
-        )
-    return w
 
 
 class RescaleMarker:
@@ -90,70 +69,31 @@ class Transfer:
 class Cycle:
     """A distributor's progress through one rescale."""
 
-    def __init__(
-        self,
-        version: int,
-        old: tuple[int, ...],
-        new: tuple[int, ...],
-        me: int,
-        partitioner: Partitioner,
-        operator: str,
-    ) -> None:
+    def __init__(self, version: int, old: KeyPlacement, new: tuple[int, ...]) -> None:
         if not new:
-            raise OperatorError(operator, "cannot rescale to zero workers")
+            raise OperatorError(old.operator, "cannot rescale to zero workers")
+        me = old.me
         self.version = version
-        self.old = tuple(old)
-        self.new = tuple(new)
+        self.old_placement = old  # the distributor's own: its cache serves the cycle too
+        self.new_placement = KeyPlacement(old.partitioner, new, me, old.operator)
+        self.old = old.workers
+        self.new = self.new_placement.workers
         self.me = me
-        self.peers = tuple(sorted((set(old) | set(new)) - {me}))
-        self.partitioner = partitioner
-        self.operator = operator
-        self.cache: dict[Any, int] = {}
-        # The default partitioner places key groups: one table lookup per key instead of a
-        # rendezvous over every worker (collecting walks every key a worker holds).
-        default = partitioner is rendezvous_select
-        self._by_group = group_table(self.new) if default else None
-        self._old_by_group = group_table(self.old) if default and old else None
-        self.old_cache: dict[Any, int] = {}
-        self.local = False
-        self.my_frontier: Any = None
-        self.marks: dict[int, Any] = {}
+        self.peers = tuple(sorted((set(self.old) | set(self.new)) - {me}))
+        self.operator = old.operator
+        # The key's worker in the new configuration (bound once: sorting calls it per key).
+        self.owner = self.new_placement.owner
+        self.machine = RescaleCycle(DISTRIBUTOR_CYCLE, self.operator, version, self.peers)
+        self.my_frontier: Any = None  # our local epoch when our marker went out
         self.collect: Handover | None = None  # the Handover travelling through the region now
         self.chunks: list[set[Any] | None] | None = None  # Collects to come (None: the rest)
-        self.sent = False
-        self.received: set[int] = set()
-        self.held: list[Batch] = []
-        self.interrogate: Interrogate | None = None  # asks the region which keys it holds
-        self.to_warm: list[Any] | None = None  # held keys whose new owner is still unknown
-        self.staying: set[Any] = set()  # held keys known to stay ours
-        self.leaving: set[Any] = set()  # held keys known to leave
-        self.leaving_to: dict[int, set[Any]] = {}  # the same, by new owner
+        self.held: list[Batch] = []  # records of keys whose state is still on its way here
+        self.keys = KeySorter(self.owner, me)
 
-    def owner(self, key: Any) -> int:
-        """The key's worker in the new configuration."""
-        w = self.cache.get(key)
-        if w is None:
-            w = self.cache[key] = place(
-                self.partitioner, key, self.new, self.operator, self._by_group
-            )
-        return w
-
-    def owners(self, keys: Sequence[Any]) -> list[int]:
-        owner = self.owner
-        return [owner(k) for k in keys]
-
-    def old_owners(self, keys: Sequence[Any]) -> list[int]:
-        """The keys' workers in the old configuration."""
-        cache = self.old_cache
-        out = []
-        for k in keys:
-            w = cache.get(k)
-            if w is None:
-                w = cache[k] = place(
-                    self.partitioner, k, self.old, self.operator, self._old_by_group
-                )
-            out.append(w)
-        return out
+    @property
+    def local(self) -> bool:
+        """Our own Rescale arrived: our local records follow the new configuration."""
+        return self.machine.reached(Phase.AWAITING_MARKERS)
 
     def moving(self, key: Any) -> bool:
         """Whether ``key``'s state leaves this worker."""
@@ -162,7 +102,7 @@ class Cycle:
     def next_collect(self) -> Handover | None:
         """The next Handover to send into the region (None once all were sent)."""
         if self.chunks is None:
-            keys = list(self.leaving)
+            keys = list(self.keys.leaving)
             self.chunks = [
                 set(keys[i : i + COLLECT_KEYS]) for i in range(0, len(keys), COLLECT_KEYS)
             ]
@@ -174,27 +114,40 @@ class Cycle:
         if only is not None:
             return Handover(Token(1), self.moving, only=only)
         # The rest: keys that appeared after the region was interrogated.
-        return Handover(Token(1), self.moving, self.staying, self.leaving)
+        return Handover(Token(1), self.moving, self.keys.staying, self.keys.leaving)
 
-    def aligned(self) -> bool:
-        """Every record of the old configuration has reached us (ours and every peer's)."""
-        return self.local and len(self.marks) == len(self.peers)
 
-    def warm(self, budget: int) -> bool:
-        """Work out the new owners of up to ``budget`` more held keys; True once done.
+class KeySorter:
+    """The keys the region holds state for, sorted into staying and leaving, a budget of keys
+    a worker loop turn.
 
-        Collecting asks every stateful operator which of its keys leave. With the owners of
-        the keys the region reported (:class:`Interrogate`) worked out beforehand, a few
-        thousand per worker loop turn while the peers' markers come in, the keys known to
-        stay are skipped at C speed (:attr:`staying`), so the worker's other keys keep
-        flowing instead of stalling behind one long walk over every key."""
-        if self.to_warm is None:
-            ask = self.interrogate
+    Collecting asks every stateful operator which of its keys leave. With the owners of the
+    keys the region reported (:class:`Interrogate`, in :attr:`ask`) worked out beforehand, a
+    few thousand per loop turn while the peers' markers come in, the keys known to stay are
+    skipped at C speed (:attr:`staying`), so the worker's other keys keep flowing instead of
+    stalling behind one long walk over every key."""
+
+    __slots__ = ("ask", "leaving", "leaving_to", "me", "owner", "staying", "todo")
+
+    def __init__(self, owner: Callable[[Any], int], me: int) -> None:
+        self.owner = owner  # a key's worker in the new configuration
+        self.me = me
+        self.ask: Interrogate | None = None  # asks the region which keys it holds
+        self.todo: list[Any] | None = None  # held keys whose new owner is still unknown
+        self.staying: set[Any] = set()  # held keys known to stay ours
+        self.leaving: set[Any] = set()  # held keys known to leave
+        self.leaving_to: dict[int, set[Any]] = {}  # the same, by new owner
+
+    def sort(self, budget: int) -> bool:
+        """Work out the new owners of up to ``budget`` more held keys; True once done (False
+        while the region has not answered :attr:`ask`)."""
+        if self.todo is None:
+            ask = self.ask
             if ask is None or ask.token.pending:
                 return False
-            self.to_warm = list(ask.keys)
-            self.interrogate = None
-        todo = self.to_warm
+            self.todo = list(ask.keys)
+            self.ask = None
+        todo = self.todo
         if not todo:
             return True
         if budget <= 0:
@@ -219,7 +172,8 @@ class Cycle:
 def agreed_epoch(cycle: Cycle, operator: str) -> Any:
     """The epoch every worker can reach before keys move: the least local frontier the old
     workers announced in their markers (None if one had none)."""
-    vals = [cycle.marks[w] for w in cycle.old if w != cycle.me]
+    frontiers = cycle.machine.markers.arrived
+    vals = [frontiers[w] for w in cycle.old if w != cycle.me]
     if cycle.me in cycle.old:
         vals.append(cycle.my_frontier)
     merged = merge_epochs(vals, operator)
@@ -235,7 +189,7 @@ def split_transfers(
     for op, states in collection.items():
         groups: dict[int, list[Any]] = {}
         rest = set(states)
-        for w, known in cycle.leaving_to.items():  # grouped while warming: set operations
+        for w, known in cycle.keys.leaving_to.items():  # grouped while sorting: set operations
             mine = rest & known
             if mine:
                 rest -= mine

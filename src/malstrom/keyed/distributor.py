@@ -1,9 +1,10 @@
 """key_distribute: re-key records and move each to the worker that owns its key.
 
 Each worker runs one distributor per ``key_distribute``. Ownership is
-``partitioner(key, workers)``, looked up through a per-configuration cache, so the
-partitioner runs once per distinct key, not once per record. With a single worker every
-record is local and the operator only re-keys.
+``partitioner(key, workers)``, looked up per batch through the worker set's
+:class:`~malstrom.keyed._placement.KeyPlacement` (a cache: the partitioner runs once per
+distinct key, not once per record). With a single worker every record is local and the
+operator only re-keys.
 
 Across workers (through the worker's ``exchange``, FIFO per (peer, operator)):
 
@@ -15,24 +16,32 @@ Across workers (through the worker's ``exchange``, FIFO per (peer, operator)):
   the local barrier is held and every peer is marked, the barrier goes downstream and reading
   resumes. Data from a peer before its marker belongs to the snapshot, data after it does not.
 
-Rescaling (zero downtime; one cycle per configuration change, see :mod:`malstrom.keyed._cycle`):
+Rescaling (zero downtime; one cycle per configuration change: its data in
+:mod:`malstrom.keyed._cycle`, its phases and transitions in
+:mod:`malstrom.engine.rescale_cycle`, named here in capitals):
 
-1. When the worker's ``Rescale`` reaches the distributor, it sends a :class:`RescaleMarker`
-   (new worker set, its local frontier) to every old and new peer and from then on routes
-   its local input by the new worker set. A peer learns of the rescale from the first marker
-   it gets, so records of a newer configuration are never taken for old ones.
+1. When the worker's ``Rescale`` reaches the distributor, it asks its region which keys it
+   holds (``Interrogate``), sends a :class:`RescaleMarker` (new worker set, its local
+   frontier) to every old and new peer and from then on routes its local input by the new
+   worker set (AWAITING_MARKERS). A peer learns of the rescale from the first marker it gets,
+   so records of a newer configuration are never taken for old ones (AWAITING_RESCALE until
+   its own Rescale arrives).
 2. Records reaching the new owner of a key whose state is still elsewhere are **held** (only
    those keys); every other key keeps flowing.
 3. Once its own Rescale and every peer's marker arrived (all old-configuration records are
-   in), the distributor advances its region to the agreed epoch (the minimum frontier the old
-   workers announced in their markers) and sends a ``Handover`` into its region: every keyed
-   operator hands over the state of the keys leaving this worker. The collected state goes to
-   the new owners as :class:`Transfer` messages, then a last (empty) transfer to every peer.
-4. Transfers arriving are installed downstream (``Acquire``). When every peer's last
-   transfer is in, ``Installed`` goes downstream, the held records follow it, then
-   ``Released``, and the distributor switches to the new worker set. Merged epochs stay
-   frozen during the cycle, so no epoch ever overtakes a held or moved record; epoch
-   generators downstream freeze too, from the cycle's ``Interrogate`` to ``Released``.
+   in) and the region's keys are sorted into staying and leaving (AWAITING_KEYS; sorting
+   works a budget of keys a loop turn from the cycle's start), the distributor advances its
+   region to the agreed epoch (the minimum frontier the old workers announced in their
+   markers) and sends a ``Handover`` into its region: every keyed operator hands over the
+   state of the keys leaving this worker, one chunk a turn (HANDING_OVER). The collected
+   state goes to the new owners as :class:`Transfer` messages, then a last (empty) transfer
+   to every peer (AWAITING_TRANSFERS).
+4. Transfers arriving are installed downstream (``Acquire``). Once every peer's last
+   transfer is in (RELEASING, until the messages at hand are handled), ``Installed`` goes
+   downstream, the held records follow it, then ``Released``, and the distributor switches
+   to the new placement (DONE). Merged epochs stay frozen during the cycle, so no epoch ever
+   overtakes a held or moved record; epoch generators downstream freeze too, from the
+   cycle's ``Interrogate`` to ``Released``.
 """
 
 from __future__ import annotations
@@ -58,22 +67,16 @@ from malstrom.engine.messages import (
     Token,
 )
 from malstrom.engine.operator import Operator
+from malstrom.engine.rescale_cycle import Action, Event, Phase
 from malstrom.engine.user_code import map_values, user_error
 from malstrom.errors import BuildError, OperatorError
-from malstrom.keyed._cycle import (
-    Cycle,
-    RescaleMarker,
-    Transfer,
-    agreed_epoch,
-    place,
-    split_transfers,
-)
+from malstrom.keyed._cycle import Cycle, RescaleMarker, Transfer, agreed_epoch, split_transfers
+from malstrom.keyed._placement import KeyPlacement
 from malstrom.types import Partitioner
 
 __all__ = ["BARRIER_MARKER", "DistributorOp"]
 
-_CACHE_LIMIT = 500_000
-WARM_KEYS = 1024
+SORT_KEYS = 1024
 """Keys whose new owner a rescale works out per loop turn before collecting."""
 
 
@@ -113,20 +116,18 @@ class DistributorOp(Operator):
         super().__init__(name)
         self.key_fn = key_fn
         self.part_of = part_of
-        self.partitioner = partitioner
         self.me = ctx.worker_id
-        self.workers = tuple(ctx.worker_set)
-        self.remotes = [w for w in self.workers if w != self.me]
+        # Where keys live in the current configuration (a rescale's new one once it ended).
+        self.placement = KeyPlacement(partitioner, ctx.worker_set, self.me, name)
         self.exchange: Any = ctx.exchange
-        if self.remotes and self.exchange is None:
+        if self.placement.remotes and self.exchange is None:
             raise BuildError(
-                f"operator {name!r}: {len(self.workers)} workers but this runtime has no "
-                "worker-to-worker exchange"
+                f"operator {name!r}: {len(self.placement.workers)} workers but this runtime "
+                "has no worker-to-worker exchange"
             )
         self.wants_schedule = self.exchange is not None
-        self._cache: dict[Any, int] = {}
         self._local_frontier: Any = None
-        self._remote_frontier: dict[int, Any] = dict.fromkeys(self.remotes)
+        self._remote_frontier: dict[int, Any] = dict.fromkeys(self.placement.remotes)
         self._out_frontier: Any = None
         self._idle_out = False
         self._local_barrier: Barrier | None = None
@@ -135,24 +136,6 @@ class DistributorOp(Operator):
         self._done_version = -1
 
     # ----- routing -----------------------------------------------------------------------
-    def _owner(self, key: Any) -> int:
-        return place(self.partitioner, key, self.workers, self.name)
-
-    def _owners(self, keys: Sequence[Any]) -> list[int]:
-        cache = self._cache
-        try:
-            return list(map(cache.__getitem__, keys))
-        except KeyError:
-            pass
-        except TypeError as e:
-            raise OperatorError(self.name, f"keys must be hashable: {e}") from e
-        if len(cache) > _CACHE_LIMIT:
-            cache.clear()
-        for k in keys:
-            if k not in cache:
-                cache[k] = self._owner(k)
-        return [cache[k] for k in keys]
-
     def on_batch(self, batch: Batch, port: int) -> None:
         if self.key_fn is not None:
             keys = map_values(self.name, self.key_fn, batch)
@@ -161,22 +144,23 @@ class DistributorOp(Operator):
         if cycle is not None and cycle.local:
             self._route_new(batch, cycle)
             return
-        if not self.remotes:
+        placement = self.placement
+        if not placement.remotes:
             self.emit(batch)
             return
-        owners = self._owners(self._route_keys(batch))
+        owners = placement.owners(self._route_keys(batch))
         me = self.me
         n = len(owners)
         # Worker ids 0..255 (the usual case): owners as bytes, so counting and the 0/1 mask of
         # each destination run at C speed (bytes.translate) instead of a map() per record.
-        small = min(self.workers) >= 0 and max(self.workers) < 256
+        small = placement.small
         codes: Sequence[int] = bytearray(owners) if small else owners
         n_local = codes.count(me)
         if n_local == n:
             self.emit(batch)
             return
         remaining = n
-        for w in self.workers:
+        for w in placement.workers:
             count = n_local if w == me else codes.count(w)
             if not count:
                 continue
@@ -203,7 +187,7 @@ class DistributorOp(Operator):
         self._local_frontier = ts
         e = Epoch(ts)
         cycle = self._cycle
-        for w in cycle.peers if cycle is not None and cycle.local else self.remotes:
+        for w in cycle.peers if cycle is not None and cycle.local else self.placement.remotes:
             self.exchange.send(w, self.name, e)
         self._emit_merged()
 
@@ -237,24 +221,25 @@ class DistributorOp(Operator):
     def on_barrier(self, barrier: Barrier) -> None:
         if self._cycle is not None:
             raise OperatorError(self.name, "a snapshot barrier arrived during a rescale")
-        if not self.remotes:
+        remotes = self.placement.remotes
+        if not remotes:
             self.forward(barrier)
             return
         self._local_barrier = barrier
-        for w in self.remotes:
+        for w in remotes:
             self.exchange.send(w, self.name, BARRIER_MARKER)
         self._try_release()
 
     def _try_release(self) -> None:
         b = self._local_barrier
-        if b is not None and len(self._marked) == len(self.remotes):
+        if b is not None and len(self._marked) == len(self.placement.remotes):
             self._local_barrier = None
             self._marked.clear()
             self.forward(b)
 
     # ----- driving -------------------------------------------------------------------------
     def drain(self) -> bool:
-        if not self.remotes and self._cycle is None:
+        if not self.placement.remotes and self._cycle is None:
             return super().drain()
         # While the local barrier waits for the peers' markers, local input stays queued.
         ch = self.inputs[0]
@@ -276,7 +261,7 @@ class DistributorOp(Operator):
             return
         recv = self.exchange.recv
         name = self.name
-        for w in self.remotes:
+        for w in self.placement.remotes:
             if w in self._marked:
                 continue
             while (msg := recv(w, name)) is not None:
@@ -318,11 +303,7 @@ class DistributorOp(Operator):
         if self._cycle is None:
             if self.exchange is None:
                 raise OperatorError(self.name, "cannot rescale: this runtime has no exchange")
-            self._cycle = Cycle(
-                version, self.workers, tuple(workers), self.me, self.partitioner, self.name
-            )
-            ask = self._cycle.interrogate = Interrogate(Token(1), version)
-            self.forward(ask)
+            self._cycle = Cycle(version, self.placement, tuple(workers))
         elif self._cycle.version != version:
             raise OperatorError(
                 self.name,
@@ -334,27 +315,24 @@ class DistributorOp(Operator):
         if msg.version <= self._done_version:
             return
         cycle = self._begin_cycle(msg.version, msg.workers)
-        cycle.local = True
         cycle.my_frontier = self._local_frontier
-        marker = RescaleMarker(msg.version, cycle.new, self._local_frontier)
-        for w in cycle.peers:
-            self.exchange.send(w, self.name, marker)
-            self._remote_frontier.setdefault(w, None)
+        self._act(cycle, cycle.machine.fire(Event.RESCALE))
         self._advance(cycle)
 
     def _on_marker(self, cycle: Cycle, peer: int, msg: RescaleMarker) -> None:
-        cycle.marks[peer] = msg.frontier
         self._remote_frontier[peer] = msg.frontier
+        self._act(cycle, cycle.machine.fire(Event.MARKER, peer, msg.frontier))
         self._advance(cycle)
 
     def _schedule_cycle(self, cycle: Cycle) -> None:
         recv = self.exchange.recv
         name = self.name
+        machine = cycle.machine
         for w in cycle.peers:
             while self._cycle is cycle and (msg := recv(w, name)) is not None:
                 t = type(msg)
                 if t is Batch:
-                    if w in cycle.marks:
+                    if w in machine.markers:
                         self._deliver_new(msg, cycle)
                     else:
                         self.emit(msg)  # sent under the old configuration: a key we own
@@ -368,39 +346,69 @@ class DistributorOp(Operator):
                     self._on_marker(cycle, w, msg)
                 elif t is Transfer:
                     if msg.states:
-                        acq = Acquire(Token(1), msg.states)
-                        self.forward(acq)
+                        self._act(cycle, machine.fire(Event.TRANSFER, w), msg)
                     if msg.last:
-                        cycle.received.add(w)
+                        self._act(cycle, machine.fire(Event.LAST_TRANSFER, w))
                 else:
                     raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
         if self._cycle is cycle:
-            self._advance(cycle, WARM_KEYS)  # once per loop turn
+            self._advance(cycle, SORT_KEYS)  # once per loop turn
 
-    def _advance(self, cycle: Cycle, warm: int = 0) -> None:
-        """Move the cycle on as far as it can go now (working out up to ``warm`` owners)."""
-        if cycle.chunks is None and cycle.warm(warm) and cycle.aligned():
-            g = agreed_epoch(cycle, self.name)
-            if g is not None and (self._out_frontier is None or g > self._out_frontier):
-                self._out_frontier = g
-                self._idle_out = False
-                self.emit_epoch(g)
-            cycle.collect = cycle.next_collect()
-            assert cycle.collect is not None
-            self.forward(cycle.collect)
+    def _advance(self, cycle: Cycle, budget: int = 0) -> None:
+        """Fire the events the messages at hand brought about, after sorting up to ``budget``
+        of the region's keys: the keys sorted, a Handover back, the end of those messages."""
+        machine = cycle.machine
+        # Sorting runs from the cycle's start (while the markers come in) to the hand-over.
+        sorting = not machine.reached(Phase.HANDING_OVER)
+        if sorting and cycle.keys.sort(budget) and machine.phase is Phase.AWAITING_KEYS:
+            self._act(cycle, machine.fire(Event.KEYS_SORTED))
         collect = cycle.collect
-        if collect is not None and collect.token.pending == 0:
-            # That chunk is out of the region: ship it, and start the next one (one a turn).
-            cycle.collect = nxt = cycle.next_collect()
-            for w, msg in split_transfers(cycle, collect.collection, last=nxt is None):
-                self.exchange.send(w, self.name, msg)
-            collect.collection = {}
-            if nxt is None:
-                cycle.sent = True
+        if (
+            machine.phase is Phase.HANDING_OVER
+            and collect is not None
+            and not collect.token.pending
+        ):
+            # That chunk is out of the region (one a turn: its token went through it).
+            more = Event.COLLECTED if cycle.chunks else Event.LAST_COLLECTED
+            self._act(cycle, machine.fire(more))
+        if machine.phase is Phase.RELEASING:
+            self._act(cycle, machine.fire(Event.SETTLE))
+
+    def _act(self, cycle: Cycle, actions: tuple[Action, ...], transfer: Any = None) -> None:
+        """Carry out a transition's ``actions`` (``transfer``: the Transfer that arrived)."""
+        for action in actions:
+            if action is Action.INTERROGATE:
+                ask = cycle.keys.ask = Interrogate(Token(1), cycle.version)
+                self.forward(ask)
+            elif action is Action.SEND_MARKERS:
+                marker = RescaleMarker(cycle.version, cycle.new, cycle.my_frontier)
+                for w in cycle.peers:
+                    self.exchange.send(w, self.name, marker)
+                    self._remote_frontier.setdefault(w, None)
+            elif action is Action.EMIT_AGREED_EPOCH:
+                g = agreed_epoch(cycle, self.name)
+                if g is not None and (self._out_frontier is None or g > self._out_frontier):
+                    self._out_frontier = g
+                    self._idle_out = False
+                    self.emit_epoch(g)
+            elif action is Action.HAND_OVER:
+                collect = cycle.collect = cycle.next_collect()
+                assert collect is not None
+                self.forward(collect)
+            elif action is Action.SHIP or action is Action.SHIP_LAST:
+                collect = cycle.collect
+                assert collect is not None
+                last = action is Action.SHIP_LAST
+                for w, msg in split_transfers(cycle, collect.collection, last=last):
+                    self.exchange.send(w, self.name, msg)
+                collect.collection = {}
+                cycle.collect = None
+            elif action is Action.ACQUIRE:
+                self.forward(Acquire(Token(1), transfer.states))
+            elif action is Action.RELEASE:
+                self._finish_cycle(cycle)
             else:
-                self.forward(nxt)
-        if cycle.sent and len(cycle.received) == len(cycle.peers):
-            self._finish_cycle(cycle)
+                raise OperatorError(self.name, f"rescale: no such distributor action {action}")
 
     def _finish_cycle(self, cycle: Cycle) -> None:
         self.forward(Installed(Token(1), cycle.version))
@@ -408,10 +416,8 @@ class DistributorOp(Operator):
             self.emit(b)
         cycle.held.clear()
         self.forward(Released(Token(1), cycle.version))
-        self.workers = cycle.new
-        self.remotes = [w for w in cycle.new if w != self.me]
-        self._cache = cycle.cache
-        self._remote_frontier = {w: self._remote_frontier.get(w) for w in self.remotes}
+        self.placement = cycle.new_placement
+        self._remote_frontier = {w: self._remote_frontier.get(w) for w in self.placement.remotes}
         self._done_version = cycle.version
         self._cycle = None
         self._emit_merged()
@@ -419,8 +425,8 @@ class DistributorOp(Operator):
     def _route_new(self, batch: Batch, cycle: Cycle) -> None:
         """Local records after our Rescale: routed by the new worker set."""
         route = self._route_keys(batch)
-        old = cycle.old_owners(route)
-        new = cycle.owners(route)
+        old = cycle.old_placement.owners(route)
+        new = cycle.new_placement.owners(route)
         me = self.me
         mine: list[int] = []
         held: list[int] = []
@@ -444,7 +450,7 @@ class DistributorOp(Operator):
 
     def _deliver_new(self, batch: Batch, cycle: Cycle) -> None:
         """A peer's record of the new configuration: ours, but held while its state moves."""
-        old = cycle.old_owners(self._route_keys(batch))
+        old = cycle.old_placement.owners(self._route_keys(batch))
         me = self.me
         if all(o == me for o in old):
             self.emit(batch)

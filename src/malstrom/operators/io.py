@@ -13,6 +13,7 @@ from malstrom.engine.batch import Batch, make_record
 from malstrom.engine.context import BuildContext
 from malstrom.engine.messages import IDLE, Barrier, Control, Rescale, Select
 from malstrom.engine.operator import Operator
+from malstrom.engine.rescale_cycle import SOURCE_CYCLE, Action, Event, Phase, RescaleCycle
 from malstrom.engine.user_code import user_error
 from malstrom.errors import AttemptFenced, OperatorError
 from malstrom.keyed.partitioners import rendezvous_select
@@ -92,12 +93,12 @@ class PartsMoved:
 
 @dataclass
 class _PartsCycle:
-    """A source's progress through one rescale: which peers have sent their moved parts."""
+    """A source's rescale: its :data:`~malstrom.engine.rescale_cycle.SOURCE_CYCLE` machine
+    (which peers' PartsMoved arrived), the new worker set and the peers it exchanges with."""
 
-    version: int
     workers: tuple[int, ...]  # the new worker set
-    peers: tuple[int, ...]  # every old and new worker but this one
-    moved: set[int]  # peers whose PartsMoved arrived
+    peers: tuple[int, ...]  # every old and new worker but this one, in sending order
+    machine: RescaleCycle
 
 
 class SourceOp(Operator):
@@ -105,7 +106,11 @@ class SourceOp(Operator):
 
     A worker with no unfinished part emits ``Epoch(IDLE)`` (it holds back no merged epoch);
     every worker emits ``Epoch(MAX)`` once every part of the source, on any worker, finished.
-    On a rescale, parts whose owner changes are collected and rebuilt on their new worker.
+    On a rescale, parts whose owner changes are collected and rebuilt on their new worker: the
+    source runs the tail of the distributors' rescale cycle (``SOURCE_CYCLE`` in
+    :mod:`malstrom.engine.rescale_cycle`, which says why it needs no markers). Its parts move
+    as :class:`PartMove` (TRANSFER), then :class:`PartsMoved` is its last message to every
+    peer (LAST_TRANSFER).
 
     A source whose impl has ``relist_interval`` (seconds) grows while it runs: every worker
     calls ``list_parts()`` again at that interval and builds the new parts it owns (same
@@ -140,8 +145,8 @@ class SourceOp(Operator):
         self._idle = False
         self._cycle: _PartsCycle | None = None
         self._done_version = -1
-        self._early: set[tuple[int, int]] = set()
-        self._early_parts: list[PartMove] = []
+        # What peers sent before our own Rescale (they are ahead of us): it waits for it.
+        self._early: list[tuple[int, PartMove | PartsMoved]] = []
         mine = [p for p in parts if rendezvous_select(p, self.workers) == me]
         restored = dict(ctx.restore_keyed(name, rendezvous_select)) if self.stateful else {}
         self.parts: list[PartReader] = []
@@ -309,34 +314,38 @@ class SourceOp(Operator):
                     self.finished.add(msg.part)
                 elif t is PartMove:
                     self._learn(msg.part)
-                    if self._cycle is not None and self._cycle.version == msg.version:
-                        self._add_moved(msg)
-                    else:
-                        # Before our own Rescale: its records must follow the new
-                        # configuration downstream, so the part starts once that passed.
-                        self._early_parts.append(msg)
+                    self._from_peer(w, msg)
                 elif t is PartsMoved:
                     for part in msg.finished:
                         self._learn(part)
                     self.finished |= msg.finished
-                    if self._cycle is not None and self._cycle.version == msg.version:
-                        self._cycle.moved.add(w)
-                    elif msg.version > self._done_version:
-                        self._early.add((msg.version, w))  # a peer ahead of our own Rescale
-                    else:
-                        raise OperatorError(
-                            name, f"worker {w} moved its parts for an unknown rescale"
-                        )
+                    self._from_peer(w, msg)
                 else:
                     raise OperatorError(name, f"unexpected message from worker {w}: {msg!r}")
         cycle = self._cycle
-        if cycle is not None and len(cycle.moved) == len(cycle.peers):
-            self.workers = cycle.workers
-            self.remotes = [w for w in cycle.workers if w != self.me]
-            self._done_version = cycle.version
-            self._cycle = None
-            if self._relist_every is not None:
-                self._build_orphans()
+        if cycle is not None and cycle.machine.phase is Phase.RELEASING:
+            self._act(cycle, cycle.machine.fire(Event.SETTLE))
+
+    def _from_peer(self, peer: int, msg: PartMove | PartsMoved) -> None:
+        """A peer's moved part or last message of a rescale."""
+        cycle = self._cycle
+        if cycle is None:
+            if msg.version <= self._done_version:
+                raise OperatorError(
+                    self.name, f"worker {peer} moved its parts for an unknown rescale"
+                )
+            # Before our own Rescale: a moved part's records must follow the new
+            # configuration downstream, so the part starts once that passed.
+            self._early.append((peer, msg))
+            return
+        if msg.version != cycle.machine.version:
+            raise OperatorError(
+                self.name,
+                f"worker {peer} moved its parts for rescale {msg.version} "
+                f"during rescale {cycle.machine.version}",
+            )
+        event = Event.TRANSFER if type(msg) is PartMove else Event.LAST_TRANSFER
+        self._act(cycle, cycle.machine.fire(event, peer), msg)
 
     def on_control(self, msg: Control) -> None:
         if type(msg) is Rescale:
@@ -347,13 +356,42 @@ class SourceOp(Operator):
     def _on_rescale(self, msg: Rescale) -> None:
         if self.exchange is None:
             raise OperatorError(self.name, "cannot rescale: this runtime has no exchange")
+        if self._cycle is not None:
+            raise OperatorError(
+                self.name,
+                f"rescale to configuration {msg.version} "
+                f"while {self._cycle.machine.version} is running",
+            )
         me, new = self.me, tuple(msg.workers)
         peers = tuple(sorted((set(self.workers) | set(new)) - {me}))
-        early = {w for v, w in self._early if v == msg.version}
-        self._cycle = _PartsCycle(msg.version, new, peers, early)
-        self._early.clear()
-        arrived = [m for m in self._early_parts if m.version == msg.version]
-        self._early_parts = []
+        machine = RescaleCycle(SOURCE_CYCLE, self.name, msg.version, peers)
+        cycle = self._cycle = _PartsCycle(new, peers, machine)
+        self._act(cycle, machine.fire(Event.RESCALE))
+        early, self._early = self._early, []
+        for w, m in early:  # in the order they came
+            self._from_peer(w, m)
+
+    def _act(self, cycle: _PartsCycle, actions: tuple[Action, ...], msg: Any = None) -> None:
+        """Carry out a transition's ``actions`` (``msg``: the peer's message that fired it)."""
+        for action in actions:
+            if action is Action.SHIP_LAST:
+                self._ship(cycle)
+            elif action is Action.ACQUIRE:
+                self._add_moved(msg)
+            elif action is Action.RELEASE:
+                self.workers = cycle.workers
+                self.remotes = [w for w in cycle.workers if w != self.me]
+                self._done_version = cycle.machine.version
+                self._cycle = None
+                if self._relist_every is not None:
+                    self._build_orphans()
+            else:
+                raise OperatorError(self.name, f"rescale: no such source action {action}")
+
+    def _ship(self, cycle: _PartsCycle) -> None:
+        """Collect the parts whose owner changes and send them to it; then PartsMoved (the
+        last message of the rescale) to every peer."""
+        me, new, version = self.me, cycle.workers, cycle.machine.version
         staying: list[PartReader] = []
         for p in self.parts:
             dest = rendezvous_select(p.key, new)
@@ -367,13 +405,11 @@ class SourceOp(Operator):
                     state = fn()
                 except Exception as e:
                     raise user_error(self.name, e) from e
-            self.exchange.send(dest, self.name, PartMove(msg.version, p.key, state, p.speed()))
+            self.exchange.send(dest, self.name, PartMove(version, p.key, state, p.speed()))
         self.parts = staying
-        done = PartsMoved(msg.version, frozenset(self.finished))
-        for w in peers:
+        done = PartsMoved(version, frozenset(self.finished))
+        for w in cycle.peers:
             self.exchange.send(w, self.name, done)
-        for m in arrived:
-            self._add_moved(m)
 
     def rescale_done(self, version: int) -> bool:
         return self._done_version >= version
