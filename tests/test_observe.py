@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from malstrom import SingleThreadRuntime, StatelessSink, StreamProvider
-from malstrom.observe import counter
+from malstrom.observe import DEFAULT_BUCKETS, counter, histogram
 from malstrom.observe._aggregate import JobObserver
 from malstrom.observe._collect import numeric_time
 from malstrom.observe._status import format_status, progress_line
@@ -315,3 +315,84 @@ def test_http_address_in_use_is_a_clear_error() -> None:
             rt.execute()
     with pytest.raises(ValueError, match="give HOST:PORT"):
         SingleThreadRuntime(build_counted, http="localhost")
+
+
+# ----- user histograms ------------------------------------------------------------------------
+class Sizes:
+    def sink(self, record: Any) -> None:
+        histogram("sink_values", buckets=(10, 100)).observe(record.value)
+
+
+def _measured(x: int) -> int:
+    histogram("values", "values seen", buckets=[1, 10, 100]).observe(x)
+    counter("seen").inc()
+    return x
+
+
+def build_measured(provider: StreamProvider) -> None:
+    provider.new_stream().source("numbers", IterSource(list(range(200)))).map(
+        "measure", _measured
+    ).sink("out", StatelessSink(Sizes()))
+
+
+def test_user_histograms_from_functions_are_served_per_operator() -> None:
+    # Twice in one process: a new job (or attempt) counts from zero, not from the last one.
+    for _ in range(2):
+        rt = SingleThreadRuntime(build_measured)
+        rt.execute()
+    text = _metrics_text(rt._observer)
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    hist = fams["malstrom_user_values"]
+    assert hist.type == "histogram" and hist.documentation == "values seen"
+    got = {
+        (s.name, s.labels.get("le")): s.value
+        for s in hist.samples
+        if s.labels["operator"] == "measure" and s.labels["worker"] == "0"
+    }
+    assert got == {
+        ("malstrom_user_values_bucket", "1.0"): 2,  # 0 and 1
+        ("malstrom_user_values_bucket", "10.0"): 11,
+        ("malstrom_user_values_bucket", "100.0"): 101,
+        ("malstrom_user_values_bucket", "+Inf"): 200,
+        ("malstrom_user_values_count", None): 200,
+        ("malstrom_user_values_sum", None): sum(range(200)),
+    }
+    sink = {s.labels.get("le"): s.value for s in fams["malstrom_user_sink_values"].samples}
+    assert sink["100.0"] == 101 and sink["+Inf"] == 200
+    assert fams["malstrom_user_seen"].samples[0].value == 200
+    assert fams["malstrom_user_seen"].samples[0].labels["operator"] == "measure"
+
+
+def test_histogram_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="buckets must increase"):
+        histogram("h_bad", buckets=(2, 1))
+    with pytest.raises(ValueError, match="histogram name"):
+        histogram("a-b")
+    histogram("h_once", buckets=(1, 2))
+    with pytest.raises(ValueError, match="differ from"):
+        histogram("h_once", buckets=(1, 3))
+    counter("c_taken")
+    with pytest.raises(ValueError, match="taken by a counter"):
+        histogram("c_taken")
+    assert histogram("h_default").bounds == DEFAULT_BUCKETS
+
+
+def test_histogram_totals_survive_worker_restarts() -> None:
+    graph = {"nodes": [{"name": "m", "root": False}], "edges": []}
+    obs = JobObserver("j", graph)
+    row = [0, 0, 0, 0.0, 0, None, 0, None, False]
+
+    def rep(buckets: list[int], total: float) -> dict[str, Any]:
+        entry = ("m", [1.0, 2.0], buckets, total, sum(buckets), "")
+        return {**_report({"m": row}), "user_hist": {"h": [entry]}}
+
+    obs.report(0, 1, rep([1, 0, 0], 0.5))
+    obs.report(0, 1, rep([2, 1, 1], 5.0))
+    obs.report(0, 2, rep([0, 0, 1], 3.0))  # a new attempt: from zero again
+    fams = {f.name: f for f in text_string_to_metric_families(_metrics_text(obs))}
+    got = {(s.name, s.labels.get("le")): s.value for s in fams["malstrom_user_h"].samples}
+    assert got[("malstrom_user_h_bucket", "1.0")] == 2
+    assert got[("malstrom_user_h_bucket", "2.0")] == 3
+    assert got[("malstrom_user_h_bucket", "+Inf")] == 5
+    assert got[("malstrom_user_h_count", None)] == 5
+    assert got[("malstrom_user_h_sum", None)] == 8.0
