@@ -244,6 +244,7 @@ def test_status_text() -> None:
                     "records_out": 50000,
                     "rate": 12345.0,
                     "lag": None,
+                    "source_lag": 1234,
                     "late": 0,
                     "queue": 0,
                     "keys": None,
@@ -286,10 +287,13 @@ def test_status_text() -> None:
         "50.0k",
         "12.0k",
         "0.25",
+        "-",
         "3",
         "2",
         "17",
     ]
+    words = next(line for line in lines if line.startswith("words"))
+    assert words.split()[5:7] == ["-", "1234"]  # no event-time lag; 1234 not read yet
     assert any(line.split()[:2] == ["1", "12"] for line in lines)
     line = progress_line({**status["metrics"], "status": status})
     assert line.startswith("running | 12.3k rec/s | 50.0k records read | lag 0.25 s")
@@ -396,3 +400,72 @@ def test_histogram_totals_survive_worker_restarts() -> None:
     assert got[("malstrom_user_h_bucket", "+Inf")] == 5
     assert got[("malstrom_user_h_count", None)] == 5
     assert got[("malstrom_user_h_sum", None)] == 8.0
+
+
+# ----- source lag -------------------------------------------------------------------------------
+def test_file_parts_tell_the_bytes_left() -> None:
+    import tempfile
+    from pathlib import Path
+
+    from malstrom.formats import Csv
+    from malstrom.sources import FileSource
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "lines.txt"
+        path.write_bytes(b"".join(b"line %03d\n" % i for i in range(100)))  # 9 bytes each
+        part = FileSource(str(path)).build_part(str(path), None)
+        assert part.lag() == 900
+        values, _ = part._poll_columns(10)
+        assert len(values) == 10 and part.lag() == 810
+        resumed = FileSource(str(path)).build_part(str(path), part.snapshot())
+        assert resumed.lag() == 810
+        while not part.is_finished():
+            part._poll_columns(1000)
+        assert part.lag() == 0
+        csv = Path(d) / "rows.csv"
+        csv.write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(10)))
+        cpart = FileSource(str(csv), format=Csv()).build_part(str(csv), None)
+        cpart._poll_columns(4)
+        assert cpart.lag() == csv.stat().st_size - 4 - 4 * 4  # header, 4 rows of "i,i\n"
+
+
+_release = threading.Event()
+
+
+def _held(v: str) -> str:
+    if not _release.is_set():
+        time.sleep(0.002)  # slow until the test saw some lag, so there is some to see
+    return v
+
+
+def test_file_source_lag_is_reported_per_part_and_goes_to_zero(tmp_path: Any) -> None:
+    from observe_support import Running, lag_samples, part_lags
+
+    from malstrom.sources import FileSource
+
+    paths = []
+    for name in ("a.txt", "b.txt"):
+        p = tmp_path / name
+        p.write_bytes(b"".join(b"%06d\n" % i for i in range(3000)))
+        paths.append(str(p))
+
+    def build(provider: StreamProvider) -> None:
+        provider.new_stream().source("files", FileSource(paths)).map("held", _held).sink(
+            "out", StatelessSink(Drop())
+        )
+
+    _release.clear()
+    with Running(build) as job:
+        lags = job.wait(
+            lambda s: (lag := part_lags(s, "files")) and all(v > 0 for v in lag.values()) and lag,
+            "every file shows some bytes left",
+        )
+        assert set(lags) == set(paths) and all(v <= 21000 for v in lags.values())
+        scraped = lag_samples(job.metrics())
+        assert {part for (op, part) in scraped if op == "files"} == set(paths)
+        assert job.state()["operators"][0]["source_lag"] > 0
+        _release.set()
+        job.join()
+    state = job.state()
+    assert part_lags(state, "files") == {p: 0 for p in paths}
+    assert state["operators"][0]["source_lag"] == 0
