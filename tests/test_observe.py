@@ -4,6 +4,7 @@ endpoint of SingleThreadRuntime (metrics, health, token-guarded actions), status
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.error
@@ -469,3 +470,67 @@ def test_file_source_lag_is_reported_per_part_and_goes_to_zero(tmp_path: Any) ->
     state = job.state()
     assert part_lags(state, "files") == {p: 0 for p in paths}
     assert state["operators"][0]["source_lag"] == 0
+
+
+# ----- logs -------------------------------------------------------------------------------------
+_user_log = logging.getLogger("user_code")
+
+
+def _warns(v: int) -> int:
+    if v == 7:
+        _user_log.warning("odd record %d", v)
+        done = threading.Event()
+
+        def elsewhere() -> None:  # another thread of the process names no operator
+            _user_log.warning("from another thread")
+            done.set()
+
+        threading.Thread(target=elsewhere).start()
+        done.wait(10)
+    return v
+
+
+class WarnSink:
+    def sink(self, record: Any) -> None:
+        if record.value == 3:
+            _user_log.error("sink saw %d", record.value)
+
+
+def build_warns(provider: StreamProvider) -> None:
+    provider.new_stream().source("numbers", IterSource(list(range(10)))).map(
+        "parse", _warns
+    ).sink("out", StatelessSink(WarnSink()))
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_logs_from_operators_name_job_worker_and_operator(fmt: str) -> None:
+    import io
+
+    from malstrom.observe._logs import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        setup_logging(logging.WARNING, fmt, job="logjob", worker=3)
+        stream = io.StringIO()
+        root.handlers[0].stream = stream  # type: ignore[attr-defined]
+        SingleThreadRuntime(build_warns).execute()
+        logging.getLogger("malstrom.test").warning("between jobs")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = stream.getvalue().splitlines()
+    if fmt == "text":
+        assert "[job logjob worker 3 operator parse] WARNING odd record 7" in lines
+        assert "[job logjob worker 3 operator out] ERROR sink saw 3" in lines
+        assert "[job logjob worker 3] WARNING from another thread" in lines
+        assert "[job logjob worker 3] WARNING between jobs" in lines
+    else:
+        got = {(d["message"], d.get("operator")) for d in map(json.loads, lines)}
+        assert {
+            ("odd record 7", "parse"),
+            ("sink saw 3", "out"),
+            ("from another thread", None),
+            ("between jobs", None),
+        } <= got
+        assert all(d["job"] == "logjob" and d["worker"] == 3 for d in map(json.loads, lines))

@@ -17,6 +17,7 @@ from itertools import pairwise
 __all__ = [
     "CURRENT",
     "DEFAULT_BUCKETS",
+    "LOOP_THREAD",
     "Counter",
     "Histogram",
     "counter",
@@ -28,6 +29,9 @@ __all__ = [
 
 CURRENT: list[str] = [""]
 """The operator the worker loop runs now ("" between operators)."""
+
+LOOP_THREAD: list[int | None] = [None]
+"""The thread that runs the worker loop (``threading.get_ident()``): CURRENT is its."""
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.005,

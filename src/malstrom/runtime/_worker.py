@@ -20,6 +20,7 @@ without writing it; it runs as soon as the attempt is known to be over.
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Set as AbstractSet
 from time import monotonic
 from typing import Any
@@ -44,7 +45,7 @@ from malstrom.engine.graph import Graph
 from malstrom.engine.messages import Barrier, Rescale, Token
 from malstrom.engine.operator import Operator
 from malstrom.errors import AttemptFenced, BuildError, OperatorError
-from malstrom.observe._user import CURRENT
+from malstrom.observe._user import CURRENT, LOOP_THREAD
 from malstrom.runtime._backpressure import IntakeGate
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._bounded import BoundedPersistence
@@ -150,6 +151,7 @@ class Worker:
     def _build(self, msg: StartBuild) -> None:
         self.attempt = msg.attempt
         CURRENT[0] = ""
+        LOOP_THREAD[0] = threading.get_ident()
         if msg.persistence is not None:
             self.persistence = msg.persistence
         if msg.storage_timeout is not None and self.persistence.stores:
