@@ -1,7 +1,7 @@
 """An endless keyed event-time job for the observability tests: parts that trickle records
-stamped with the wall clock (so event-time lag is real), keyed running counts, a user
-counter, a warning logged from a user function (once per part), and a sink that drops what
-it gets. It runs until stopped."""
+stamped with the wall clock (so event-time lag is real) and tell their lag (0: caught up),
+keyed running counts, a user counter, a warning logged from a user function (once per
+part), and a sink that drops what it gets. It runs until stopped."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ class Part:
 
     def is_finished(self) -> bool:
         return False
+
+    def lag(self) -> int:
+        return 0  # a trickle is always caught up
 
     def snapshot(self) -> object:
         return self.nxt
