@@ -468,8 +468,10 @@ def test_file_source_lag_is_reported_per_part_and_goes_to_zero(tmp_path: Any) ->
         _release.set()
         job.join()
     state = job.state()
-    assert part_lags(state, "files") == {p: 0 for p in paths}
+    # Read to the end: nothing left, and no series kept for finished parts.
+    assert part_lags(state, "files") == {}
     assert state["operators"][0]["source_lag"] == 0
+    assert state["operators"][1]["source_lag"] is None  # not a source
 
 
 # ----- logs -------------------------------------------------------------------------------------
@@ -497,17 +499,22 @@ class WarnSink:
 
 
 def build_warns(provider: StreamProvider) -> None:
-    provider.new_stream().source("numbers", IterSource(list(range(10)))).map(
-        "parse", _warns
-    ).sink("out", StatelessSink(WarnSink()))
+    provider.new_stream().source("numbers", IterSource(list(range(10)))).map("parse", _warns).sink(
+        "out", StatelessSink(WarnSink())
+    )
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
-def test_logs_from_operators_name_job_worker_and_operator(fmt: str) -> None:
+def test_logs_from_operators_name_job_worker_and_operator(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import io
 
     from malstrom.observe._logs import setup_logging
 
+    # setup_logging passes the format on to worker processes through the environment:
+    # restored after the test.
+    monkeypatch.setenv("MALSTROM_LOG_FORMAT", fmt)
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
     try:

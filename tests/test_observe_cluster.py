@@ -77,7 +77,7 @@ def _wait_for_line(path: Path, pattern: str, proc: subprocess.Popen[Any], timeou
 
 def test_coordinator_http_serves_the_cluster_metrics(tmp_path: Path) -> None:
     addr = f"127.0.0.1:{_free_port()}"
-    env = dict(os.environ, MALSTROM_JOB="e2e-job", MALSTROM_TOKEN=TOKEN)
+    env = dict(os.environ, MALSTROM_JOB="e2e-job", MALSTROM_TOKEN=TOKEN, MALSTROM_LOG_FORMAT="text")
     procs: list[subprocess.Popen[Any]] = []
 
     def spawn(name: str, *args: str) -> subprocess.Popen[Any]:

@@ -305,11 +305,10 @@ class JobObserver:
                     if n == name and g[_KEYS] is not None
                 ]
                 queue = sum(g[_QUEUE] for (w, n), g in self._gauges.items() if n == name)
-                unread = [
-                    lag
+                told = [
+                    by_op[name]
                     for w, by_op in self._source_lags.items()
-                    if w in self._workers
-                    for _part, lag in by_op.get(name, ())
+                    if w in self._workers and name in by_op
                 ]
                 ops.append(
                     {
@@ -326,7 +325,9 @@ class JobObserver:
                         "lag": self.lags.get(name),
                         "queue": queue,
                         "keys": sum(keys) if keys else None,
-                        "source_lag": sum(unread) if unread else None,
+                        "source_lag": (
+                            sum(lag for rows in told for _part, lag in rows) if told else None
+                        ),
                     }
                 )
             source_parts = [

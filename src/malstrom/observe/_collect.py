@@ -209,11 +209,18 @@ class WorkerMetrics:
         }
 
     def _source_lags(self) -> dict[str, list[tuple[str, int]]]:
-        """Per source, ``(part, lag)`` of the parts here that tell (``part.lag()``)."""
+        """Per source, ``(part, lag)`` of the unfinished parts here that tell
+        (``part.lag()``). A source whose parts can tell but all finished is listed with
+        none: nothing left to read, and no series per finished part (a directory source may
+        have read thousands of files)."""
         out: dict[str, list[tuple[str, int]]] = {}
         for op in self.sources:
-            rows = [(part_label(p.key), n) for p in op.parts if (n := _part_lag(p)) is not None]
-            if rows:
+            rows = [
+                (part_label(p.key), n)
+                for p in op.parts
+                if not p.finished and (n := _part_lag(p.part)) is not None
+            ]
+            if rows or any(callable(getattr(p.part, "lag", None)) for p in op.parts):
                 out[op.name] = rows
         return out
 
@@ -250,12 +257,9 @@ def part_label(key: Any) -> str:
     return str(key)
 
 
-def _part_lag(reader: Any) -> int | None:
-    """What a part has not read yet (records or bytes), when it can tell: ``lag()``. A part
-    that finished has none left."""
-    if reader.finished:
-        return 0 if callable(getattr(reader.part, "lag", None)) else None
-    fn = getattr(reader.part, "lag", None)
+def _part_lag(part: Any) -> int | None:
+    """What a part has not read yet (records or bytes), when it can tell: ``lag()``."""
+    fn = getattr(part, "lag", None)
     if fn is None:
         return None
     try:

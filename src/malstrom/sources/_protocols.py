@@ -28,8 +28,8 @@ class StatelessSourcePartition(Protocol):
     counts (records for Kafka: high watermark minus position; bytes for text files; rows
     for Parquet); None when it cannot tell right now. It is asked about once a second, with
     the worker's metrics report, on the worker's loop thread, so it must be cheap and must not
-    wait (use what the client has cached). It is served as ``malstrom_source_lag{part=...}``.
-    A finished part counts as 0.
+    wait (use what the client has cached). It is served as ``malstrom_source_lag{part=...}``
+    while the part is unfinished; a finished part has nothing left to read.
     """
 
     def poll(self) -> tuple[Any, Any] | None:
