@@ -152,7 +152,7 @@ def test_coordinator_sigterm_stops_the_cluster_with_a_final_snapshot(tmp_path: P
 
         def running() -> bool:
             st = subprocess.run(
-                [*MALSTROM, "status", "--coordinator", addr, *auth],
+                [*MALSTROM, "status", "--json", "--coordinator", addr, *auth],
                 env=environ,
                 capture_output=True,
                 text=True,

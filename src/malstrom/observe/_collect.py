@@ -4,8 +4,8 @@ report a worker sends the coordinator with each heartbeat.
 Nothing here runs per record. :func:`instrument` wraps, on each operator *instance*, the
 methods a batch goes through (``on_batch``, ``emit``, ``emit_to``, ``drain``, ``poll``): a
 wrapper adds ``len(batch)`` to a counter and calls the method it shadows. Frontiers, queue
-depths, keys held and bytes per peer are read when a report is made (about once a second),
-not kept up to date.
+depths, keys held, bytes per peer and the source parts' ``lag()`` are read when a report is
+made (about once a second), not kept up to date.
 """
 
 from __future__ import annotations
