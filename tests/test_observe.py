@@ -428,6 +428,31 @@ def test_file_parts_tell_the_bytes_left() -> None:
         cpart = FileSource(str(csv), format=Csv()).build_part(str(csv), None)
         cpart._poll_columns(4)
         assert cpart.lag() == csv.stat().st_size - 4 - 4 * 4  # header, 4 rows of "i,i\n"
+        # A directory source's file parts tell the same; files read to the end have none.
+        from malstrom.sources import DirectorySource
+
+        dpart = DirectorySource(d).build_part("lines.txt", None)
+        assert dpart.lag() == 900
+        assert DirectorySource(d).build_part("lines.txt", "done").lag() == 0
+
+
+def test_parquet_parts_tell_the_rows_left(tmp_path: Any) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    from malstrom.formats import Parquet
+    from malstrom.sources import FileSource
+
+    path = str(tmp_path / "rows.parquet")
+    pq.write_table(pa.table({"i": list(range(50))}), path, row_group_size=20)
+    part = FileSource(path, format=Parquet()).build_part(path, None)
+    assert part.lag() == 50
+    values, _ = part._poll_columns(15)
+    assert len(values) == 15 and part.lag() == 35
+    assert FileSource(path, format=Parquet()).build_part(path, part.snapshot()).lag() == 35
+    while not part.is_finished():
+        part._poll_columns(100)
+    assert part.lag() == 0
 
 
 _release = threading.Event()
