@@ -57,6 +57,16 @@ def test_dashboard_in_chromium(tmp_path: Path) -> None:
         # The event-time lag is shown (the job stamps records with the wall clock).
         browser.wait_for("/ s$/.test(document.getElementById('lag').textContent)")
         assert browser.eval("document.getElementById('workers-count').textContent") == "1"
+        # The operator table: the source's unread column shows its parts' lag; operators
+        # that are no source show none.
+        cell = (
+            "[...document.querySelectorAll('#operators tbody tr')]"
+            ".find(r => r.cells[0].textContent === '{}').cells[{}].textContent"
+        )
+        header = "document.querySelectorAll('#operators thead th')[6].textContent"
+        assert browser.eval(header) == "unread"
+        browser.wait_for(f"{cell.format('trickle', 6)} === '0'")
+        assert browser.eval(cell.format("count", 6)) == "\u2013"  # an en dash: none
         # A rescale from the page: 1 -> 2 workers.
         browser.eval(
             "document.getElementById('rescale-n').value = '2';"

@@ -80,7 +80,7 @@ def test_custom_io_guide_code_runs() -> None:
     """The guide's code blocks, run in order in one namespace (they assert their output)."""
     text = (ROOT / "docs" / "guides" / "custom-io.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace: dict[str, Any] = {"__name__": "custom_io_guide"}
     exec(compile("\n".join(blocks), "custom-io.md", "exec"), namespace)
     assert namespace["target"].published

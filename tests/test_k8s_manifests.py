@@ -21,7 +21,7 @@ import yaml
 from malstrom.k8s import JobSpec, render
 from malstrom.k8s.__main__ import main as k8s_main
 from malstrom.k8s._resources import IMAGE_UID, token_secret
-from malstrom.k8s._spec import COORDINATOR_PORT, WORKER_PORT
+from malstrom.k8s._spec import COORDINATOR_PORT, HTTP_PORT, WORKER_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -153,7 +153,7 @@ def test_pods_are_probed_on_their_grpc_health_service_and_request_resources() ->
         (container,) = pod["containers"]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"] == {"port": port}, (kind, probe)
-        assert container["ports"] == [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+        assert container["ports"][0] == {"name": "grpc", "containerPort": port, "protocol": "TCP"}
         assert container["resources"]["requests"]["cpu"]
         assert container["resources"]["requests"]["memory"]
         assert pod["securityContext"]["runAsUser"] == IMAGE_UID
@@ -167,6 +167,37 @@ def test_pods_are_probed_on_their_grpc_health_service_and_request_resources() ->
     worker = workloads["StatefulSet"]["spec"]["template"]["spec"]["containers"][0]
     assert worker["args"][worker["args"].index("--listen") + 1] == f"0.0.0.0:{WORKER_PORT}"
     assert worker["args"][worker["args"].index("--coordinator") + 1] == "orders-coordinator:7000"
+
+
+def test_the_coordinator_serves_metrics_for_prometheus() -> None:
+    spec = JobSpec.from_resource(RENDERED["minimal"])
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in render(spec, workers=2)}
+    deployment = objects[("Deployment", "orders-coordinator")]
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--http") + 1] == f"0.0.0.0:{HTTP_PORT}"
+    assert {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"} in container["ports"]
+    assert template["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(HTTP_PORT),
+        "prometheus.io/path": "/metrics",
+    }
+    service = objects[("Service", "orders-coordinator")]
+    assert {"name": "http", "port": HTTP_PORT, "targetPort": "http"} in service["spec"]["ports"]
+    # Workers serve no HTTP: the coordinator has the whole job's metrics.
+    worker = objects[("StatefulSet", "orders-worker")]["spec"]["template"]
+    assert "--http" not in worker["spec"]["containers"][0]["args"]
+    assert "annotations" not in worker["metadata"]
+    # The ServiceMonitor of docs/deployment.md selects this Service and its http port.
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    block = next(b for b in text.split("```yaml\n")[1:] if "ServiceMonitor" in b)
+    monitor = yaml.safe_load(block.split("```", 1)[0])
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    assert wanted.items() <= service["metadata"]["labels"].items()
+    assert not wanted.items() <= objects[("Service", "orders-worker")]["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
 
 
 def test_shipped_crd_and_plain_manifests_are_current() -> None:

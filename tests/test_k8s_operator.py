@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from jobs import mp_sums
 
 from malstrom.k8s._local import LocalCluster, run_operator
 from malstrom.k8s._runner import Operator
+from malstrom.k8s._spec import HTTP_PORT
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -111,10 +114,34 @@ def outputs(cluster: LocalCluster, name: str) -> Path:
     return cluster.root / "pvc" / f"{name}-data" / "out"
 
 
+def check_metrics(cluster: LocalCluster, name: str) -> None:
+    """The coordinator's Service serves the job's metrics on its http port; its actions take
+    the token."""
+    base = f"http://{cluster.service_address(NS, f'{name}-coordinator', HTTP_PORT)}/"
+    deadline = time.monotonic() + 60
+    text = ""
+    while f'malstrom_records_out_total{{job="{name}",operator=' not in text:
+        assert time.monotonic() < deadline, text
+        try:
+            with urllib.request.urlopen(base + "metrics", timeout=10) as r:
+                text = r.read().decode()
+        except OSError:
+            pass
+        time.sleep(0.3)
+    assert f'malstrom_workers{{job="{name}"}} 2.0' in text
+    with urllib.request.urlopen(base + "healthz", timeout=10) as r:
+        assert r.status == 200
+    req = urllib.request.Request(base + "api/snapshot", data=b"{}", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 401
+
+
 def test_create_rescale_live_suspend_resume_finish_delete(cluster: LocalCluster) -> None:
     cluster.create(job_resource("sums", parallelism=2, delay=0.3))
     status = wait_for(cluster, "sums", lambda s: s.get("phase") == "Running", "running")
     assert status["workers"] == 2 and status["parallelism"] == 2
+    check_metrics(cluster, "sums")
     before = cluster.pids("sums-")
     assert set(before) == {"sums-coordinator-0", "sums-worker-0", "sums-worker-1"}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -207,6 +208,54 @@ def test_lag_per_partition(kafka: MockCluster) -> None:
         assert time.monotonic() < deadline, part.lag()
         part._poll_columns(0)
         time.sleep(0.05)
+
+
+_release = threading.Event()
+
+
+def _slow_until_released(m: KafkaMessage) -> KafkaMessage:
+    if not _release.is_set():
+        time.sleep(0.005)  # behind the topic until the test saw the lag
+    return m
+
+
+def test_lag_is_served_per_partition_and_goes_to_zero(kafka: MockCluster) -> None:
+    from observe_support import Running, lag_samples, part_lags
+
+    t = topic("lag-served")
+    kafka.create_topic(t, 2)
+    n = 1000
+    produce(kafka.bootstrap_servers, t, [(None, b"%d" % i, i % 2) for i in range(n)])
+    src = KafkaSource(kafka.bootstrap_servers, t, max_poll_records=20)
+
+    def build(provider: StreamProvider) -> None:
+        provider.new_stream().source("kafka", src).map("slow", _slow_until_released).sink(
+            "list", ListSink()
+        )
+
+    parts = {f"{t}:0", f"{t}:1"}
+    _release.clear()
+    with Running(build) as job:
+        # Some records read, not all: the lag is what the partitions hold beyond them.
+        lags = job.wait(
+            lambda s: (
+                (lag := part_lags(s, "kafka")).keys() == parts and 0 < sum(lag.values()) < n and lag
+            ),
+            "the partitions show some lag",
+        )
+        assert all(0 <= v <= n // 2 for v in lags.values())
+        scraped = job.wait(
+            lambda s: (got := lag_samples(job.metrics())) and got,
+            "/metrics serves malstrom_source_lag",
+        )
+        assert {part for op, part in scraped if op == "kafka"} == parts
+        _release.set()
+        job.wait(
+            lambda s: part_lags(s, "kafka") == {p: 0 for p in parts},
+            "every partition read to its end",
+        )
+        assert lag_samples(job.metrics()) == {("kafka", p): 0 for p in parts}
+        job.stop()
 
 
 def test_unreachable_brokers_fail_fast_with_a_clear_error() -> None:

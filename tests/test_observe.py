@@ -4,6 +4,7 @@ endpoint of SingleThreadRuntime (metrics, health, token-guarded actions), status
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import urllib.error
@@ -15,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from malstrom import SingleThreadRuntime, StatelessSink, StreamProvider
-from malstrom.observe import counter
+from malstrom.observe import DEFAULT_BUCKETS, counter, histogram
 from malstrom.observe._aggregate import JobObserver
 from malstrom.observe._collect import numeric_time
 from malstrom.observe._status import format_status, progress_line
@@ -244,6 +245,7 @@ def test_status_text() -> None:
                     "records_out": 50000,
                     "rate": 12345.0,
                     "lag": None,
+                    "source_lag": 1234,
                     "late": 0,
                     "queue": 0,
                     "keys": None,
@@ -286,10 +288,13 @@ def test_status_text() -> None:
         "50.0k",
         "12.0k",
         "0.25",
+        "-",
         "3",
         "2",
         "17",
     ]
+    words = next(line for line in lines if line.startswith("words"))
+    assert words.split()[5:7] == ["-", "1234"]  # no event-time lag; 1234 not read yet
     assert any(line.split()[:2] == ["1", "12"] for line in lines)
     line = progress_line({**status["metrics"], "status": status})
     assert line.startswith("running | 12.3k rec/s | 50.0k records read | lag 0.25 s")
@@ -315,3 +320,249 @@ def test_http_address_in_use_is_a_clear_error() -> None:
             rt.execute()
     with pytest.raises(ValueError, match="give HOST:PORT"):
         SingleThreadRuntime(build_counted, http="localhost")
+
+
+# ----- user histograms ------------------------------------------------------------------------
+class Sizes:
+    def sink(self, record: Any) -> None:
+        histogram("sink_values", buckets=(10, 100)).observe(record.value)
+
+
+def _measured(x: int) -> int:
+    histogram("values", "values seen", buckets=[1, 10, 100]).observe(x)
+    counter("seen").inc()
+    return x
+
+
+def build_measured(provider: StreamProvider) -> None:
+    provider.new_stream().source("numbers", IterSource(list(range(200)))).map(
+        "measure", _measured
+    ).sink("out", StatelessSink(Sizes()))
+
+
+def test_user_histograms_from_functions_are_served_per_operator() -> None:
+    # Twice in one process: a new job (or attempt) counts from zero, not from the last one.
+    for _ in range(2):
+        rt = SingleThreadRuntime(build_measured)
+        rt.execute()
+    text = _metrics_text(rt._observer)
+    fams = {f.name: f for f in text_string_to_metric_families(text)}
+    hist = fams["malstrom_user_values"]
+    assert hist.type == "histogram" and hist.documentation == "values seen"
+    got = {
+        (s.name, s.labels.get("le")): s.value
+        for s in hist.samples
+        if s.labels["operator"] == "measure" and s.labels["worker"] == "0"
+    }
+    assert got == {
+        ("malstrom_user_values_bucket", "1.0"): 2,  # 0 and 1
+        ("malstrom_user_values_bucket", "10.0"): 11,
+        ("malstrom_user_values_bucket", "100.0"): 101,
+        ("malstrom_user_values_bucket", "+Inf"): 200,
+        ("malstrom_user_values_count", None): 200,
+        ("malstrom_user_values_sum", None): sum(range(200)),
+    }
+    sink = {s.labels.get("le"): s.value for s in fams["malstrom_user_sink_values"].samples}
+    assert sink["100.0"] == 101 and sink["+Inf"] == 200
+    assert fams["malstrom_user_seen"].samples[0].value == 200
+    assert fams["malstrom_user_seen"].samples[0].labels["operator"] == "measure"
+
+
+def test_histogram_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="buckets must increase"):
+        histogram("h_bad", buckets=(2, 1))
+    with pytest.raises(ValueError, match="histogram name"):
+        histogram("a-b")
+    histogram("h_once", buckets=(1, 2))
+    with pytest.raises(ValueError, match="differ from"):
+        histogram("h_once", buckets=(1, 3))
+    counter("c_taken")
+    with pytest.raises(ValueError, match="taken by a counter"):
+        histogram("c_taken")
+    assert histogram("h_default").bounds == DEFAULT_BUCKETS
+
+
+def test_histogram_totals_survive_worker_restarts() -> None:
+    graph = {"nodes": [{"name": "m", "root": False}], "edges": []}
+    obs = JobObserver("j", graph)
+    row = [0, 0, 0, 0.0, 0, None, 0, None, False]
+
+    def rep(buckets: list[int], total: float) -> dict[str, Any]:
+        entry = ("m", [1.0, 2.0], buckets, total, sum(buckets), "")
+        return {**_report({"m": row}), "user_hist": {"h": [entry]}}
+
+    obs.report(0, 1, rep([1, 0, 0], 0.5))
+    obs.report(0, 1, rep([2, 1, 1], 5.0))
+    obs.report(0, 2, rep([0, 0, 1], 3.0))  # a new attempt: from zero again
+    fams = {f.name: f for f in text_string_to_metric_families(_metrics_text(obs))}
+    got = {(s.name, s.labels.get("le")): s.value for s in fams["malstrom_user_h"].samples}
+    assert got[("malstrom_user_h_bucket", "1.0")] == 2
+    assert got[("malstrom_user_h_bucket", "2.0")] == 3
+    assert got[("malstrom_user_h_bucket", "+Inf")] == 5
+    assert got[("malstrom_user_h_count", None)] == 5
+    assert got[("malstrom_user_h_sum", None)] == 8.0
+
+
+# ----- source lag -------------------------------------------------------------------------------
+def test_file_parts_tell_the_bytes_left() -> None:
+    import tempfile
+    from pathlib import Path
+
+    from malstrom.formats import Csv
+    from malstrom.sources import FileSource
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "lines.txt"
+        path.write_bytes(b"".join(b"line %03d\n" % i for i in range(100)))  # 9 bytes each
+        part = FileSource(str(path)).build_part(str(path), None)
+        assert part.lag() == 900
+        values, _ = part._poll_columns(10)
+        assert len(values) == 10 and part.lag() == 810
+        resumed = FileSource(str(path)).build_part(str(path), part.snapshot())
+        assert resumed.lag() == 810
+        while not part.is_finished():
+            part._poll_columns(1000)
+        assert part.lag() == 0
+        csv = Path(d) / "rows.csv"
+        csv.write_text("a,b\n" + "".join(f"{i},{i}\n" for i in range(10)))
+        cpart = FileSource(str(csv), format=Csv()).build_part(str(csv), None)
+        cpart._poll_columns(4)
+        assert cpart.lag() == csv.stat().st_size - 4 - 4 * 4  # header, 4 rows of "i,i\n"
+        # A directory source's file parts tell the same; files read to the end have none.
+        from malstrom.sources import DirectorySource
+
+        dpart = DirectorySource(d).build_part("lines.txt", None)
+        assert dpart.lag() == 900
+        assert DirectorySource(d).build_part("lines.txt", "done").lag() == 0
+
+
+def test_parquet_parts_tell_the_rows_left(tmp_path: Any) -> None:
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    from malstrom.formats import Parquet
+    from malstrom.sources import FileSource
+
+    path = str(tmp_path / "rows.parquet")
+    pq.write_table(pa.table({"i": list(range(50))}), path, row_group_size=20)
+    part = FileSource(path, format=Parquet()).build_part(path, None)
+    assert part.lag() == 50
+    values, _ = part._poll_columns(15)
+    assert len(values) == 15 and part.lag() == 35
+    assert FileSource(path, format=Parquet()).build_part(path, part.snapshot()).lag() == 35
+    while not part.is_finished():
+        part._poll_columns(100)
+    assert part.lag() == 0
+
+
+_release = threading.Event()
+
+
+def _held(v: str) -> str:
+    if not _release.is_set():
+        time.sleep(0.002)  # slow until the test saw some lag, so there is some to see
+    return v
+
+
+def test_file_source_lag_is_reported_per_part_and_goes_to_zero(tmp_path: Any) -> None:
+    from observe_support import Running, lag_samples, part_lags
+
+    from malstrom.sources import FileSource
+
+    paths = []
+    for name in ("a.txt", "b.txt"):
+        p = tmp_path / name
+        p.write_bytes(b"".join(b"%06d\n" % i for i in range(3000)))
+        paths.append(str(p))
+
+    def build(provider: StreamProvider) -> None:
+        provider.new_stream().source("files", FileSource(paths)).map("held", _held).sink(
+            "out", StatelessSink(Drop())
+        )
+
+    _release.clear()
+    with Running(build) as job:
+        lags = job.wait(
+            lambda s: (lag := part_lags(s, "files")) and all(v > 0 for v in lag.values()) and lag,
+            "every file shows some bytes left",
+        )
+        assert set(lags) == set(paths) and all(v <= 21000 for v in lags.values())
+        scraped = lag_samples(job.metrics())
+        assert {part for (op, part) in scraped if op == "files"} == set(paths)
+        assert job.state()["operators"][0]["source_lag"] > 0
+        _release.set()
+        job.join()
+    state = job.state()
+    # Read to the end: nothing left, and no series kept for finished parts.
+    assert part_lags(state, "files") == {}
+    assert state["operators"][0]["source_lag"] == 0
+    assert state["operators"][1]["source_lag"] is None  # not a source
+
+
+# ----- logs -------------------------------------------------------------------------------------
+_user_log = logging.getLogger("user_code")
+
+
+def _warns(v: int) -> int:
+    if v == 7:
+        _user_log.warning("odd record %d", v)
+        done = threading.Event()
+
+        def elsewhere() -> None:  # another thread of the process names no operator
+            _user_log.warning("from another thread")
+            done.set()
+
+        threading.Thread(target=elsewhere).start()
+        done.wait(10)
+    return v
+
+
+class WarnSink:
+    def sink(self, record: Any) -> None:
+        if record.value == 3:
+            _user_log.error("sink saw %d", record.value)
+
+
+def build_warns(provider: StreamProvider) -> None:
+    provider.new_stream().source("numbers", IterSource(list(range(10)))).map("parse", _warns).sink(
+        "out", StatelessSink(WarnSink())
+    )
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_logs_from_operators_name_job_worker_and_operator(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from malstrom.observe._logs import setup_logging
+
+    # setup_logging passes the format on to worker processes through the environment:
+    # restored after the test.
+    monkeypatch.setenv("MALSTROM_LOG_FORMAT", fmt)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        setup_logging(logging.WARNING, fmt, job="logjob", worker=3)
+        stream = io.StringIO()
+        root.handlers[0].stream = stream  # type: ignore[attr-defined]
+        SingleThreadRuntime(build_warns).execute()
+        logging.getLogger("malstrom.test").warning("between jobs")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+    lines = stream.getvalue().splitlines()
+    if fmt == "text":
+        assert "[job logjob worker 3 operator parse] WARNING odd record 7" in lines
+        assert "[job logjob worker 3 operator out] ERROR sink saw 3" in lines
+        assert "[job logjob worker 3] WARNING from another thread" in lines
+        assert "[job logjob worker 3] WARNING between jobs" in lines
+    else:
+        got = {(d["message"], d.get("operator")) for d in map(json.loads, lines)}
+        assert {
+            ("odd record 7", "parse"),
+            ("sink saw 3", "out"),
+            ("from another thread", None),
+            ("between jobs", None),
+        } <= got
+        assert all(d["job"] == "logjob" and d["worker"] == 3 for d in map(json.loads, lines))

@@ -111,7 +111,43 @@ def test_run_admin_status_table_json_metrics_progress(tmp_path: Path) -> None:
         logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
         progress = [x for x in logs if x["message"].startswith("progress: ")]
         assert progress, err
+        # A warning from a user function names the job, the worker and the operator.
+        seen = [x for x in logs if x["message"].startswith("record 3 of part")]
+        assert seen and {x["operator"] for x in seen} == {"tag"}, err
+        assert {x["job"] for x in seen} == {"obs-job"} and {x["worker"] for x in seen} <= {0, 1}
         assert re.search(r"rec/s \| [\d.k]+ records read \| lag ", progress[-1]["message"])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_text_worker_logs_name_job_worker_and_operator() -> None:
+    env = dict(os.environ, MALSTROM_JOB="txt-job", MALSTROM_TOKEN="t")
+    proc = subprocess.Popen(
+        [*MALSTROM, "run", JOB, "-w", "2", "--admin", "127.0.0.1:0", "--log-format", "text"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        admin = None
+        found: dict[str, str] = {}
+        lines = []
+        deadline = time.monotonic() + 90
+        while len(found) < 4 and time.monotonic() < deadline:  # 4 parts, each warns once
+            line = proc.stderr.readline()
+            lines.append(line)
+            if m := re.search(r"job txt-job admin at (\S+) ", line):
+                admin = m.group(1)
+            if m := re.search(r"record 3 of part (\d+) seen", line):
+                found[m.group(1)] = line
+        assert len(found) == 4 and admin, lines
+        named = r"\[job txt-job worker [01] operator tag\] WARNING record 3"
+        assert all(re.match(named, line) for line in found.values()), found
+        r = _admin("stop", "--coordinator", admin, env=env)
+        assert r.returncode == 0, r.stderr
+        proc.communicate(timeout=120)
+        assert proc.returncode == 0
     finally:
         if proc.poll() is None:
             proc.kill()

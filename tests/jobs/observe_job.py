@@ -1,9 +1,11 @@
 """An endless keyed event-time job for the observability tests: parts that trickle records
-stamped with the wall clock (so event-time lag is real), keyed running counts, a user
-counter, and a sink that drops what it gets. It runs until stopped."""
+stamped with the wall clock (so event-time lag is real) and tell their lag (0: caught up),
+keyed running counts, a user counter, a warning logged from a user function (once per
+part), and a sink that drops what it gets. It runs until stopped."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -32,6 +34,9 @@ class Part:
     def is_finished(self) -> bool:
         return False
 
+    def lag(self) -> int:
+        return 0  # a trickle is always caught up
+
     def snapshot(self) -> object:
         return self.nxt
 
@@ -52,7 +57,12 @@ class Drop:
         pass
 
 
+log = logging.getLogger("observe_job")
+
+
 def tag(v: tuple[int, int, float]) -> tuple[int, int, float]:
+    if v[1] == 3:
+        log.warning("record 3 of part %d seen", v[0])  # names job, worker and operator
     if v[1] % 2 == 0:
         counter("even_records", "records with an even sequence number").inc()
     return v

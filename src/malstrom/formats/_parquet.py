@@ -85,6 +85,7 @@ class _ParquetReader:
         self._pending: list[dict[str, Any]] = []
         self._pos = 0
         self._done = done
+        self._rows = int(meta.num_rows)
         self._finished = group >= meta.num_row_groups
 
     def _poll_columns(self, n: int) -> tuple[list[Any], range]:
@@ -112,6 +113,10 @@ class _ParquetReader:
 
     def is_finished(self) -> bool:
         return self._finished
+
+    def lag(self) -> int:
+        """Rows of the file not read yet."""
+        return 0 if self._finished else max(0, self._rows - self._done)
 
     def snapshot(self) -> object:
         return self._done

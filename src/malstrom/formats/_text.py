@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import Any, BinaryIO
@@ -43,6 +45,19 @@ class _TextReader:
 
     def is_finished(self) -> bool:
         return self._f is None
+
+    def lag(self) -> int | None:
+        """Bytes of the file after what was read (None for a pipe: it cannot tell)."""
+        f = self._f
+        if f is None:
+            return 0
+        try:
+            st = os.fstat(f.fileno())
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return max(0, st.st_size - self._offset)
 
     def snapshot(self) -> object:
         return (self._offset, self._index)

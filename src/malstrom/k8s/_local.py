@@ -253,6 +253,11 @@ class LocalCluster:
         return f"127.0.0.1:{port}"
 
     # ----- for tests and tools ------------------------------------------------------------------
+    def service_address(self, namespace: str, service: str, port: int) -> str:
+        """Where a Service's port answers on this machine (its stand-in for a cluster IP)."""
+        with self._lock:
+            return f"127.0.0.1:{self._service_port(namespace, service, port)}"
+
     def get_object(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
             obj = self._objects.get((kind, namespace, name))

@@ -3,8 +3,11 @@
 - ConfigMap ``NAME-config``: ``workers``, the size a (re)starting coordinator uses. Pods read
   it through an environment variable, so a rescale changes it without touching (and so
   restarting) any pod template.
-- Service ``NAME-coordinator`` (port 7000) and Deployment ``NAME-coordinator`` (one pod,
-  ``Recreate``: never two coordinators).
+- Service ``NAME-coordinator`` (ports ``grpc`` 7000 and ``http`` 8080) and Deployment
+  ``NAME-coordinator`` (one pod, ``Recreate``: never two coordinators). The coordinator
+  serves ``/metrics``, ``/healthz`` and the dashboard on ``http`` (``--http``); its pods
+  carry the ``prometheus.io/scrape``, ``/port`` and ``/path`` annotations that Prometheus'
+  usual Kubernetes pod discovery reads. The dashboard's actions need the job's token.
 - Service ``NAME-worker`` (headless) and StatefulSet ``NAME-worker``: worker ``i`` is pod
   ``NAME-worker-i`` and joins with id ``i`` (its pod index), so scaling the StatefulSet down
   removes exactly the workers a rescale released.
@@ -24,6 +27,7 @@ from typing import Any
 from malstrom.k8s._spec import (
     API_VERSION,
     COORDINATOR_PORT,
+    HTTP_PORT,
     KIND,
     WORKER_PORT,
     JobSpec,
@@ -39,6 +43,12 @@ POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 TERMINATION_LOG = "/dev/termination-log"
 #: The user id the image runs as.
 IMAGE_UID = 10001
+#: On the coordinator's pods: where Prometheus' Kubernetes pod discovery finds the metrics.
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(HTTP_PORT),
+    "prometheus.io/path": "/metrics",
+}
 
 
 def labels(spec: JobSpec, component: str | None = None) -> dict[str, str]:
@@ -100,14 +110,22 @@ def _probes(port: int) -> dict[str, Any]:
 
 
 def _container(
-    spec: JobSpec, args: list[str], env: list[dict[str, Any]], port: int, resources: Any
+    spec: JobSpec,
+    args: list[str],
+    env: list[dict[str, Any]],
+    port: int,
+    resources: Any,
+    http: bool = False,
 ) -> dict[str, Any]:
+    ports = [{"name": "grpc", "containerPort": port, "protocol": "TCP"}]
+    if http:
+        ports.append({"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": "malstrom",
         "image": spec.image,
         "args": args,
         "env": env,
-        "ports": [{"name": "grpc", "containerPort": port, "protocol": "TCP"}],
+        "ports": ports,
         "resources": copy.deepcopy(resources),
         **_probes(port),
         # The last lines of the log become the termination message when it fails: the
@@ -161,7 +179,10 @@ def coordinator_service(spec: JobSpec, owned: bool = True) -> dict[str, Any]:
         "metadata": _metadata(spec, spec.coordinator_name, "coordinator", owned),
         "spec": {
             "selector": selector(spec, "coordinator"),
-            "ports": [{"name": "grpc", "port": COORDINATOR_PORT, "targetPort": "grpc"}],
+            "ports": [
+                {"name": "grpc", "port": COORDINATOR_PORT, "targetPort": "grpc"},
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+            ],
         },
     }
 
@@ -188,6 +209,8 @@ def coordinator_deployment(spec: JobSpec, replicas: int, owned: bool = True) -> 
         "$(MALSTROM_WORKERS)",
         "--listen",
         f"0.0.0.0:{COORDINATOR_PORT}",
+        "--http",
+        f"0.0.0.0:{HTTP_PORT}",
         "--max-restarts",
         str(spec.max_restarts),
         "--heartbeat-timeout",
@@ -207,7 +230,9 @@ def coordinator_deployment(spec: JobSpec, replicas: int, owned: bool = True) -> 
             "valueFrom": {"configMapKeyRef": {"name": spec.config_name, "key": "workers"}},
         },
     ]
-    container = _container(spec, args, env, COORDINATOR_PORT, spec.coordinator_resources)
+    container = _container(
+        spec, args, env, COORDINATOR_PORT, spec.coordinator_resources, http=True
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -217,7 +242,10 @@ def coordinator_deployment(spec: JobSpec, replicas: int, owned: bool = True) -> 
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector(spec, "coordinator")},
             "template": {
-                "metadata": {"labels": labels(spec, "coordinator")},
+                "metadata": {
+                    "labels": labels(spec, "coordinator"),
+                    "annotations": dict(SCRAPE_ANNOTATIONS),
+                },
                 # SIGTERM = stop with a final snapshot: give it time to commit.
                 "spec": _pod_spec(spec, container, spec.stop_grace_seconds),
             },

@@ -11,6 +11,7 @@ __all__ = [
     "API_VERSION",
     "COORDINATOR_PORT",
     "GROUP",
+    "HTTP_PORT",
     "KIND",
     "PLURAL",
     "VERSION",
@@ -33,6 +34,9 @@ PLURAL = "malstromjobs"
 COORDINATOR_PORT = 7000
 #: A worker's gRPC port (data plane and health checks).
 WORKER_PORT = 7001
+#: The coordinator's HTTP port (``--http``): ``/metrics`` for Prometheus, ``/healthz``, the
+#: dashboard at ``/``; its POST actions take the job's token.
+HTTP_PORT = 8080
 
 _DEFAULT_COORDINATOR_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 _DEFAULT_WORKER_RESOURCES = {"requests": {"cpu": "1", "memory": "1Gi"}}

@@ -72,6 +72,10 @@ class JobObserver:
         self._backpressured: dict[int, float] = {}
         self._user: dict[tuple[str, int, str], float] = {}
         self._user_help: dict[str, str] = {}
+        # (name, worker, operator) -> [bounds, buckets, sum, count] over every attempt
+        self._hist: dict[tuple[str, int, str], list[Any]] = {}
+        # worker -> operator -> [(part, lag)]: the latest report's, not summed
+        self._source_lags: dict[int, dict[str, list[tuple[str, int]]]] = {}
         self._saturated: dict[int, int] = {}
         self.kinds: dict[str, str] = {}
         self.sizes: dict[str, int | None] = {}
@@ -135,8 +139,42 @@ class JobObserver:
                     )
                     if desc:
                         self._user_help[uname] = desc
+            prev_hist = prev.get("user_hist", {}) if prev is not None else {}
+            for hname, hentries in rep.get("user_hist", {}).items():
+                hbefore = {e[0]: e for e in prev_hist.get(hname, [])}
+                for op, bounds, buckets, hsum, hcount, desc in hentries:
+                    self._add_histogram(
+                        (hname, worker, op), hbefore.get(op), bounds, buckets, hsum, hcount
+                    )
+                    if desc:
+                        self._user_help[hname] = desc
+            self._source_lags[worker] = {
+                op: [(str(part), int(n)) for part, n in rows]
+                for op, rows in rep.get("source_lag", {}).items()
+            }
             self._saturated[worker] = int(rep.get("saturated", 0))
             self._sample()
+
+    def _add_histogram(
+        self,
+        key: tuple[str, int, str],
+        old: Any,
+        bounds: list[float],
+        buckets: list[int],
+        hsum: float,
+        hcount: int,
+    ) -> None:
+        """Add what a histogram observed since the worker's previous report (all of it after
+        a restart, when its count went back)."""
+        tot = self._hist.get(key)
+        if tot is None or list(tot[0]) != list(bounds):
+            tot = self._hist[key] = [list(bounds), [0] * len(buckets), 0.0, 0]
+        if old is not None and old[4] <= hcount and len(old[2]) == len(buckets):
+            buckets = [b - a for a, b in zip(old[2], buckets)]
+            hsum, hcount = hsum - old[3], hcount - old[4]
+        tot[1] = [a + b for a, b in zip(tot[1], buckets)]
+        tot[2] += hsum
+        tot[3] += hcount
 
     def event(self, kind: str, **data: Any) -> None:
         """A job event: ``snapshot_started``/``snapshot_committed`` (version, size),
@@ -267,6 +305,11 @@ class JobObserver:
                     if n == name and g[_KEYS] is not None
                 ]
                 queue = sum(g[_QUEUE] for (w, n), g in self._gauges.items() if n == name)
+                told = [
+                    by_op[name]
+                    for w, by_op in self._source_lags.items()
+                    if w in self._workers and name in by_op
+                ]
                 ops.append(
                     {
                         "name": name,
@@ -282,8 +325,18 @@ class JobObserver:
                         "lag": self.lags.get(name),
                         "queue": queue,
                         "keys": sum(keys) if keys else None,
+                        "source_lag": (
+                            sum(lag for rows in told for _part, lag in rows) if told else None
+                        ),
                     }
                 )
+            source_parts = [
+                {"operator": op, "worker": w, "part": part, "lag": lag}
+                for w, by_op in sorted(self._source_lags.items())
+                if w in self._workers
+                for op, rows in sorted(by_op.items())
+                for part, lag in rows
+            ]
             workers = [
                 {
                     "id": w,
@@ -303,6 +356,7 @@ class JobObserver:
                 "status": status,
                 "graph": self.graph,
                 "operators": ops,
+                "source_parts": source_parts,
                 "workers": workers,
                 "series": [list(p) for p in self.series],
                 "snapshots": list(self.snapshots),
@@ -318,7 +372,11 @@ class JobObserver:
 
     def prometheus_families(self) -> list[Any]:
         """The metric families of ``/metrics`` (prometheus-client objects)."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
         job = self.job
         opl = ["job", "worker", "operator"]
@@ -372,6 +430,18 @@ class JobObserver:
                         "Wall time minus the operator's event-time frontier",
                         opl,
                     ).add_metric(lv, max(0.0, self._workers[w].last["t"] + age - g[_FRONTIER]))
+            for w, by_op in sorted(self._source_lags.items()):
+                if w not in self._workers:
+                    continue
+                for op_name, rows in sorted(by_op.items()):
+                    for part, lag in rows:
+                        fam(
+                            GaugeMetricFamily,
+                            "malstrom_source_lag",
+                            "What the source part has not read yet (records or bytes, as the "
+                            "source tells)",
+                            ["job", "worker", "operator", "part"],
+                        ).add_metric([job, str(w), op_name, part], lag)
             pl = ["job", "worker", "peer"]
             for (w, peer), (sent, recv) in sorted(self._peers.items()):
                 lv = [job, str(w), str(peer)]
@@ -420,6 +490,18 @@ class JobObserver:
                     self._user_help.get(uname) or f"User counter {uname}",
                     opl,
                 ).add_metric([job, str(w), op], value)
+            for (hname, w, op), (bounds, buckets, hsum, _count) in sorted(self._hist.items()):
+                cumulative = []
+                acc = 0
+                for bound, n in zip([*bounds, float("inf")], buckets):
+                    acc += n
+                    cumulative.append(("+Inf" if bound == float("inf") else repr(bound), acc))
+                fam(
+                    HistogramMetricFamily,
+                    f"malstrom_user_{hname}",
+                    self._user_help.get(hname) or f"User histogram {hname}",
+                    opl,
+                ).add_metric([job, str(w), op], cumulative, sum_value=hsum)
             jl = ["job"]
             fam(GaugeMetricFamily, "malstrom_workers", "Workers of the job", jl).add_metric(
                 [job], len(status.get("workers", self._workers))

@@ -4,8 +4,8 @@ report a worker sends the coordinator with each heartbeat.
 Nothing here runs per record. :func:`instrument` wraps, on each operator *instance*, the
 methods a batch goes through (``on_batch``, ``emit``, ``emit_to``, ``drain``, ``poll``): a
 wrapper adds ``len(batch)`` to a counter and calls the method it shadows. Frontiers, queue
-depths, keys held and bytes per peer are read when a report is made (about once a second),
-not kept up to date.
+depths, keys held, bytes per peer and the source parts' ``lag()`` are read when a report is
+made (about once a second), not kept up to date.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from malstrom.observe import _user
 
-__all__ = ["OpCounters", "WorkerMetrics", "instrument", "numeric_time"]
+__all__ = ["OpCounters", "WorkerMetrics", "instrument", "numeric_time", "part_label"]
 
 #: Operator classes whose output port 1 carries late records.
 _LATE_PORT_CLASSES = ("GenerateEpochsOp", "WindowOp", "_WindowOp")
@@ -89,11 +89,8 @@ def _wrap_timed(op: Any, method: str, c: OpCounters) -> None:
     """Busy time: wall time of the calls that did something (idle calls are not counted)."""
     inner: Callable[..., bool] = getattr(op, method)
     clock = time.perf_counter
-    current = _user.CURRENT
-    name = op.name
 
     def timed(*args: Any) -> bool:
-        current[0] = name
         t = clock()
         worked = inner(*args)
         if worked:
@@ -118,6 +115,9 @@ class WorkerMetrics:
         #: per peer: [records sent, records received]
         self.routed: dict[int, list[int]] = {}
         self.backpressured = 0.0  # seconds the worker held intakes (a saturated pipe)
+        #: Sources whose parts may tell their lag (``lag()``), asked once per report.
+        self.sources = [op for op in ops if op.is_source and hasattr(op, "parts")]
+        _user.reset()  # a new attempt: the coordinator counts this worker's reports from zero
         if exchange is not None:
             self._wrap_exchange(exchange)
         for op in ops:
@@ -204,7 +204,25 @@ class WorkerMetrics:
             "routed": {peer: list(row) for peer, row in self.routed.items()},
             "backpressured": self.backpressured,
             "user": _user.snapshot(),
+            "user_hist": _user.histograms(),
+            "source_lag": self._source_lags(),
         }
+
+    def _source_lags(self) -> dict[str, list[tuple[str, int]]]:
+        """Per source, ``(part, lag)`` of the unfinished parts here that tell
+        (``part.lag()``). A source whose parts can tell but all finished is listed with
+        none: nothing left to read, and no series per finished part (a directory source may
+        have read thousands of files)."""
+        out: dict[str, list[tuple[str, int]]] = {}
+        for op in self.sources:
+            rows = [
+                (part_label(p.key), n)
+                for p in op.parts
+                if not p.finished and (n := _part_lag(p.part)) is not None
+            ]
+            if rows or any(callable(getattr(p.part, "lag", None)) for p in op.parts):
+                out[op.name] = rows
+        return out
 
 
 #: Fields of one operator's entry in a report, in order.
@@ -230,6 +248,27 @@ def _source_size(op: Any) -> int | None:
     except Exception:  # a size is a nicety: never fail the job over it
         return None
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
+def part_label(key: Any) -> str:
+    """A source part's key as a label: ``topic:3`` for ``("topic", 3)``, else ``str(key)``."""
+    if isinstance(key, tuple):
+        return ":".join(map(str, key))
+    return str(key)
+
+
+def _part_lag(part: Any) -> int | None:
+    """What a part has not read yet (records or bytes), when it can tell: ``lag()``."""
+    fn = getattr(part, "lag", None)
+    if fn is None:
+        return None
+    try:
+        n = fn()
+    except Exception:  # a lag is a nicety: never fail the job over it
+        return None
+    if isinstance(n, int | float) and not isinstance(n, bool) and n >= 0 and math.isfinite(n):
+        return int(n)
+    return None
 
 
 def _saturated(exchange: Any) -> Any:

@@ -85,7 +85,18 @@ def format_status(status: dict[str, Any]) -> str:
     if ops:
         lines.append("")
         lines += _table(
-            ["operator", "kind", "in", "out", "records/s", "lag (s)", "late", "queue", "keys"],
+            [
+                "operator",
+                "kind",
+                "in",
+                "out",
+                "records/s",
+                "lag (s)",
+                "unread",
+                "late",
+                "queue",
+                "keys",
+            ],
             [
                 [
                     o["name"],
@@ -94,6 +105,7 @@ def format_status(status: dict[str, Any]) -> str:
                     _num(o.get("records_out")),
                     _num(o.get("rate")),
                     _num(o.get("lag"), 2),
+                    _num(o.get("source_lag")),
                     _num(o.get("late")),
                     _num(o.get("queue")),
                     _num(o.get("keys")),

@@ -235,6 +235,9 @@ def cluster_worker_main(
                     return 2
                 raise
             exchange.worker_id = control.worker_id
+            from malstrom.observe._logs import set_log_context
+
+            set_log_context(job=getattr(auth, "job_id", None), worker=control.worker_id)
             log.info(
                 "joined %s as worker %d (data plane on %s)",
                 coordinator,

@@ -20,6 +20,7 @@ without writing it; it runs as soon as the attempt is known to be over.
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Set as AbstractSet
 from time import monotonic
 from typing import Any
@@ -44,6 +45,7 @@ from malstrom.engine.graph import Graph
 from malstrom.engine.messages import Barrier, Rescale, Token
 from malstrom.engine.operator import Operator
 from malstrom.errors import AttemptFenced, BuildError, OperatorError
+from malstrom.observe._user import CURRENT, LOOP_THREAD
 from malstrom.runtime._backpressure import IntakeGate
 from malstrom.snapshot._backend import Persistence
 from malstrom.snapshot._bounded import BoundedPersistence
@@ -148,6 +150,8 @@ class Worker:
     # ----- build -------------------------------------------------------------------------
     def _build(self, msg: StartBuild) -> None:
         self.attempt = msg.attempt
+        CURRENT[0] = ""
+        LOOP_THREAD[0] = threading.get_ident()
         if msg.persistence is not None:
             self.persistence = msg.persistence
         if msg.storage_timeout is not None and self.persistence.stores:
@@ -217,17 +221,24 @@ class Worker:
         if exchange is not None and self._gate is not None:
             held = self._gate.held(exchange.saturated())
             exchange.hold(held)
+        # CURRENT names the operator running now, for logs and user metrics (one store per
+        # operator and turn); an operator that raises stays named for the error's log lines.
+        current = CURRENT
         if not self._stopping and self._poll_sources(now + self.source_turn_budget, held):
             worked = True
         for op in self._scheduled:
+            current[0] = op.name
             if held:
                 op.backpressured()
                 if op.name in held and not (op.is_source or op.peer_intake):
                     continue  # user timers wait while their output cannot leave
             op.schedule()
         for op in self.ops:
-            if op.inputs and op.drain():
-                worked = True
+            if op.inputs:
+                current[0] = op.name
+                if op.drain():
+                    worked = True
+        current[0] = ""
         if exchange is not None:
             exchange.flush()
         snap = self._snapshot
@@ -274,9 +285,11 @@ class Worker:
         roots = [op for op in self._roots if op.name not in held] if held else self._roots
         count = len(roots)
         if count == 1:
+            CURRENT[0] = roots[0].name
             return roots[0].poll(deadline)
         worked = False
         for i, op in enumerate(roots):
+            CURRENT[0] = op.name
             now = monotonic()
             if op.poll(now + (deadline - now) / (count - i)):
                 worked = True

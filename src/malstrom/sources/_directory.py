@@ -30,6 +30,9 @@ class _Done:
     def is_finished(self) -> bool:
         return True
 
+    def lag(self) -> int:
+        return 0
+
     def snapshot(self) -> object:
         return "done"
 
@@ -62,6 +65,11 @@ class _FilePart:
 
     def is_finished(self) -> bool:
         return self._reader.is_finished()
+
+    def lag(self) -> int | None:
+        """What the file holds after what was read (bytes; rows for Parquet)."""
+        fn = getattr(self._reader, "lag", None)
+        return None if fn is None else fn()
 
     def snapshot(self) -> object:
         return "done" if self._reader.is_finished() else self._reader.snapshot()

@@ -23,6 +23,13 @@ class StatelessSourcePartition(Protocol):
     (None: it cannot tell). A worker whose parts all answer, and that has nothing else to do,
     sleeps until then instead of polling (an idle worker then costs next to no CPU);
     a record or message arriving from elsewhere wakes it sooner.
+
+    Optional: ``lag() -> int | None``, what this part has not read yet, in whatever unit it
+    counts (records for Kafka: high watermark minus position; bytes for text files; rows
+    for Parquet); None when it cannot tell right now. It is asked about once a second, with
+    the worker's metrics report, on the worker's loop thread, so it must be cheap and must not
+    wait (use what the client has cached). It is served as ``malstrom_source_lag{part=...}``
+    while the part is unfinished; a finished part has nothing left to read.
     """
 
     def poll(self) -> tuple[Any, Any] | None:

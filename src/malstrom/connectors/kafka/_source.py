@@ -184,16 +184,27 @@ class _KafkaPart:
 
     def lag(self) -> int | None:
         """Records in the partition after the next one this part emits (None if unknown):
-        the high watermark last seen by the consumer minus the next offset."""
+        the high watermark last seen by the consumer minus the next offset.
+
+        It never calls the broker: the consumer caches the watermarks its fetches bring
+        back, so this is cheap enough to ask once a second. Before the first record of a
+        part read from the beginning, the next offset is the low watermark. While the
+        consumer's fetch queue is full (the job is far behind) the cached high watermark is
+        the one of its last fetch, so the lag shown may lag behind itself. In a topic
+        written by transactions, commit markers take offsets too: a part at the end shows a
+        record of lag per marker after its last record."""
         try:
-            _, high = self._reader.consumer.get_watermark_offsets(
+            low, high = self._reader.consumer.get_watermark_offsets(
                 TopicPartition(*self.tp), cached=True
             )
         except KafkaException:
             return None
-        if high is None or high < 0 or self._next < 0:
+        nxt = self._next
+        if nxt == OFFSET_BEGINNING and low is not None and low >= 0:
+            nxt = low
+        if high is None or high < 0 or nxt < 0:
             return None
-        return max(0, high - self._next)
+        return max(0, high - nxt)
 
     def snapshot(self) -> object:
         return (self._next, self._stop)

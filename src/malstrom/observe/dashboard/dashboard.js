@@ -167,7 +167,8 @@ async function refresh() {
   plot($("plot-throughput"), s.series.map((p) => [p[0], p[1]]), "#2563eb", "");
   plot($("plot-lag"), s.series.map((p) => [p[0], p[2]]), "#d97706", "s");
   rows($("operators").tBodies[0], s.operators, (o) => [o.name, o.kind, fmt(o.records_in),
-    fmt(o.records_out), fmt(o.rate), o.lag === null ? "–" : o.lag.toFixed(2), fmt(o.late),
+    fmt(o.records_out), fmt(o.rate), o.lag === null ? "–" : o.lag.toFixed(2),
+    fmt(o.source_lag), fmt(o.late),
     fmt(o.queue), o.keys === null ? "–" : fmt(o.keys), o.busy_seconds.toFixed(2)]);
   rows($("workers").tBodies[0], s.workers, (w) => [w.id, w.attempt, w.last_report_age.toFixed(1),
     w.saturated_pipes, w.backpressured_seconds.toFixed(1)]);
