@@ -104,7 +104,7 @@ def hosts() -> Iterator[Hosts]:
 
 
 def start_job(
-    hosts: Hosts, out: Path, delay: float
+    hosts: Hosts, out: Path, delay: float, on: tuple[str, ...] = ("a", "b")
 ) -> tuple[subprocess.Popen[str], list[subprocess.Popen[str]]]:
     env = dict(
         os.environ,
@@ -119,7 +119,7 @@ def start_job(
         "coordinator",
         APP,
         "-w",
-        "2",
+        str(len(on)),
         "--listen",
         addr,
         "--persistence",
@@ -133,9 +133,7 @@ def start_job(
         "-v",
         env=env,
     )
-    workers = [
-        hosts.run(h, "worker", APP, "--coordinator", addr, "-v", env=env) for h in ("a", "b")
-    ]
+    workers = [hosts.run(h, "worker", APP, "--coordinator", addr, "-v", env=env) for h in on]
     return coord, workers
 
 
@@ -158,12 +156,17 @@ def check(out: Path) -> None:
 
 
 def test_job_across_hosts_is_exact(hosts: Hosts, tmp_path: Path) -> None:
-    coord, workers = start_job(hosts, tmp_path, delay=0.0)
+    # Two workers on host b: they talk over a same-host link, and over gRPC to host a's.
+    coord, workers = start_job(hosts, tmp_path, delay=0.0, on=("a", "b", "b"))
     results = finish([coord, *workers])
-    assert [code for code, _ in results] == [0, 0, 0], results
+    assert [code for code, _ in results] == [0, 0, 0, 0], results
     check(tmp_path)
     # The workers really talked across hosts: each advertised its own namespace's address.
     assert any(hosts.ip["a"] in err or hosts.ip["b"] in err for _, err in results)
+    on_a, *on_b = (err for _, err in results[1:])
+    assert on_a.count("same-host link") == 0 and on_a.count("gRPC to") == 2, on_a[-3000:]
+    for err in on_b:
+        assert err.count("same-host link") == 1 and err.count("gRPC to") == 1, err[-3000:]
 
 
 def test_cut_link_mid_run_recovers_exactly_once(hosts: Hosts, tmp_path: Path) -> None:

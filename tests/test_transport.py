@@ -6,6 +6,7 @@ Everything runs real gRPC on 127.0.0.1 inside this process, with short timeouts.
 from __future__ import annotations
 
 import pickle
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,13 @@ from malstrom.transport._grpc_control import (
     connect_control,
 )
 from malstrom.transport._grpc_data import GrpcExchange, encode_frames
+from malstrom.transport._local_link import (
+    LocalListener,
+    connect_link,
+    join_address,
+    local_name,
+    split_address,
+)
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -53,18 +61,22 @@ def wait_until(cond: Callable[[], bool], timeout: float = 3.0, what: str = "cond
         time.sleep(0.005)
 
 
-@pytest.fixture
-def exchanges() -> Iterator[Callable[..., list[GrpcExchange]]]:
+@pytest.fixture(params=["link", "grpc"])
+def exchanges(request: Any) -> Iterator[Callable[..., list[GrpcExchange]]]:
+    """Exchanges connected to each other, over same-host links or (``grpc``) gRPC only: every
+    data-plane test runs on both carriers."""
     made: list[GrpcExchange] = []
 
     def make(n: int, auth: JobAuth = AUTH, **kw: Any) -> list[GrpcExchange]:
-        xs = [GrpcExchange(i, auth, **kw) for i in range(n)]
+        links = request.param == "link" and kw.get("tls") is None
+        xs = [GrpcExchange(i, auth, local=links, **kw) for i in range(n)]
         made.extend(xs)
-        addresses = {x.worker_id: x.address for x in xs}
+        addresses = {x.worker_id: x.data_address for x in xs}
         for x in xs:
             x.connect(addresses)
         for x in xs:
             assert x.wait_connected(3.0)
+            assert set(x.peer_links().values()) == {links}
         return xs
 
     yield make
@@ -301,10 +313,11 @@ REFUSALS = [
 ]
 
 
+@pytest.mark.parametrize("carrier", ["link", "grpc"])
 @pytest.mark.parametrize(("intruder", "message"), REFUSALS)
-def test_refused_peers_get_a_clear_message(intruder: JobAuth, message: str) -> None:
+def test_refused_peers_get_a_clear_message(intruder: JobAuth, message: str, carrier: str) -> None:
     with GrpcExchange(0, AUTH) as good, GrpcExchange(1, intruder, connect_timeout=2) as bad:
-        bad.connect({0: good.address})
+        bad.connect({0: good.data_address if carrier == "link" else good.address})
         bad.send(0, "op", "hello")
         t0 = time.monotonic()
         with pytest.raises(TransportError, match="refused us") as err:
@@ -324,6 +337,70 @@ def test_refused_peers_get_a_clear_message(intruder: JobAuth, message: str) -> N
         assert message in str(err.value)
         assert sum(message in r for r in server.rejections) == 2
         assert server.endpoints() == {}
+
+
+def test_link_refuses_a_listener_that_does_not_know_the_token() -> None:
+    # A listener that admits everyone but signs with another token: the sender hangs up.
+    impostor = LocalListener(JobAuth("job-a", "other"), lambda md, a: None, _drain, "impostor")
+    try:
+        with pytest.raises(grpc.RpcError, match="did not prove") as err:
+            connect_link(impostor.name, AUTH, None, timeout=2)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        impostor.close()
+
+
+def _drain(attempt: int | None, frames: Iterator[Any], context: Any) -> None:
+    for _ in frames:
+        pass
+
+
+def test_link_listener_refuses_garbage_and_keeps_serving() -> None:
+    with GrpcExchange(1, AUTH) as x1, GrpcExchange(0, AUTH) as x0:
+        name = split_address(x1.data_address)[1]
+        assert name is not None
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.connect(b"\0" + name.encode())
+        raw.sendall(b"\x05\x00\x00\x00hello")
+        raw.settimeout(2)
+        answer = b""
+        while chunk := raw.recv(4096):  # the reason, then the listener hangs up
+            answer += chunk
+        raw.close()
+        assert b"UNAUTHENTICATED" in answer and b"not a malstrom link handshake" in answer
+        x0.connect({1: x1.data_address})
+        x0.send(1, "op", "after garbage")
+        x0.flush()
+        assert pump(x1, [x0], [(0, "op")], 1)[(0, "op")] == ["after garbage"]
+        assert x0.peer_links() == {1: True}
+
+
+def test_peer_in_another_namespace_is_reached_over_grpc() -> None:
+    # A link name nobody listens to here is what a peer in another network namespace (another
+    # host, pod or simulated host) offers: the sender falls back to gRPC, and data flows.
+    with GrpcExchange(1, AUTH) as x1, GrpcExchange(0, AUTH) as x0:
+        x0.connect({1: join_address(x1.address, local_name())})
+        x1.connect({0: x0.data_address})
+        assert x0.wait_connected(3.0) and x1.wait_connected(3.0)
+        assert x0.peer_links() == {1: False} and x1.peer_links() == {0: True}
+        for i in range(1000):
+            x0.send(1, "op", i)
+            x1.send(0, "op", -i)
+        x0.flush()
+        x1.flush()
+        assert pump(x1, [x0], [(0, "op")], 1000)[(0, "op")] == list(range(1000))
+        assert pump(x0, [x1], [(1, "op")], 1000)[(1, "op")] == [-i for i in range(1000)]
+
+
+def test_tls_or_env_keeps_every_pipe_on_grpc(tls: TlsConfig, monkeypatch: Any) -> None:
+    with GrpcExchange(0, AUTH, tls) as secure:
+        assert secure.data_address == secure.address and not secure.local_links
+    monkeypatch.setenv("MALSTROM_DATA_PLANE", "grpc")
+    with GrpcExchange(0, AUTH) as plain:
+        assert plain.data_address == plain.address and not plain.local_links
+    monkeypatch.delenv("MALSTROM_DATA_PLANE")
+    with GrpcExchange(0, AUTH) as linked:
+        assert linked.data_address.startswith(linked.address + ";local=malstrom-")
 
 
 def test_client_refuses_a_server_that_does_not_know_the_token() -> None:

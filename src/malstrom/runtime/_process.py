@@ -129,7 +129,7 @@ def worker_process_main(
     setup_logging(log_level, job=getattr(auth, "job_id", None), worker=worker_id)
     exchange = GrpcExchange(worker_id, auth, tls, listen=f"{host}:0")
     control = connect_control(
-        coordinator, worker_id, Hello(worker_id, exchange.address, os.getpid()), auth, tls
+        coordinator, worker_id, Hello(worker_id, exchange.data_address, os.getpid()), auth, tls
     )
     code = 0
     worker = None
@@ -214,7 +214,6 @@ def cluster_worker_main(
             tls,
             listen=f"{bind}:{listen_port}",
         )
-        port = exchange.address.rpartition(":")[2]
         control = None
         worker = None
         try:
@@ -223,7 +222,9 @@ def cluster_worker_main(
                     coordinator,
                     worker_id,
                     Hello(
-                        worker_id if worker_id is not None else -1, f"{host}:{port}", os.getpid()
+                        worker_id if worker_id is not None else -1,
+                        exchange.advertise(host),
+                        os.getpid(),
                     ),
                     auth,
                     tls,

@@ -27,8 +27,11 @@ sends can wait behind a message the worker loop is not taking.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import pickle
+import socket
 import threading
 import time
 from collections import deque
@@ -42,6 +45,7 @@ from malstrom.transport import malstrom_pb2 as pb
 from malstrom.transport import malstrom_pb2_grpc as pb_grpc
 from malstrom.transport._exchange import NOTHING, InPipe, OutPipe, TransportError
 from malstrom.transport._grpc_auth import (
+    MD_JOB,
     JobAuth,
     Rejections,
     TlsConfig,
@@ -49,6 +53,14 @@ from malstrom.transport._grpc_auth import (
     make_channel,
     make_server,
     rpc_error,
+)
+from malstrom.transport._local_link import (
+    LinkError,
+    LocalListener,
+    connect_link,
+    join_address,
+    send_frame,
+    split_address,
 )
 
 __all__ = ["FRAME_BYTES", "GrpcExchange", "decode_frame", "encode_frames"]
@@ -65,6 +77,8 @@ WINDOW_BYTES = 2 * 1024 * 1024
 SEND_BUFFER_BYTES = 1024 * 1024
 _PICKLE_PROTOCOL = 5
 MD_ATTEMPT = "x-malstrom-attempt"
+#: ``grpc`` keeps every pipe on gRPC, even between workers of one host (default ``auto``).
+DATA_PLANE_ENV = "MALSTROM_DATA_PLANE"
 
 
 def encode_frames(box: list[tuple[str, Any]], limit: int = FRAME_BYTES) -> list[bytes]:
@@ -113,7 +127,13 @@ class _Sender:
     def __init__(self, owner: GrpcExchange, peer: int, address: str) -> None:
         self.owner = owner
         self.peer = peer
-        self.address = address
+        self.address = address  # as advertised: the gRPC address, maybe a link name
+        grpc_address, link = split_address(address)
+        self.grpc_address = grpc_address
+        #: The peer's same-host link, while we may use it (None: gRPC).
+        self.link = link if owner.local_links else None
+        self._sock: Any = None  # the open same-host link
+        self._link_up = False
         self.frames: deque[pb.Frame] = deque()
         self.cond = threading.Condition()
         self.generation = 0  # the stream allowed to take frames (bumped per stream)
@@ -126,7 +146,7 @@ class _Sender:
         self.connected = threading.Event()
         self._stopping = threading.Event()
         self._call: Any = None
-        self._channel = make_channel(address, owner.auth, owner.tls)
+        self._channel = make_channel(grpc_address, owner.auth, owner.tls)
         self._stub = pb_grpc.DataPlaneStub(self._channel)
         self._thread = threading.Thread(
             target=self._run, name=f"malstrom-send-{owner.worker_id}->{peer}", daemon=True
@@ -160,6 +180,11 @@ class _Sender:
             self.cond.notify_all()
 
     @property
+    def where(self) -> str:
+        """The peer's address, as error messages name it."""
+        return self.grpc_address if self.link is None else f"{self.grpc_address} (same host)"
+
+    @property
     def queued_bytes(self) -> int:
         """Bytes handed to this sender and not yet taken by the gRPC stream."""
         return self.bytes_in - self.bytes_out
@@ -173,6 +198,10 @@ class _Sender:
         call = self._call
         if call is not None:
             call.cancel()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._channel.close()
 
     def join(self, timeout: float) -> None:
@@ -204,8 +233,33 @@ class _Sender:
         return () if attempt is None else ((MD_ATTEMPT, str(attempt)),)
 
     def _probe(self, timeout: float) -> None:
-        """One empty Push: fails fast (with the reason) unless the peer is up and accepts us."""
+        """One empty Push: fails fast (with the reason) unless the peer is up and accepts us.
+
+        Over a same-host link, the probe is the link's handshake (the open link is kept). The
+        first time no listener answers to the link's name, the peer lives in another network
+        namespace: this sender uses gRPC from then on.
+        """
+        if self.link is not None:
+            sock = connect_link(self.link, self.owner.auth, self.owner.attempt, timeout)
+            if sock is not None:
+                self._sock = sock
+                return
+            if not self.connected.is_set():
+                self.link = None  # not reachable from here: another host or namespace
+            else:
+                raise LinkError(grpc.StatusCode.UNAVAILABLE, "no listener (the peer is gone)")
         self._stub.Push(iter(()), timeout=timeout, wait_for_ready=False, metadata=self._metadata())
+
+    def _stream_link(self, generation: int) -> None:
+        """Send frames over the open same-host link until stopped (raises LinkError if the
+        link breaks or the peer ends it)."""
+        sock = self._sock
+        try:
+            for frame in self._request_frames(generation):
+                send_frame(sock, frame)
+        finally:
+            self._sock = None
+            sock.close()
 
     def _run(self) -> None:
         timeout = self.owner.connect_timeout
@@ -215,17 +269,27 @@ class _Sender:
         while not self._stopping.is_set():
             try:
                 self._probe(max(0.1, min(5.0, deadline - time.monotonic())))
+                if not self.connected.is_set():
+                    log.info(
+                        "pipes to worker %d: %s",
+                        self.peer,
+                        "same-host link" if self.link is not None else f"gRPC to {self.where}",
+                    )
                 self.connected.set()
                 with self.cond:
                     self.generation += 1
                     generation = self.generation
                     self.cond.notify_all()  # stale generators see the new generation and end
-                self._call = self._stub.Push.future(
-                    self._request_frames(generation), metadata=self._metadata()
-                )
-                if self._stopping.is_set():
-                    self._call.cancel()
-                self._call.result()
+                if self._sock is not None:
+                    self._link_up = True
+                    self._stream_link(generation)
+                else:
+                    self._call = self._stub.Push.future(
+                        self._request_frames(generation), metadata=self._metadata()
+                    )
+                    if self._stopping.is_set():
+                        self._call.cancel()
+                    self._call.result()
                 if self._stopping.is_set():
                     return  # the stream ended because we stopped it
                 raise _StreamEnded()
@@ -235,24 +299,25 @@ class _Sender:
                 if self._stopping.is_set():
                     return
                 if is_refusal(e):
-                    self.error = str(rpc_error(e, self.address, f"worker {self.peer}"))
+                    self.error = str(rpc_error(e, self.where, f"worker {self.peer}"))
                     log.error("%s", self.error)
                     return
                 if e.code() == grpc.StatusCode.DATA_LOSS:
-                    self.error = f"pipe to worker {self.peer} at {self.address}: {e.details()}"
+                    self.error = f"pipe to worker {self.peer} at {self.where}: {e.details()}"
                     log.error("%s", self.error)
                     return
-                if self.connected.is_set() and self._call is not None:
+                if self.connected.is_set() and (self._call is not None or self._link_up):
                     # The stream was up and broke: allow a full timeout to re-establish it.
                     deadline = time.monotonic() + timeout
                     self._call = None
+                    self._link_up = False
                     delay = 0.05
-                last = str(rpc_error(e, self.address))
+                last = str(rpc_error(e, self.where))
             now = time.monotonic()
             if now >= deadline:
                 what = "lost" if self.connected.is_set() else "cannot reach"
                 self.error = (
-                    f"{what} worker {self.peer} at {self.address}: no connection within "
+                    f"{what} worker {self.peer} at {self.where}: no connection within "
                     f"{timeout:g} s ({last})"
                 )
                 log.error("%s", self.error)
@@ -288,16 +353,10 @@ class _DataPlane(pb_grpc.DataPlaneServicer):
                 theirs = int(value)
         if owner.attempt is not None and theirs != owner.attempt:
             owner._refuse_attempt(theirs, context)
-        n = 0
         try:
-            for frame in request_iterator:
-                mine = owner.attempt
-                if theirs != mine and (mine is not None or frame.payload):
-                    owner._refuse_attempt(theirs, context)
-                owner._on_frame(frame, context)
-                n += 1
+            n = owner._serve_stream(theirs, request_iterator, context)
         except grpc.RpcError:
-            pass  # the sender went away; it reports (or restarts) on its side
+            n = 0  # the sender went away; it reports (or restarts) on its side
         return pb.Ack(frames=n)
 
 
@@ -312,6 +371,11 @@ class GrpcExchange:
     gRPC threads do the networking. ``window_bytes`` is each pipe's credit window (what may be
     in flight to the receiver's worker loop); a pipe with more than ``send_buffer_bytes``
     waiting for credit is saturated.
+
+    ``local``: also accept same-host links, and use them to reach peers that offer one
+    (:mod:`malstrom.transport._local_link`). Default: yes, unless TLS is configured (a job
+    that asks for TLS gets it on every pipe) or ``MALSTROM_DATA_PLANE=grpc`` is set.
+    Peers find both in :attr:`data_address`, the address to advertise.
     """
 
     def __init__(
@@ -321,6 +385,7 @@ class GrpcExchange:
         tls: TlsConfig | None = None,
         listen: str = "127.0.0.1:0",
         *,
+        local: bool | None = None,
         connect_timeout: float = 30.0,
         frame_bytes: int = FRAME_BYTES,
         window_bytes: int = WINDOW_BYTES,
@@ -367,6 +432,32 @@ class GrpcExchange:
         self._server, self.address = make_server(auth, tls, listen, rejections=self.rejections)
         pb_grpc.add_DataPlaneServicer_to_server(_DataPlane(self), self._server)
         self._server.start()
+        if local is None:
+            local = tls is None and os.environ.get(DATA_PLANE_ENV, "auto") != "grpc"
+        #: Whether this exchange uses (and offers) same-host links.
+        self.local_links = local
+        self._listener = (
+            LocalListener(auth, self._admit_link, self._serve_stream, str(worker_id))
+            if local
+            else None
+        )
+
+    @property
+    def data_address(self) -> str:
+        """What peers connect to: the gRPC address, plus the same-host link's name if any."""
+        return self.advertise(self.address.rpartition(":")[0])
+
+    def advertise(self, host: str) -> str:
+        """:attr:`data_address` with ``host`` as the gRPC host (a worker behind NAT or bound to
+        all interfaces advertises the address its peers can reach)."""
+        name = self._listener.name if self._listener is not None else None
+        return join_address(f"{host}:{self.address.rpartition(':')[2]}", name)
+
+    def peer_links(self) -> dict[int, bool]:
+        """Per peer: True if its pipes run over a same-host link (False: gRPC)."""
+        return {
+            peer: s.link is not None and s.connected.is_set() for peer, s in self._senders.items()
+        }
 
     # ----- Exchange protocol ---------------------------------------------------------------
     def set_attempt(self, attempt: int) -> None:
@@ -524,6 +615,8 @@ class GrpcExchange:
         self._closed = True
         for sender in self._senders.values():
             sender.stop()
+        if self._listener is not None:
+            self._listener.close()
         event = self._server.stop(0)
         for sender in self._senders.values():
             sender.join(2.0)
@@ -609,12 +702,43 @@ class GrpcExchange:
                 return q
         return inbox.get(key) or deque()
 
-    # ----- server side (gRPC threads) ------------------------------------------------------
-    def _refuse_attempt(self, theirs: int | None, context: Any) -> None:
-        text = (
+    # ----- server side (gRPC and link threads) ---------------------------------------------
+    def _serve_stream(self, theirs: int | None, frames: Iterable[pb.Frame], context: Any) -> int:
+        """Take one stream's frames (of a sender of attempt ``theirs``); how many it sent."""
+        n = 0
+        for frame in frames:
+            mine = self.attempt
+            if theirs != mine and (mine is not None or frame.payload):
+                self._refuse_attempt(theirs, context)
+            self._on_frame(frame, context)
+            n += 1
+        return n
+
+    def _admit_link(
+        self, md: dict[str, str], theirs: int | None
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """Why a same-host link must be refused (what gRPC's interceptor and the start of
+        ``Push`` check), or None."""
+        refusal = self.auth.check(md)
+        if refusal is not None:
+            text = f"refused a same-host link (job {md.get(MD_JOB)!r}): {refusal[1]}"
+            self.rejections.refuse(text, "unix")
+            return refusal
+        if self.attempt is not None and theirs != self.attempt:
+            text = self._stale(theirs)
+            self.rejections.add(text)
+            log.warning("%s (from a same-host link)", text)
+            return grpc.StatusCode.FAILED_PRECONDITION, text
+        return None
+
+    def _stale(self, theirs: int | None) -> str:
+        return (
             f"worker {self.worker_id} runs job attempt {self.attempt} and refuses a stream of "
             f"attempt {theirs}: a worker of another attempt (stale attempt)"
         )
+
+    def _refuse_attempt(self, theirs: int | None, context: Any) -> None:
+        text = self._stale(theirs)
         self.rejections.add(text)
         log.warning("%s (from %s)", text, context.peer())
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, text)
