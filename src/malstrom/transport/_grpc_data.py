@@ -58,6 +58,7 @@ from malstrom.transport._local_link import (
     LinkError,
     LocalListener,
     connect_link,
+    frame_bytes,
     join_address,
     send_frame,
     split_address,
@@ -133,6 +134,8 @@ class _Sender:
         #: The peer's same-host link, while we may use it (None: gRPC).
         self.link = link if owner.local_links else None
         self._sock: Any = None  # the open same-host link
+        #: The link while its thread waits for frames (the worker thread may write then).
+        self._idle_link: socket.socket | None = None
         self._link_up = False
         self.frames: deque[pb.Frame] = deque()
         self.cond = threading.Condition()
@@ -175,9 +178,37 @@ class _Sender:
         self.next_seq += len(frames)
         self.bytes_in += n
         with self.cond:
+            idle = self._idle_link
+            if idle is not None and not self.frames:
+                # The link is up and its thread waits for work: write what the socket takes
+                # now from here, and wake the thread only for the rest (a wake-up per flush
+                # costs more than the write: a thread hand-off and a GIL round trip).
+                rest = self._write_now(idle, frames)
+                if not rest:
+                    return
+                frames = rest
             self.frames.extend(frames)
             # Wake every generator: a stale one (of a broken stream) must not eat the wake-up.
             self.cond.notify_all()
+
+    def _write_now(self, sock: socket.socket, frames: list[pb.Frame]) -> list[Any]:
+        """Write ``frames`` to the idle link without blocking (``cond`` held); what did not
+        fit, in order: a written frame's tail as bytes, then the frames not started."""
+        for i, frame in enumerate(frames):
+            blob = frame_bytes(frame)
+            try:
+                n = sock.send(blob, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return frames[i:]
+            except OSError:
+                return frames[i:]  # the link thread meets the error and reconnects
+            # Once a byte is out, the frame belongs to the stream: the rest must follow it.
+            self.sent_seq = frame.seq + 1
+            self.bytes_out += len(frame.payload)
+            self.frames_sent += 1
+            if n < len(blob):
+                return [blob[n:], *frames[i + 1 :]]
+        return []
 
     @property
     def where(self) -> str:
@@ -208,21 +239,27 @@ class _Sender:
         self._thread.join(timeout)
 
     # ----- sender thread ---------------------------------------------------------------------
-    def _request_frames(self, generation: int) -> Iterator[pb.Frame]:
+    def _request_frames(self, generation: int) -> Iterator[Any]:
         # Every stream starts by announcing the seq of its first frame, so the receiver sees a
         # gap at once if frames were lost with a previous stream.
         yield pb.Frame(from_worker=self.owner.worker_id, seq=self.sent_seq)
         frames = self.frames
         cond = self.cond
+        link = self._sock
         while True:
             with cond:
                 # Only the current stream takes frames: gRPC may still call next() on the
                 # generator of a stream that already failed, and that frame would be lost.
                 while not frames and self.generation == generation:
+                    self._idle_link = link
                     cond.wait()
+                    self._idle_link = None
                 if self.generation != generation:
                     return
                 frame = frames.popleft()
+            if type(frame) is bytes:  # the tail of a frame written by the worker thread
+                yield frame
+                continue
             self.sent_seq = frame.seq + 1
             self.bytes_out += len(frame.payload)
             self.frames_sent += 1

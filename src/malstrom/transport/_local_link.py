@@ -41,6 +41,7 @@ __all__ = [
     "LinkError",
     "LocalListener",
     "connect_link",
+    "frame_bytes",
     "local_name",
     "read_frames",
     "send_frame",
@@ -172,10 +173,17 @@ def connect_link(
         raise
 
 
-def send_frame(sock: socket.socket, frame: pb.Frame) -> None:
-    """Write one frame (raises :class:`LinkError` with the peer's reason if it hung up)."""
+def frame_bytes(frame: pb.Frame) -> bytes:
+    """One frame as it travels on a link: its length, then the frame."""
+    blob = frame.SerializeToString()
+    return _LEN.pack(len(blob)) + blob
+
+
+def send_frame(sock: socket.socket, frame: pb.Frame | bytes) -> None:
+    """Write one frame, or the tail of one (raises :class:`LinkError` with the peer's reason
+    if it hung up)."""
     try:
-        _send_blob(sock, frame.SerializeToString())
+        sock.sendall(frame if type(frame) is bytes else frame_bytes(frame))  # type: ignore[arg-type]
     except OSError as e:
         raise _why_closed(sock, e) from e
 
