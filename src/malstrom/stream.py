@@ -46,6 +46,7 @@ from malstrom.windows import Aggregator, Fold, Session, Sliding, Tumbling, Windo
 
 __all__ = ["Stream", "StreamProvider"]
 
+
 def _check_fn(op: str, what: str, fn: object) -> None:
     if not callable(fn):
         raise BuildError(f"operator {op!r}: {what} must be callable, got {fn!r}")
@@ -236,12 +237,38 @@ class Stream:
         return self._out(self._then(name, lambda ctx: KeyLocalOp(name, key_fn)), region=None)
 
     def key_distribute(
-        self, name: str, key_fn: Callable[[Any], Any], partitioner: Partitioner = rendezvous_select
+        self,
+        name: str,
+        key_fn: Callable[[Any], Any],
+        partitioner: Partitioner = rendezvous_select,
+        *,
+        max_epoch_lead: float | None = None,
     ) -> Stream:
-        """Re-key by ``key_fn(value)`` and move each record to the worker owning its key."""
+        """Re-key by ``key_fn(value)`` and move each record to the worker owning its key.
+
+        ``max_epoch_lead`` (seconds) turns on *epoch alignment*: a worker whose own epochs
+        here run ahead of another worker's (the other has not yet reached the epoch this one
+        had ``max_epoch_lead`` seconds ago) stops reading the sources that feed this operator
+        until it has. Every worker's records then wait less in keyed state for the slowest
+        worker's epochs (less state, less work per epoch), which pays when replaying a backlog
+        on several workers. A source part without data that never goes idle holds the others
+        back, as in Flink's watermark alignment: give such streams an ``idle_timeout``.
+        """
         _check_fn(name, "key_fn", key_fn)
         _check_fn(name, "partitioner", partitioner)
-        node = self._then(name, lambda ctx: DistributorOp(name, key_fn, partitioner, ctx))
+        if max_epoch_lead is not None and not (
+            isinstance(max_epoch_lead, int | float)
+            and not isinstance(max_epoch_lead, bool)
+            and max_epoch_lead >= 0
+        ):
+            raise BuildError(
+                f"operator {name!r}: max_epoch_lead must be a number of seconds >= 0 or None, "
+                f"got {max_epoch_lead!r}"
+            )
+        lead = None if max_epoch_lead is None else float(max_epoch_lead)
+        node = self._then(
+            name, lambda ctx: DistributorOp(name, key_fn, partitioner, ctx, max_epoch_lead=lead)
+        )
         node.distributes = True
         return self._out(node, region=partitioner)
 

@@ -46,7 +46,9 @@ Rescaling (zero downtime; one cycle per configuration change: its data in
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
+from time import monotonic
 from typing import Any
 
 from malstrom._repr import short_repr
@@ -112,8 +114,13 @@ class DistributorOp(Operator):
         partitioner: Partitioner,
         ctx: BuildContext,
         part_of: Callable[[Any], Any] | None = None,
+        max_epoch_lead: float | None = None,
     ) -> None:
         super().__init__(name)
+        #: Epoch alignment (seconds), or None: see :meth:`ahead`.
+        self.max_epoch_lead = max_epoch_lead
+        # (monotonic time, local frontier) whenever the local frontier rose, oldest first.
+        self._lead_history: deque[tuple[float, Any]] = deque()
         self.key_fn = key_fn
         self.part_of = part_of
         self.me = ctx.worker_id
@@ -185,11 +192,44 @@ class DistributorOp(Operator):
             super()._epoch_in(idx, ts)
             return
         self._local_frontier = ts
+        if self.max_epoch_lead is not None and ts is not IDLE:
+            self._lead_history.append((monotonic(), ts))
         e = Epoch(ts)
         cycle = self._cycle
         for w in cycle.peers if cycle is not None and cycle.local else self.placement.remotes:
             self.exchange.send(w, self.name, e)
         self._emit_merged()
+
+    def ahead(self, now: float) -> bool:
+        """True while a peer's frontier is still below what this worker's own frontier was
+        ``max_epoch_lead`` seconds ago: this worker's inputs run ahead of the job in event
+        time, and the worker holds the sources that feed this distributor until the peers
+        catch up (epoch alignment; never during a rescale).
+
+        Why: the merged epoch is the slowest worker's, so every record of a worker that runs
+        ahead waits in keyed state (open windows, pending joins) for the others; the state,
+        and whatever scans it per epoch, grows with the lead. Measured in processing time so
+        that it needs no arithmetic on timestamps.
+        """
+        history = self._lead_history
+        lead = self.max_epoch_lead
+        if lead is None or not history or self._cycle is not None:
+            return False
+        horizon = now - lead
+        while len(history) > 1 and history[1][0] <= horizon:
+            history.popleft()
+        then, frontier = history[0]
+        if then > horizon:
+            return False
+        for remote in self._remote_frontier.values():
+            if remote is None or remote is IDLE:
+                continue
+            try:
+                if remote < frontier:
+                    return True
+            except TypeError:
+                return False  # incomparable epochs fail in the merge, with a clear error
+        return False
 
     def _emit_merged(self) -> None:
         if self._cycle is not None:

@@ -89,6 +89,7 @@ class IntakeGate:
             for op in ops
             if op.is_source or op.peer_intake or op.wants_schedule
         }
+        self._sources = frozenset(op.name for op in ops if op.is_source)
         self._key: AbstractSet[str] = NOTHING
         self._held: frozenset[str] = NOTHING
 
@@ -103,3 +104,11 @@ class IntakeGate:
                 name for name, below in self.below.items() if not below.isdisjoint(saturated)
             )
         return self._held
+
+    def sources_feeding(self, ops: AbstractSet[str]) -> frozenset[str]:
+        """The sources with any of ``ops`` downstream (epoch alignment holds them)."""
+        return frozenset(
+            name
+            for name, below in self.below.items()
+            if name in self._sources and not below.isdisjoint(ops)
+        )

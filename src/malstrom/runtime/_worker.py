@@ -109,6 +109,7 @@ class Worker:
         self._roots: list[Operator] = []
         self._scheduled: list[Operator] = []
         self._gate: IntakeGate | None = None
+        self._aligned: list[Any] = []  # distributors with epoch alignment
         self._snapshot: tuple[int, Token, SnapshotWriter] | None = None
         self._rescale: tuple[int, Token] | None = None
         self._drained_sent = False
@@ -196,6 +197,7 @@ class Worker:
         self._roots = [op for op in self.ops if op.is_source]
         self._scheduled = [op for op in self.ops if op.wants_schedule]
         self._gate = IntakeGate(self.ops)
+        self._aligned = [op for op in self.ops if getattr(op, "max_epoch_lead", None) is not None]
         if msg.metrics:
             from malstrom.observe._collect import instrument
 
@@ -224,11 +226,18 @@ class Worker:
         # CURRENT names the operator running now, for logs and user metrics (one store per
         # operator and turn); an operator that raises stays named for the error's log lines.
         current = CURRENT
-        if not self._stopping and self._poll_sources(now + self.source_turn_budget, held):
+        polled = held
+        if self._aligned and self._gate is not None:
+            # Epoch alignment: sources whose records run ahead of the peers' wait for them.
+            ahead = frozenset(op.name for op in self._aligned if op.ahead(now))
+            if ahead:
+                polled = held | self._gate.sources_feeding(ahead)
+        if not self._stopping and self._poll_sources(now + self.source_turn_budget, polled):
             worked = True
         for op in self._scheduled:
             current[0] = op.name
-            if held:
+            if polled:
+                # A held input is not an idle one (idle_timeout must not count the time).
                 op.backpressured()
                 if op.name in held and not (op.is_source or op.peer_intake):
                     continue  # user timers wait while their output cannot leave
