@@ -46,6 +46,7 @@ from malstrom.windows import Aggregator, Fold, Session, Sliding, Tumbling, Windo
 
 __all__ = ["Stream", "StreamProvider"]
 
+
 def _check_fn(op: str, what: str, fn: object) -> None:
     if not callable(fn):
         raise BuildError(f"operator {op!r}: {what} must be callable, got {fn!r}")
