@@ -68,6 +68,7 @@ for _p in (str(_SRC), str(_HERE)):
     if Path(_p).is_dir() and _p not in sys.path:
         sys.path.insert(0, _p)
 
+from _common import FileTotalsSink, PositionPart  # noqa: E402
 from core import N_KEYS, SEED, key_pool, running_count, word_key  # noqa: E402
 
 from malstrom import SingleThreadRuntime, StatefulSource, StatelessSink, StreamProvider  # noqa: E402
@@ -110,7 +111,7 @@ def share(n: int, parts: int, part: int) -> int:
 # ----------------------------------------------------------------------------------------------
 # Source, sink and build function (module level: the worker processes import them).
 # ----------------------------------------------------------------------------------------------
-class WordsPart:
+class WordsPart(PositionPart):
     """One part: ``total`` words from its own seeded generator; position = records emitted."""
 
     __slots__ = ("_pool", "_rng", "pos", "total")
@@ -133,19 +134,6 @@ class WordsPart:
         self.pos = start + k
         return list(zip(words, range(start, start + k), strict=True))
 
-    def poll(self) -> tuple[str, int] | None:
-        items = self.poll_batch(1)
-        return items[0] if items else None
-
-    def is_finished(self) -> bool:
-        return self.pos >= self.total
-
-    def snapshot(self) -> object:
-        return self.pos
-
-    def collect(self) -> object:
-        return self.pos
-
 
 class WordsSource:
     """StatefulSourceImpl: ``parts`` parts generating ``n`` words in total."""
@@ -161,30 +149,19 @@ class WordsSource:
         return WordsPart(part, share(self.n, self.parts, part), int(state or 0))  # type: ignore[call-overload]
 
 
-class FileCountSink:
-    """Counts records and sums their values; keeps the totals in a file of its own.
-
-    The totals are rewritten in place (one ``pwrite``, ~2 us) after every batch: worker
-    processes end with ``os._exit``, so there is no later moment to write them.
-    """
+class FileCountSink(FileTotalsSink):
+    """Counts records and sums their values; keeps the totals in a file of its own."""
 
     def __init__(self, outdir: str) -> None:
-        self.outdir = outdir
+        super().__init__(outdir)
         self.n = 0
         self.s = 0
-        self.fd: int | None = None
-
-    def sink(self, record: Any) -> None:
-        self.sink_batch([record.value])
 
     def sink_batch(self, records: Any) -> None:
         values = getattr(records, "values", records)
         self.n += len(values)
         self.s += sum(values)
-        if self.fd is None:
-            name = f"sink-{os.getpid()}-{id(self):x}"
-            self.fd = os.open(os.path.join(self.outdir, name), os.O_WRONLY | os.O_CREAT, 0o644)
-        os.pwrite(self.fd, f"{self.n} {self.s}\n".ljust(48).encode(), 0)
+        self.write_totals(f"{self.n} {self.s}\n", 48)
 
 
 def worked_count(work: range, key: Any, value: Any, state: int) -> tuple[int, int]:

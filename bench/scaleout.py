@@ -39,6 +39,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # workers import this module
 
+from _common import FileTotalsSink, PositionPart
+
 from malstrom import MultiProcessRuntime, StreamProvider
 
 PARTS = 16
@@ -50,7 +52,7 @@ def share(n: int, part: int) -> int:
     return n // PARTS + (1 if part < n % PARTS else 0)
 
 
-class EventsPart:
+class EventsPart(PositionPart):
     """One part: its share of the events, generated in chunks as it is polled."""
 
     def __init__(self, part: int, total: int, pos: int) -> None:
@@ -77,19 +79,6 @@ class EventsPart:
             self.pos += 1
         return out
 
-    def poll(self) -> tuple[str, int] | None:
-        got = self.poll_batch(1)
-        return got[0] if got else None
-
-    def is_finished(self) -> bool:
-        return self.pos >= self.total
-
-    def snapshot(self) -> object:
-        return self.pos
-
-    def collect(self) -> object:
-        return self.pos
-
 
 class EventsSource:
     def __init__(self, n: int) -> None:
@@ -114,17 +103,12 @@ def add(user: str, event: dict[str, Any], total: int) -> tuple[tuple[int, int], 
     return (event["amount"], int(event["digest"][:8], 16)), total
 
 
-class CountSink:
-    """Counts records and sums amounts and hash prefixes; keeps them in a file of its own
-    (rewritten per batch: worker processes end with ``os._exit``)."""
+class CountSink(FileTotalsSink):
+    """Counts records and sums amounts and hash prefixes; keeps them in a file of its own."""
 
     def __init__(self, outdir: str) -> None:
-        self.outdir = outdir
+        super().__init__(outdir)
         self.n = self.amounts = self.hashes = 0
-        self.fd: int | None = None
-
-    def sink(self, record: Any) -> None:
-        self.sink_batch([record.value])
 
     def sink_batch(self, records: Any) -> None:
         values = getattr(records, "values", records)
@@ -132,10 +116,7 @@ class CountSink:
         for amount, h in values:
             self.amounts += amount
             self.hashes += h
-        if self.fd is None:
-            name = f"sink-{os.getpid()}-{id(self):x}"
-            self.fd = os.open(os.path.join(self.outdir, name), os.O_WRONLY | os.O_CREAT, 0o644)
-        os.pwrite(self.fd, f"{self.n} {self.amounts} {self.hashes}\n".ljust(80).encode(), 0)
+        self.write_totals(f"{self.n} {self.amounts} {self.hashes}\n", 80)
 
 
 def build(p: StreamProvider, *, n: int, outdir: str) -> None:

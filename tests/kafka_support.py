@@ -87,8 +87,7 @@ def end_offsets(bootstrap: str, topic: str) -> int:
         if meta is None or meta.error is not None:
             return 0
         return sum(
-            c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
-            for p in meta.partitions
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] for p in meta.partitions
         )
     finally:
         c.close()

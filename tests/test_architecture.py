@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "malstrom.types": 0,
     "malstrom.errors": 0,
     "malstrom._repr": 0,
+    "malstrom._lazy": 0,
     # 1: the engine core every worker runs
     "malstrom.engine": 1,
     # 2: building blocks on the engine: partitioners, user-facing protocols, storage, wire

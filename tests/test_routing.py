@@ -54,9 +54,7 @@ def test_a_batch_owned_by_one_worker_travels_whole() -> None:
     workers = (0, 1)
     key = next(f"k{i}" for i in range(100) if rendezvous_select(f"k{i}", workers) == 1)
     ex = RecordingExchange()
-    op = DistributorOp(
-        "d", None, rendezvous_select, BuildContext(0, workers, exchange=ex)
-    )
+    op = DistributorOp("d", None, rendezvous_select, BuildContext(0, workers, exchange=ex))
     batch = Batch([key] * 3, [1, 2, 3], [0, 1, 2])
     op.on_batch(batch, 0)
     assert ex.sent == [(1, "d", batch)]

@@ -111,6 +111,8 @@ def _seconds(value: str) -> float:
 
 
 def _add_job(p: argparse.ArgumentParser) -> None:
+    from malstrom.runtime._multi import STOP_GRACE
+
     p.add_argument("app", metavar="APP", help="path/to/file.py:build or package.module:build")
     p.add_argument("-w", "--workers", type=int, default=1, help="number of workers")
     p.add_argument("--persistence", help="snapshot directory (or file://PATH); default none")
@@ -128,10 +130,11 @@ def _add_job(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stop-timeout",
         type=_seconds,
-        default=50.0,
+        default=STOP_GRACE,
         metavar="S",
         help="after SIGTERM or Ctrl-C, seconds the stop with a final snapshot may take "
-        "before the job is killed (default 50; keep it below the orchestrator's grace period)",
+        f"before the job is killed (default {STOP_GRACE:g}; keep it below the orchestrator's "
+        "grace period)",
     )
     p.add_argument(
         "--fresh-start",

@@ -30,6 +30,7 @@ __all__ = [
     "TransportError",
 ]
 
+
 class MalstromError(Exception):
     """Base of every error malstrom raises on purpose (catch it to catch them all)."""
 

@@ -35,9 +35,7 @@ class BuildContext:
     attempt: int = 0
     fence: Callable[[], None] = _never_fenced
 
-    def restore_keyed(
-        self, operator: str, owner: Partitioner | None
-    ) -> Iterator[tuple[Any, Any]]:
+    def restore_keyed(self, operator: str, owner: Partitioner | None) -> Iterator[tuple[Any, Any]]:
         """The ``(key, state)`` pairs of ``operator`` that this worker owns now."""
         if self.restore is None:
             return iter(())

@@ -27,6 +27,7 @@ __all__ = [
     "Token",
 ]
 
+
 class _Idle:
     """An epoch value saying "this channel has nothing now": merges leave it out of the minimum."""
 

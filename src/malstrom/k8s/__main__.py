@@ -1,11 +1,11 @@
 """``python -m malstrom.k8s``: the MalstromJob CRD, plain manifests, and the operator.
 
-    python -m malstrom.k8s crd                        print the CustomResourceDefinition
-    python -m malstrom.k8s render JOB.yaml            print the objects that run a MalstromJob
-    python -m malstrom.k8s operator [-n NAMESPACE]    run the operator (kopf) in a cluster
-    python -m malstrom.k8s local FILE.yaml... [--root D]   run a MalstromJob (and the
-                          ConfigMaps and Secrets beside it) on local processes; edit the
-                          MalstromJob's file and the operator follows
+python -m malstrom.k8s crd                        print the CustomResourceDefinition
+python -m malstrom.k8s render JOB.yaml            print the objects that run a MalstromJob
+python -m malstrom.k8s operator [-n NAMESPACE]    run the operator (kopf) in a cluster
+python -m malstrom.k8s local FILE.yaml... [--root D]   run a MalstromJob (and the
+                      ConfigMaps and Secrets beside it) on local processes; edit the
+                      MalstromJob's file and the operator follows
 """
 
 from __future__ import annotations

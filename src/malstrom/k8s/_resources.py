@@ -230,9 +230,7 @@ def coordinator_deployment(spec: JobSpec, replicas: int, owned: bool = True) -> 
             "valueFrom": {"configMapKeyRef": {"name": spec.config_name, "key": "workers"}},
         },
     ]
-    container = _container(
-        spec, args, env, COORDINATOR_PORT, spec.coordinator_resources, http=True
-    )
+    container = _container(spec, args, env, COORDINATOR_PORT, spec.coordinator_resources, http=True)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -32,8 +32,7 @@ After each commit only the newest ``retain`` versions (default 3) are kept.
 Subclass :class:`Persistence` to add another storage backend.
 """
 
-from typing import Any
-
+from malstrom._lazy import lazy_exports as _lazy_exports
 from malstrom.snapshot._backend import (
     Persistence,
     SnapshotCorruptError,
@@ -60,23 +59,11 @@ __all__ = [
 
 # Backends with optional dependencies load on first use, so importing malstrom.snapshot
 # never needs obstore or slatedb. They are importable from here like the others.
-_LAZY = {
-    "ObjectStorePersistence": "malstrom.snapshot._objectstore",
-    "SlateDbPersistence": "malstrom.snapshot._slatedb",
-    "StoreUnavailableError": "malstrom.snapshot._errors",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = _lazy_exports(
+    globals(),
+    {
+        "ObjectStorePersistence": "malstrom.snapshot._objectstore",
+        "SlateDbPersistence": "malstrom.snapshot._slatedb",
+        "StoreUnavailableError": "malstrom.snapshot._errors",
+    },
+)

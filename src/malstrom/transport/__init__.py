@@ -6,8 +6,8 @@ this package never imports grpc.
 """
 
 import warnings
-from typing import Any
 
+from malstrom._lazy import lazy_exports as _lazy_exports
 from malstrom.errors import TransportError
 
 __all__ = ["TlsConfig", "TransportError"]
@@ -23,19 +23,4 @@ warnings.filterwarnings(
 )
 
 
-_LAZY = {"TlsConfig": "malstrom.transport._grpc_auth"}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
+__getattr__, __dir__ = _lazy_exports(globals(), {"TlsConfig": "malstrom.transport._grpc_auth"})

@@ -75,9 +75,7 @@ class MockCluster:
         from confluent_kafka import Consumer, Producer, TopicPartition
 
         conf = {"bootstrap.servers": self.bootstrap_servers}
-        consumer = Consumer(
-            {**conf, "group.id": "malstrom-mock-grow", "enable.auto.commit": False}
-        )
+        consumer = Consumer({**conf, "group.id": "malstrom-mock-grow", "enable.auto.commit": False})
         try:
             meta = consumer.list_topics(topic, timeout=timeout).topics[topic]
             old = sorted(meta.partitions)

@@ -386,9 +386,7 @@ class KafkaSource(StatefulSource):
                 TopicPartition(*tp), timeout=self.metadata_timeout
             )
             return int(high)  # the end now, not whenever the consumer first fetches
-        ms = (
-            int(start.timestamp() * 1000) if isinstance(start, datetime.datetime) else int(start)
-        )
+        ms = int(start.timestamp() * 1000) if isinstance(start, datetime.datetime) else int(start)
         (found,) = reader.consumer.offsets_for_times(
             [TopicPartition(tp[0], tp[1], ms)], timeout=self.metadata_timeout
         )
