@@ -829,6 +829,9 @@ class _PicklingExchange:
             clock["encode_frames"] += t1 - t0
         self.out = {}
 
+    def set_attempt(self, attempt: int) -> None:
+        pass  # one process, one attempt: no peer of another attempt can connect
+
     def saturated(self) -> frozenset[str]:
         return frozenset()
 
