@@ -64,6 +64,10 @@ start=$SECONDS
 # pip's progress (one line per package) goes to stderr, so `demo.sh > out` keeps only the
 # demo's output; the whole log stays in .venv for when something fails.
 mkdir -p "$stamp_dir"
+# The editable install builds the C router into src/ (optional: skipped without a compiler).
+# Drop the last build first, so a failed rebuild falls back to Python instead of leaving an
+# extension built from older source.
+rm -f src/malstrom/keyed/_croute.*.so
 set +e
 .venv/bin/python -m pip install --progress-bar off -e "$spec" 2>&1 | tee "$stamp_dir/pip.log" \
   | grep --line-buffered -E '^ *(Collecting|Downloading|Installing|Successfully)' >&2
