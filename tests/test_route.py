@@ -154,11 +154,18 @@ def test_errors_and_lengths() -> None:
 
 @pytest.mark.skipif(PURE, reason="MALSTROM_PURE_PYTHON=1 already")
 def test_keyed_routing_runs_on_the_python_router() -> None:
-    """The distributor's own tests, end to end, with the extension ruled out."""
+    """The distributor's own tests and keyed jobs on several workers (run_local_cluster),
+    with the extension ruled out."""
     env = {**os.environ, "MALSTROM_PURE_PYTHON": "1"}
     check = "from malstrom.keyed import _route; assert not _route.NATIVE, 'still native'"
     subprocess.run([sys.executable, "-c", check], env=env, check=True, timeout=60)
-    tests = ["tests/test_routing.py", "tests/test_key_placement.py", "tests/test_route.py"]
+    tests = [
+        "tests/test_routing.py",
+        "tests/test_key_placement.py",
+        "tests/test_route.py",
+        "tests/test_cluster.py",
+        "tests/test_rescale_cycle.py",
+    ]
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         env=env,
