@@ -120,24 +120,25 @@ split(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyObject *key = PySequence_Fast_GET_ITEM(route, i);
         Py_INCREF(key);
         PyObject *owner = PyDict_GetItemWithError(cache, key);  /* borrowed */
-        Py_DECREF(key);
         if (owner == NULL) {
+            Py_DECREF(key);
             if (PyErr_Occurred())
                 goto done;  /* unhashable key: TypeError, or a failing __eq__ */
             result = Py_None;  /* a miss: the caller fills the cache and calls again */
             Py_INCREF(result);
             goto done;
         }
+        /* owner is used before the key is let go: freeing a key could run a __del__. */
         Py_ssize_t j = dest_index(owner, dest_objs, dest_vals, d);
-        if (j < 0) {
+        if (j < 0 && stray == NULL) {
             /* Reported after the lookups, so a later miss still answers None (as in Python,
              * which looks every key up before it counts owners). */
-            if (stray == NULL) {
-                stray = owner;
-                Py_INCREF(stray);
-            }
-            continue;
+            stray = owner;
+            Py_INCREF(stray);
         }
+        Py_DECREF(key);
+        if (j < 0)
+            continue;
         idx[i] = (uint16_t)j;
         counts[j]++;
     }
