@@ -10,7 +10,7 @@ FROM python:3.11-slim
 ARG EXTRAS=all
 
 WORKDIR /opt/malstrom
-COPY pyproject.toml README.md LICENSE ./
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY scripts/setup.sh scripts/setup.sh
 COPY src/ src/
 RUN bash scripts/setup.sh --lib --extras "$EXTRAS" \

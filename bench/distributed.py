@@ -566,37 +566,30 @@ def bench_wire(n_total: int) -> None:
     split = split_cost_us()
     print(
         f"CPU of routing a {BATCH_SIZE}-record batch to 2 workers the way DistributorOp."
-        f"on_batch does (owners from its cache as bytes, a translate mask and 3 compress per "
-        f"worker): "
-        f"{split:.3f} us/record (p=1 skips it)"
+        f"on_batch does (one split of the columns by owner, cache hits): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in split.items())
+        + " us/record (p=1 skips it)"
     )
 
 
-def split_cost_us() -> float:
-    """DistributorOp.on_batch's routing, minus key_fn, for one 2048-record batch, 2 workers."""
+def split_cost_us() -> dict[str, float]:
+    """DistributorOp.on_batch's routing, minus key_fn, for one 2048-record batch, 2 workers:
+    the router in use (C unless MALSTROM_PURE_PYTHON=1 or not built) and the Python one."""
+    from malstrom.keyed import _route
+
     workers = (0, 1)
     words = part_words(0, BATCH_SIZE)
     b = Batch(list(words), words, list(range(BATCH_SIZE)))
     cache = {k: rendezvous_select(k, workers) for k in set(words)}
-    select = [bytes(i == w for i in range(256)) for w in workers]
 
-    def route() -> list[Batch]:
-        codes = bytearray(list(map(cache.__getitem__, b.keys)))
-        out = []
-        for w in workers:
-            if not codes.count(w):
-                continue
-            mask = codes.translate(select[w])
-            out.append(
-                Batch(
-                    list(compress(b.keys, mask)),
-                    list(compress(b.values, mask)),
-                    list(compress(b.timestamps, mask)),
-                )
-            )
-        return out
+    def route(split: Any) -> list[Batch]:
+        parts = split(b.keys, b.keys, b.values, b.timestamps, cache, workers)
+        return [b] if type(parts) is int else [Batch(k, v, t) for _, k, v, t in parts]
 
-    return timeit_us(route, BATCH_SIZE)
+    routers = {"python": _route.split_py}
+    if _route.NATIVE:
+        routers = {"C": _route.split, **routers}
+    return {k: timeit_us(functools.partial(route, f), BATCH_SIZE) for k, f in routers.items()}
 
 
 def pb_overhead(payload_len: int) -> int:
@@ -805,6 +798,9 @@ class _PicklingExchange:
             clock["decode_frame"] += time.perf_counter() - t1
             clock["encode_frames"] += t1 - t0
         self.out = {}
+
+    def set_attempt(self, attempt: int) -> None:
+        pass  # one process, one attempt: no peer of another attempt can connect
 
     def saturated(self) -> frozenset[str]:
         return frozenset()

@@ -18,7 +18,13 @@ def test_owners_agree_with_the_partitioner(workers: tuple[int, ...]) -> None:
     assert placement.owners(keys) == want  # from the cache
     assert [placement.owner(k) for k in keys] == want
     assert placement.remotes == [w for w in workers if w != workers[0]]
-    assert placement.small is (max(workers) < 256)
+    # split: the same owners, one part per owner (the whole batch when there is one owner).
+    values = list(range(len(keys)))
+    parts = placement.split(keys, keys, values, values)
+    assert isinstance(parts, list)
+    got = {w: k for w, k, v, t in parts}
+    assert got == {w: [k for k, o in zip(keys, want) if o == w] for w in set(want)}
+    assert placement.split(["k1"], ["k1"], [0], [0]) == want[1]
 
 
 def test_a_custom_partitioner_runs_once_per_distinct_key() -> None:
@@ -40,3 +46,11 @@ def test_errors_name_the_operator_and_the_key() -> None:
         placement.owners(["x"])
     with pytest.raises(OperatorError, match=r"'by_word'.*keys must be hashable"):
         KeyPlacement(rendezvous_select, (0, 1), 0, "by_word").owners([["unhashable"]])
+    # split (the distributor's path) reports both alike, on a cache miss or a hit.
+    with pytest.raises(OperatorError, match=r"'by_word'.*worker 9 for key 'x'.*\[0, 1\]"):
+        placement.split(["x"], ["x"], [1], [None])
+    placed = KeyPlacement(rendezvous_select, (0, 1), 0, "by_word")
+    placed.owners(["a"])
+    for route in (["a", ["unhashable"]], [["unhashable"], "a"]):
+        with pytest.raises(OperatorError, match=r"'by_word'.*keys must be hashable"):
+            placed.split(route, route, [1, 2], [None, None])

@@ -4,7 +4,9 @@ A distributor routes every record by its key's owner, so owner lookups sit on th
 :class:`KeyPlacement` keeps what makes them cheap together: the worker set, the default
 partitioner's owner per key group (one table lookup per key instead of a rendezvous over
 every worker) and a cache, so the partitioner runs once per distinct key. Lookups are batched
-(:meth:`KeyPlacement.owners`: one call per batch, not one per record). A rescale builds the
+(:meth:`KeyPlacement.owners`: one call per batch, not one per record) and
+:meth:`KeyPlacement.split` splits a batch's columns by owner in one pass (in C when the
+extension is built: :mod:`malstrom.keyed._route`). A rescale builds the
 placement of the new worker set and the distributor adopts it, cache and all, when the cycle
 ends.
 """
@@ -16,6 +18,7 @@ from typing import Any
 
 from malstrom._repr import short_repr
 from malstrom.errors import OperatorError
+from malstrom.keyed import _route
 from malstrom.keyed.partitioners import group_table, key_group, rendezvous_select
 from malstrom.types import Partitioner
 
@@ -50,8 +53,7 @@ def place(
 class KeyPlacement:
     """The owners of keys under the worker set ``workers``, seen from worker ``me``.
 
-    ``remotes``: the other workers of the set. ``small``: every worker id fits in a byte
-    (the routing fast path builds its masks from bytes)."""
+    ``remotes``: the other workers of the set."""
 
     __slots__ = (
         "_by_group",
@@ -60,7 +62,6 @@ class KeyPlacement:
         "operator",
         "partitioner",
         "remotes",
-        "small",
         "workers",
     )
 
@@ -72,7 +73,6 @@ class KeyPlacement:
         self.me = me
         self.operator = operator
         self.remotes = [w for w in self.workers if w != me]
-        self.small = bool(self.workers) and min(self.workers) >= 0 and max(self.workers) < 256
         default = partitioner is rendezvous_select and bool(self.workers)
         self._by_group = group_table(self.workers) if default else None
         self._cache: dict[Any, int] = {}
@@ -108,3 +108,24 @@ class KeyPlacement:
             if k not in cache:
                 cache[k] = place(partitioner, k, workers, operator, by_group)
         return [cache[k] for k in keys]
+
+    def split(
+        self,
+        route: Sequence[Any],
+        keys: Sequence[Any],
+        values: Sequence[Any],
+        stamps: Sequence[Any],
+    ) -> int | _route.Parts:
+        """The columns split by the owner of each ``route`` key: a worker id when every record
+        goes there, else the non-empty parts as ``(worker, keys, values, timestamps)`` in the
+        order of :attr:`workers` (``[]`` for no records)."""
+        split, cache, workers = _route.split, self._cache, self.workers
+        try:
+            parts = split(route, keys, values, stamps, cache, workers)
+            if parts is None:  # a key not seen before: place the batch's keys, then again
+                self.owners(route)
+                parts = split(route, keys, values, stamps, cache, workers)
+        except TypeError as e:
+            raise OperatorError(self.operator, f"keys must be hashable: {e}") from e
+        assert parts is not None  # owners() just placed every key
+        return parts

@@ -97,10 +97,6 @@ class _BarrierMarker:
 BARRIER_MARKER = _BarrierMarker()
 
 
-#: ``_SELECT[w]``: a bytes.translate table mapping byte ``w`` to 1 and every other byte to 0.
-_SELECT = [bytes(i == w for i in range(256)) for w in range(256)]
-
-
 class DistributorOp(Operator):
     """Routes records by key; with ``key_fn`` None, by the sink part ``part_of(key)``, without
     re-keying."""
@@ -155,35 +151,23 @@ class DistributorOp(Operator):
         if not placement.remotes:
             self.emit(batch)
             return
-        owners = placement.owners(self._route_keys(batch))
-        me = self.me
-        n = len(owners)
-        # Worker ids 0..255 (the usual case): owners as bytes, so counting and the 0/1 mask of
-        # each destination run at C speed (bytes.translate) instead of a map() per record.
-        small = placement.small
-        codes: Sequence[int] = bytearray(owners) if small else owners
-        n_local = codes.count(me)
-        if n_local == n:
+        if not len(batch):
             self.emit(batch)
             return
-        remaining = n
-        for w in placement.workers:
-            count = n_local if w == me else codes.count(w)
-            if not count:
-                continue
-            if count == n:
-                part = batch
-            elif small:
-                part = batch.select(codes.translate(_SELECT[w]))  # type: ignore[attr-defined]
+        parts = placement.split(self._route_keys(batch), batch.keys, batch.values, batch.timestamps)
+        me = self.me
+        if type(parts) is int:  # every record to one worker: the batch as it is, no copy
+            if parts == me:
+                self.emit(batch)
             else:
-                part = batch.select(list(map(w.__eq__, owners)))
-            remaining -= count
+                self.exchange.send(parts, self.name, batch)
+            return
+        for w, keys, values, stamps in parts:  # type: ignore[union-attr]
+            part = Batch(keys, values, stamps)
             if w == me:
                 self.emit(part)
             else:
                 self.exchange.send(w, self.name, part)
-            if not remaining:
-                break
 
     # ----- epochs ------------------------------------------------------------------------
     def _epoch_in(self, idx: int, ts: Any) -> None:
