@@ -21,6 +21,9 @@ Dataflow: people -> ``key_distribute`` by id; auctions -> ``key_distribute`` by 
 result when the window closes.
 
 Output: ``(person_id, name, window_start)`` per new seller and window.
+
+On several workers both distributors align epochs (``max_epoch_lead``), as in
+:func:`nexmark.q4.winning_bids`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 from malstrom import Stream, StreamProvider
 from malstrom.windows import Reduce, Tumbling, WindowResult
 
-from .common import DEFAULT_CONFIG, Sink, build_query, is_auction, is_person
+from .common import ALIGNMENT, DEFAULT_CONFIG, Sink, build_query, is_auction, is_person
 from .generator import GeneratorConfig
 from .model import Auction, Person
 
@@ -68,8 +71,14 @@ def new_user(result: WindowResult) -> tuple[int, str, int]:
 
 def query(events: Stream, size: int = SIZE) -> Stream:
     """People joined with their auctions per window, one result per person and window."""
-    people = events.filter("people", is_person).key_distribute("people-by-id", person_id)
-    auctions = events.filter("auctions", is_auction).key_distribute("auctions-by-seller", seller)
+    # Epoch alignment: a worker running ahead would fill the join with windows that only
+    # close when the slowest worker's epochs get there (see nexmark.q4.winning_bids).
+    people = events.filter("people", is_person).key_distribute(
+        "people-by-id", person_id, max_epoch_lead=ALIGNMENT
+    )
+    auctions = events.filter("auctions", is_auction).key_distribute(
+        "auctions-by-seller", seller, max_epoch_lead=ALIGNMENT
+    )
     sellers, _ = (
         people.join("people-with-auctions", auctions, Tumbling(size))
         .map("seller", the_person)
