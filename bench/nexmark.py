@@ -21,7 +21,8 @@ of its own); the result counts of the three runtimes must agree, or the script s
 
 Reported, per query: events/s = events / wall seconds of ``execute()`` (median over rounds;
 multi-process figures include starting the worker processes, which the ``start-up`` row
-measures with a 0-event q0), the CPU seconds of the worker(s) (this process for the single
+measures with a 0-event q0; the ``net`` column is the 2p/1p ratio with each runtime's
+median start-up taken off its median time), the CPU seconds of the worker(s) (this process for the single
 thread; the worker processes, all threads, for the others: more robust to a busy machine
 than wall time, and 2p vs 1p shows what distribution costs), and the result count. The
 ``generator`` rows are the floor: the same events made by a plain loop with no framework,
@@ -232,8 +233,9 @@ def main() -> None:
 
     hdr = (
         f"{'query':<28} {'single thread':>14} {'1 process':>10} {'2 processes':>12} "
-        f"{'2p/1p':>6} {'CPU s: ST / 1p / 2p':>20} {'results':>9}"
+        f"{'2p/1p':>6} {'net':>5} {'CPU s: ST / 1p / 2p':>20} {'results':>9}"
     )
+    su1, su2 = (statistics.median(startup[rt]) for rt in ("mp1", "mp2"))
     print()
     print(hdr)
     print("-" * len(hdr))
@@ -244,10 +246,10 @@ def main() -> None:
         cpu = " / ".join(f"{statistics.median(cpus[(q, rt)]):.2f}" for rt in RUNTIMES)
         print(
             f"{q:<28} {rate(n, med['single']):>14} {rate(n, med['mp1']):>10} "
-            f"{rate(n, med['mp2']):>12} {med['mp1'] / med['mp2']:>6.2f} {cpu:>20} "
+            f"{rate(n, med['mp2']):>12} {med['mp1'] / med['mp2']:>6.2f} "
+            f"{(med['mp1'] - su1) / max(1e-9, med['mp2'] - su2):>5.2f} {cpu:>20} "
             f"{results[q]:>9,}"
         )
-    su1, su2 = (statistics.median(startup[rt]) for rt in ("mp1", "mp2"))
     print(f"{'start-up (q0, 0 events)':<28} {'':>14} {su1:>9.2f}s {su2:>11.2f}s")
     print(
         f"\nload average at end {os.getloadavg()[0]:.2f} (other processes on the machine skew "
