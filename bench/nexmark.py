@@ -22,9 +22,10 @@ of its own); the result counts of the three runtimes must agree, or the script s
 Reported, per query: events/s = events / wall seconds of ``execute()`` (median over rounds;
 multi-process figures include starting the worker processes, which the ``start-up`` row
 measures with a 0-event q0; the ``net`` column is the 2p/1p ratio with each runtime's
-median start-up taken off its median time), the CPU seconds of the worker(s) (this process for the single
-thread; the worker processes, all threads, for the others: more robust to a busy machine
-than wall time, and 2p vs 1p shows what distribution costs), and the result count. The
+median start-up taken off its median time), the CPU seconds of the worker(s) (this process
+for the single thread; the worker processes, all threads, for the others: more robust to a
+busy machine than wall time, and 2p vs 1p shows what distribution costs), and the result
+count. The
 ``generator`` rows are the floor: the same events made by a plain loop with no framework,
 through the source's batch path (``NexmarkSource`` parts polled round-robin, what every job
 does) and through ``generate()``, one event at a time.
