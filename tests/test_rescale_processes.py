@@ -1,5 +1,6 @@
-"""Live rescaling with real worker processes over gRPC: MultiProcessRuntime.rescale, SIGKILL
-during a rescale, and the cluster CLI's ``malstrom rescale``."""
+"""Live rescaling with real worker processes (same-host links, and gRPC where a test asks for
+it): MultiProcessRuntime.rescale, SIGKILL during a rescale, and the cluster CLI's
+``malstrom rescale``."""
 
 from __future__ import annotations
 
@@ -31,7 +32,12 @@ def wait_running(handle: Any, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
-def test_rescale_1_4_2_3_while_running_is_exactly_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("carrier", ["link", "grpc"])
+def test_rescale_1_4_2_3_while_running_is_exactly_once(
+    tmp_path: Path, carrier: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if carrier == "grpc":  # the workers inherit it: every pipe on gRPC, as across hosts
+        monkeypatch.setenv("MALSTROM_DATA_PLANE", "grpc")
     rt = runtime(
         tmp_path,
         1,
