@@ -296,7 +296,29 @@ class FanOutMachine(RescaleMachine):
         self.begin(fj.Outputs(fj.OUTPUTS, shape), n)
 
 
-for machine in (RescaleMachine, FanOutMachine):
+class AlignedSinks(Sinks):
+    lead = 0.0  # align at every turn: the most holds, the most interleavings
+
+
+class AlignedRescaleMachine(RescaleMachine):
+    """The same, with epoch alignment (``max_epoch_lead=0``) on the distributor: holding
+    sources while peers catch up must not lose, repeat or reorder anything across rescales,
+    snapshots and crashes."""
+
+    @initialize(n=st.integers(1, 4))
+    def start(self, n: int) -> None:
+        self.begin(AlignedSinks(), n)
+
+
+class AlignedFanOutMachine(FanOutMachine):
+    """The fan-out/fan-in jobs with epoch alignment on every distributor."""
+
+    @initialize(n=st.integers(1, 4), shape=st.sampled_from(fj.SHAPES))
+    def start(self, n: int, shape: str) -> None:  # type: ignore[override]
+        self.begin(fj.Outputs(fj.OUTPUTS, shape, lead=0.0), n)
+
+
+for machine in (RescaleMachine, FanOutMachine, AlignedRescaleMachine, AlignedFanOutMachine):
     machine.TestCase.settings = settings(
         max_examples=int(os.environ.get("MALSTROM_RESCALE_EXAMPLES", "12")),
         stateful_step_count=15,
@@ -305,6 +327,8 @@ for machine in (RescaleMachine, FanOutMachine):
     )
 test_rescale_state_machine = RescaleMachine.TestCase
 test_fan_out_state_machine = FanOutMachine.TestCase
+test_aligned_rescale_state_machine = AlignedRescaleMachine.TestCase
+test_aligned_fan_out_state_machine = AlignedFanOutMachine.TestCase
 
 
 # ----- epochs never overtake records -------------------------------------------------------------

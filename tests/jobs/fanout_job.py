@@ -178,11 +178,13 @@ def make_build(
     sink: Callable[[str], StatefulSink],
     kinds: Iterable[str] = OUTPUTS,
     shape: str = "split",
+    lead: float | None = None,
 ) -> Callable[[StreamProvider], None]:
-    """The job with the outputs ``kinds`` only (and ``late``), the fan-out made by ``shape``."""
+    """The job with the outputs ``kinds`` only (and ``late``), the fan-out made by ``shape``;
+    ``lead``: the distributors' ``max_epoch_lead`` (epoch alignment)."""
 
     def build(provider: StreamProvider) -> None:
-        build_into(provider, sink, set(kinds), shape)
+        build_into(provider, sink, set(kinds), shape, lead=lead)
 
     return build
 
@@ -193,6 +195,7 @@ def build_into(
     kinds: set[str],
     shape: str = "split",
     go: str | None = None,
+    lead: float | None = None,
 ) -> None:
     """The job (``go``: paced, once that file exists: the numbers source in 6 s, the
     in-order source in 7 s)."""
@@ -204,7 +207,7 @@ def build_into(
         .limit_out_of_orderness("time", BOUND)
     )
     lates.append(late)
-    keyed = on_time.key_distribute("by-key", lambda v: v[0])
+    keyed = on_time.key_distribute("by-key", lambda v: v[0], max_epoch_lead=lead)
 
     # One distributor, two paths (even and odd timestamps).
     if shape == "split":
@@ -241,7 +244,7 @@ def build_into(
 
     # Two distributors into one join and one union.
     if kinds & {"ij2", "mix"}:
-        keyed2 = on_time.key_distribute("by-key-2", lambda v: v[0])
+        keyed2 = on_time.key_distribute("by-key-2", lambda v: v[0], max_epoch_lead=lead)
         thirds = keyed2.filter("thirds", lambda v: v[1] % PARTS == 2)
         if "ij2" in kinds:
             evens.interval_join("ij2-op", thirds, LOWER, UPPER).sink("ij2", sink("ij2"))
@@ -258,7 +261,7 @@ def build_into(
             provider.new_stream()
             .source("ordered", StatefulSource(Ordered(None if go is None else (go, ORDERED / 7))))
             .assign_timestamps("o-ts", lambda v: v[1])
-            .key_distribute("o-by-key", lambda v: v[0])
+            .key_distribute("o-by-key", lambda v: v[0], max_epoch_lead=lead)
             .limit_out_of_orderness("o-time", 0)
         )
         lates.append(o_late)
@@ -434,13 +437,18 @@ def check_no_repeats(got: dict[str, list[str]]) -> None:
 class Outputs:
     """Every output as an exactly-once :class:`~jobs.rescale_job.Recorder`."""
 
-    def __init__(self, kinds: Iterable[str] = OUTPUTS, shape: str = "split") -> None:
+    def __init__(
+        self, kinds: Iterable[str] = OUTPUTS, shape: str = "split", lead: float | None = None
+    ) -> None:
         self.kinds = tuple(kinds)
         self.shape = shape
+        self.lead = lead
         self.recorders = {name: Recorder() for name in OUTPUTS}
 
     def build(self) -> Callable[[StreamProvider], None]:
-        return make_build(lambda name: StatefulSink(self.recorders[name]), self.kinds, self.shape)
+        return make_build(
+            lambda name: StatefulSink(self.recorders[name]), self.kinds, self.shape, self.lead
+        )
 
     def lines(self) -> dict[str, list[str]]:
         return {

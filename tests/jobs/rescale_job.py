@@ -100,7 +100,10 @@ class _RecorderPart:
 
 
 class Outputs:
-    """Every output of the job, each an exactly-once :class:`Recorder`."""
+    """Every output of the job, each an exactly-once :class:`Recorder`. ``lead``: the
+    distributor's ``max_epoch_lead`` (epoch alignment), None for none."""
+
+    lead: float | None = None
 
     def __init__(self) -> None:
         self.counts = Recorder()
@@ -116,7 +119,7 @@ def make_build(out: Outputs) -> Callable[[StreamProvider], None]:
             .source("numbers", StatefulSource(Parts()))
             .assign_timestamps("ts", lambda v: v[1])
             .limit_out_of_orderness("time", BOUND)[0]
-            .key_distribute("by-key", lambda v: v[0])
+            .key_distribute("by-key", lambda v: v[0], max_epoch_lead=out.lead)
         )
         (
             keyed.stateful_map("count", lambda k, v, s: (s + 1, s + 1), initial=int).sink(
