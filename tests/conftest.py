@@ -63,6 +63,15 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsConfig:
     return TlsConfig(d / "node.pem", d / "node.key", d / "ca.pem")
 
 
+@pytest.fixture(params=["link", "grpc"])
+def carrier(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test twice: worker processes on same-host links (the default), then with every
+    pipe on gRPC, as between hosts (the workers inherit ``MALSTROM_DATA_PLANE``)."""
+    if request.param == "grpc":
+        monkeypatch.setenv("MALSTROM_DATA_PLANE", "grpc")
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Any:
     """A PostgreSQL server for the session (scripts/test.sh installs the Debian package)."""

@@ -72,12 +72,7 @@ def test_user_error_fails_the_job_naming_the_operator_after_restarts(tmp_path: P
     assert "'check'" in msg and "12345" in msg and "bad record" in msg
 
 
-@pytest.mark.parametrize("carrier", ["link", "grpc"])
-def test_sigkill_random_workers_recovers_exactly_once(
-    tmp_path: Path, carrier: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if carrier == "grpc":  # the workers inherit it: every pipe on gRPC, as across hosts
-        monkeypatch.setenv("MALSTROM_DATA_PLANE", "grpc")
+def test_sigkill_random_workers_recovers_exactly_once(tmp_path: Path, carrier: str) -> None:
     rng = random.Random(4)
     rt = runtime(
         tmp_path,

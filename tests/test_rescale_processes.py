@@ -32,12 +32,7 @@ def wait_running(handle: Any, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("carrier", ["link", "grpc"])
-def test_rescale_1_4_2_3_while_running_is_exactly_once(
-    tmp_path: Path, carrier: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if carrier == "grpc":  # the workers inherit it: every pipe on gRPC, as across hosts
-        monkeypatch.setenv("MALSTROM_DATA_PLANE", "grpc")
+def test_rescale_1_4_2_3_while_running_is_exactly_once(tmp_path: Path, carrier: str) -> None:
     rt = runtime(
         tmp_path,
         1,
