@@ -341,7 +341,7 @@ def test_refused_peers_get_a_clear_message(intruder: JobAuth, message: str, carr
 
 def test_link_refuses_a_listener_that_does_not_know_the_token() -> None:
     # A listener that admits everyone but signs with another token: the sender hangs up.
-    impostor = LocalListener(JobAuth("job-a", "other"), lambda md, a: None, _drain, "impostor")
+    impostor = LocalListener(JobAuth("job-a", "other"), lambda md, a, ctx: None, _drain, "impostor")
     try:
         with pytest.raises(grpc.RpcError, match="did not prove") as err:
             connect_link(impostor.name, AUTH, None, timeout=2)

@@ -107,8 +107,4 @@ class IntakeGate:
 
     def sources_feeding(self, ops: AbstractSet[str]) -> frozenset[str]:
         """The sources with any of ``ops`` downstream (epoch alignment holds them)."""
-        return frozenset(
-            name
-            for name, below in self.below.items()
-            if name in self._sources and not below.isdisjoint(ops)
-        )
+        return frozenset(name for name in self._sources if not self.below[name].isdisjoint(ops))

@@ -198,10 +198,8 @@ class _Sender:
             blob = frame_bytes(frame)
             try:
                 n = sock.send(blob, socket.MSG_DONTWAIT)
-            except BlockingIOError:
+            except OSError:  # full (BlockingIOError), or broken: the link thread takes over
                 return frames[i:]
-            except OSError:
-                return frames[i:]  # the link thread meets the error and reconnects
             # Once a byte is out, the frame belongs to the stream: the rest must follow it.
             self.sent_seq = frame.seq + 1
             self.bytes_out += len(frame.payload)
@@ -751,31 +749,24 @@ class GrpcExchange:
             n += 1
         return n
 
-    def _admit_link(
-        self, md: dict[str, str], theirs: int | None
-    ) -> tuple[grpc.StatusCode, str] | None:
-        """Why a same-host link must be refused (what gRPC's interceptor and the start of
-        ``Push`` check), or None."""
+    def _admit_link(self, md: dict[str, str], theirs: int | None, context: Any) -> None:
+        """Refuse a same-host link (``context.abort``) for what gRPC's interceptor and the
+        start of ``Push`` check: the job's identity, then the attempt."""
         refusal = self.auth.check(md)
         if refusal is not None:
-            text = f"refused a same-host link (job {md.get(MD_JOB)!r}): {refusal[1]}"
-            self.rejections.refuse(text, "unix")
-            return refusal
+            code, why = refusal
+            self.rejections.refuse(
+                f"refused a same-host link (job {md.get(MD_JOB)!r}): {why}", "unix"
+            )
+            context.abort(code, why)
         if self.attempt is not None and theirs != self.attempt:
-            text = self._stale(theirs)
-            self.rejections.add(text)
-            log.warning("%s (from a same-host link)", text)
-            return grpc.StatusCode.FAILED_PRECONDITION, text
-        return None
+            self._refuse_attempt(theirs, context)
 
-    def _stale(self, theirs: int | None) -> str:
-        return (
+    def _refuse_attempt(self, theirs: int | None, context: Any) -> None:
+        text = (
             f"worker {self.worker_id} runs job attempt {self.attempt} and refuses a stream of "
             f"attempt {theirs}: a worker of another attempt (stale attempt)"
         )
-
-    def _refuse_attempt(self, theirs: int | None, context: Any) -> None:
-        text = self._stale(theirs)
         self.rejections.add(text)
         log.warning("%s (from %s)", text, context.peer())
         context.abort(grpc.StatusCode.FAILED_PRECONDITION, text)

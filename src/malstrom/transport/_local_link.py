@@ -231,8 +231,9 @@ def read_frames(stream: IO[bytes]) -> Iterator[pb.Frame]:
 
 #: ``serve(hello_attempt, frames, context)``: runs one link's frames (see GrpcExchange).
 Serve = Callable[[int | None, Iterator[pb.Frame], Any], object]
-#: ``admit(metadata, attempt)``: None, or the (code, reason) to refuse a link with.
-Admit = Callable[[dict[str, str], int | None], "tuple[grpc.StatusCode, str] | None"]
+#: ``admit(metadata, attempt, context)``: returns if the link may pass, else refuses it with
+#: ``context.abort`` (see GrpcExchange).
+Admit = Callable[[dict[str, str], int | None, Any], None]
 
 
 class LocalListener:
@@ -303,10 +304,7 @@ class LocalListener:
                 except (ValueError, KeyError, TypeError, AttributeError):
                     ctx.abort(grpc.StatusCode.UNAUTHENTICATED, "not a malstrom link handshake")
                     return
-                refusal = self._admit(md, attempt)
-                if refusal is not None:
-                    ctx.abort(*refusal)
-                    return
+                self._admit(md, attempt, ctx)
                 nonce = md.get(MD_NONCE, "")
                 _send_blob(conn, json.dumps({"proof": self._auth.proof(nonce)}).encode())
                 self._serve(attempt, read_frames(stream), ctx)
