@@ -13,7 +13,7 @@ WORKDIR /opt/malstrom
 COPY pyproject.toml setup.py README.md LICENSE ./
 COPY scripts/setup.sh scripts/setup.sh
 COPY src/ src/
-# gcc only while installing: setup.sh builds the C router (keyed/_croute.c), then it goes.
+# gcc only while installing: setup.sh builds the C extensions (keyed/_croute.c, engine/_cpack.c), then it goes.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && bash scripts/setup.sh --lib --extras "$EXTRAS" \
     && apt-get purge -y --auto-remove gcc libc6-dev && rm -rf /var/lib/apt/lists/* \

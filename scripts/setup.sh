@@ -37,10 +37,10 @@ fi
 
 # What was installed, and from which build inputs: skip the install when it is current.
 # The development install includes the library, so it also satisfies a --lib request.
-# setup.py and the C router's source count too: a change there must rebuild the extension
+# setup.py and the C sources count too: a change there must rebuild the extension
 # (the editable install picks up Python changes by itself, not compiled ones).
 build_inputs=(pyproject.toml)
-for f in setup.py src/malstrom/keyed/_croute.c; do
+for f in setup.py src/malstrom/keyed/_croute.c src/malstrom/engine/_cpack.c; do
   [ -f "$f" ] && build_inputs+=("$f")
 done
 digest=$(cat "${build_inputs[@]}" | sha256sum | cut -c1-16)
@@ -64,10 +64,10 @@ start=$SECONDS
 # pip's progress (one line per package) goes to stderr, so `demo.sh > out` keeps only the
 # demo's output; the whole log stays in .venv for when something fails.
 mkdir -p "$stamp_dir"
-# The editable install builds the C router into src/ (optional: skipped without a compiler).
+# The editable install builds the C extensions (router, record packing) into src/ (optional: skipped without a compiler).
 # Drop the last build first, so a failed rebuild falls back to Python instead of leaving an
 # extension built from older source.
-rm -f src/malstrom/keyed/_croute.*.so
+rm -f src/malstrom/keyed/_croute.*.so src/malstrom/engine/_cpack.*.so
 set +e
 .venv/bin/python -m pip install --progress-bar off -e "$spec" 2>&1 | tee "$stamp_dir/pip.log" \
   | grep --line-buffered -E '^ *(Collecting|Downloading|Installing|Successfully)' >&2

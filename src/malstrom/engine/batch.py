@@ -11,6 +11,7 @@ from functools import partial
 from itertools import compress, repeat
 from typing import Any
 
+from malstrom.engine.packing import Packed, pack, unpack
 from malstrom.types import Record
 
 __all__ = ["Batch", "make_record"]
@@ -31,6 +32,11 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.values)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A batch is pickled when it crosses to another worker: records that are instances
+        # of user classes travel as field columns (see malstrom.engine.packing).
+        return (_from_wire, (pack(self.keys), pack(self.values), self.timestamps))
 
     def records(self) -> list[Record]:
         return list(map(make_record, zip(self.keys, self.values, self.timestamps)))
@@ -62,3 +68,12 @@ class Batch:
     @staticmethod
     def same_key(key: Any, values: Sequence[Any], timestamps: Sequence[Any]) -> Batch:
         return Batch(list(repeat(key, len(values))), values, timestamps)
+
+
+def _from_wire(keys: Any, values: Any, timestamps: Sequence[Any]) -> Batch:
+    """A pickled :class:`Batch`, rebuilt (its columns unpacked)."""
+    if type(keys) is Packed:
+        keys = unpack(keys)
+    if type(values) is Packed:
+        values = unpack(values)
+    return Batch(keys, values, timestamps)

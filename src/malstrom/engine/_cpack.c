@@ -1,0 +1,460 @@
+/* malstrom.engine._cpack: the per-record work of packing record columns, in C.
+ *
+ * The rules (which classes pack, and how) and a pure-Python twin of every function here are
+ * in malstrom/engine/packing.py, which documents the contract. These functions only move
+ * references: they read and write slots through the classes' member descriptors and
+ * instance dicts, and create instances with object.__new__, as unpickling does. No user code
+ * runs here except a record's __eq__ never (names are compared as str) and __del__ of
+ * nothing (new instances' slots start empty).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define MAX_TYPES 255
+
+static PyObject *empty_tuple;
+
+static PyObject *
+list_of(PyObject *obj, const char *what)
+{
+    if (!PyList_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list", what);
+        return NULL;
+    }
+    return obj;
+}
+
+PyDoc_STRVAR(group_doc,
+"group(col)\n--\n\n"
+"(types, codes or None, records per type), or None above 255 types.");
+
+static PyObject *
+group(PyObject *self, PyObject *col)
+{
+    PyObject *fast = PySequence_Fast(col, "group: the column must be a sequence");
+    if (fast == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    PyObject *kinds = PyList_New(0), *groups = PyList_New(0), *result = NULL;
+    PyObject *codes = PyBytes_FromStringAndSize(NULL, n);
+    if (kinds == NULL || groups == NULL || codes == NULL)
+        goto done;
+    unsigned char *code = (unsigned char *)PyBytes_AS_STRING(codes);
+    PyTypeObject *last = NULL;
+    Py_ssize_t last_i = 0, k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *x = PySequence_Fast_GET_ITEM(fast, i);
+        PyTypeObject *t = Py_TYPE(x);
+        Py_ssize_t j;
+        if (t == last) {
+            j = last_i;
+        }
+        else {
+            for (j = 0; j < k; j++) {
+                if ((PyTypeObject *)PyList_GET_ITEM(kinds, j) == t)
+                    break;
+            }
+            if (j == k) {
+                if (k == MAX_TYPES) {
+                    result = Py_None;
+                    Py_INCREF(result);
+                    goto done;
+                }
+                PyObject *g = PyList_New(0);
+                if (g == NULL || PyList_Append(kinds, (PyObject *)t) < 0
+                    || PyList_Append(groups, g) < 0) {
+                    Py_XDECREF(g);
+                    goto done;
+                }
+                Py_DECREF(g);
+                k++;
+            }
+            last = t;
+            last_i = j;
+        }
+        if (PyList_Append(PyList_GET_ITEM(groups, j), x) < 0)
+            goto done;
+        code[i] = (unsigned char)j;
+    }
+    if (k > 1)
+        result = PyTuple_Pack(3, kinds, codes, groups);
+    else
+        result = PyTuple_Pack(3, kinds, Py_None, groups);
+done:
+    Py_DECREF(fast);
+    Py_XDECREF(kinds);
+    Py_XDECREF(groups);
+    Py_XDECREF(codes);
+    return result;
+}
+
+/* New lists, one per field, each of length n (filled by the caller with PyList_SET_ITEM). */
+static PyObject *
+new_columns(Py_ssize_t fields, Py_ssize_t n)
+{
+    PyObject *columns = PyList_New(fields);
+    if (columns == NULL)
+        return NULL;
+    for (Py_ssize_t j = 0; j < fields; j++) {
+        PyObject *c = PyList_New(n);
+        if (c == NULL) {
+            Py_DECREF(columns);
+            return NULL;
+        }
+        PyList_SET_ITEM(columns, j, c);
+    }
+    return columns;
+}
+
+PyDoc_STRVAR(extract_slots_doc,
+"extract_slots(objs, descriptors)\n--\n\n"
+"Per member descriptor, its value on every object; None if a slot is unset on one.");
+
+static PyObject *
+extract_slots(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "extract_slots(objs, descriptors)");
+        return NULL;
+    }
+    PyObject *objs = list_of(args[0], "extract_slots: objs");
+    if (objs == NULL)
+        return NULL;
+    PyObject *descrs = PySequence_Tuple(args[1]);
+    if (descrs == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(objs), f = PyTuple_GET_SIZE(descrs);
+    PyObject *columns = new_columns(f, n);
+    if (columns == NULL)
+        goto fail;
+    for (Py_ssize_t j = 0; j < f; j++) {
+        PyObject *d = PyTuple_GET_ITEM(descrs, j);
+        descrgetfunc get = Py_TYPE(d)->tp_descr_get;
+        if (get == NULL) {
+            PyErr_SetString(PyExc_TypeError, "extract_slots: not a descriptor");
+            goto fail;
+        }
+        PyObject *col = PyList_GET_ITEM(columns, j);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (i >= PyList_GET_SIZE(objs)) {
+                PyErr_SetString(PyExc_RuntimeError, "extract_slots: objs changed size");
+                goto fail;
+            }
+            PyObject *o = PyList_GET_ITEM(objs, i);
+            PyObject *v = get(d, o, (PyObject *)Py_TYPE(o));
+            if (v == NULL) {
+                if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                    PyErr_Clear();
+                    Py_DECREF(columns);
+                    Py_DECREF(descrs);
+                    Py_RETURN_NONE;
+                }
+                goto fail;
+            }
+            PyList_SET_ITEM(col, i, v);
+        }
+    }
+    Py_DECREF(descrs);
+    return columns;
+fail:
+    Py_XDECREF(columns);  /* unset items are NULL: list dealloc skips them */
+    Py_DECREF(descrs);
+    return NULL;
+}
+
+PyDoc_STRVAR(extract_dict_doc,
+"extract_dict(objs, names)\n--\n\n"
+"Per name, its value in every object's __dict__; None unless every __dict__ has exactly\n"
+"``names``, in that order.");
+
+static PyObject *
+extract_dict(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "extract_dict(objs, names)");
+        return NULL;
+    }
+    PyObject *objs = list_of(args[0], "extract_dict: objs");
+    if (objs == NULL)
+        return NULL;
+    PyObject *names = PySequence_Tuple(args[1]);
+    if (names == NULL)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(objs), f = PyTuple_GET_SIZE(names);
+    for (Py_ssize_t j = 0; j < f; j++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(names, j))) {
+            PyErr_SetString(PyExc_TypeError, "extract_dict: names must be str");
+            Py_DECREF(names);
+            return NULL;
+        }
+    }
+    PyObject *columns = new_columns(f, n);
+    if (columns == NULL) {
+        Py_DECREF(names);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i >= PyList_GET_SIZE(objs)) {
+            PyErr_SetString(PyExc_RuntimeError, "extract_dict: objs changed size");
+            goto fail;
+        }
+        PyObject *o = PyList_GET_ITEM(objs, i);
+        PyObject *d = PyObject_GenericGetDict(o, NULL);
+        if (d == NULL)
+            goto fail;
+        int same = PyDict_CheckExact(d) && PyDict_GET_SIZE(d) == f;
+        Py_ssize_t pos = 0, j = 0;
+        PyObject *key, *value;
+        while (same && PyDict_Next(d, &pos, &key, &value)) {
+            PyObject *name = PyTuple_GET_ITEM(names, j);
+            if (key != name
+                && !(PyUnicode_CheckExact(key) && PyUnicode_Compare(key, name) == 0)) {
+                same = 0;
+                break;
+            }
+            Py_INCREF(value);
+            PyList_SET_ITEM(PyList_GET_ITEM(columns, j), i, value);
+            j++;
+        }
+        Py_DECREF(d);
+        if (PyErr_Occurred())
+            goto fail;
+        if (!same) {
+            Py_DECREF(columns);
+            Py_DECREF(names);
+            Py_RETURN_NONE;
+        }
+    }
+    Py_DECREF(names);
+    return columns;
+fail:
+    Py_DECREF(columns);
+    Py_DECREF(names);
+    return NULL;
+}
+
+/* The columns as a tuple of lists of at least n items each (checked once, up front). */
+static PyObject *
+columns_of(PyObject *obj, Py_ssize_t fields, Py_ssize_t n)
+{
+    PyObject *cols = PySequence_Tuple(obj);
+    if (cols == NULL)
+        return NULL;
+    if (PyTuple_GET_SIZE(cols) != fields) {
+        PyErr_Format(PyExc_ValueError, "%zd columns for %zd fields", PyTuple_GET_SIZE(cols),
+                     fields);
+        Py_DECREF(cols);
+        return NULL;
+    }
+    for (Py_ssize_t j = 0; j < fields; j++) {
+        PyObject *c = PyTuple_GET_ITEM(cols, j);
+        if (!PyList_Check(c) || PyList_GET_SIZE(c) != n) {
+            PyErr_Format(PyExc_ValueError, "column %zd is not a list of %zd values", j, n);
+            Py_DECREF(cols);
+            return NULL;
+        }
+    }
+    return cols;
+}
+
+static PyObject *
+new_instance(PyObject *cls)
+{
+    return PyBaseObject_Type.tp_new((PyTypeObject *)cls, empty_tuple, NULL);
+}
+
+PyDoc_STRVAR(build_slots_doc,
+"build_slots(cls, descriptors, columns, n)\n--\n\n"
+"n new instances of cls (object.__new__) with the slots set from the columns.");
+
+static PyObject *
+build_slots(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "build_slots(cls, descriptors, columns, n)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[3]);
+    if (n < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "build_slots: n < 0");
+        return NULL;
+    }
+    PyObject *descrs = PySequence_Tuple(args[1]);
+    if (descrs == NULL)
+        return NULL;
+    Py_ssize_t f = PyTuple_GET_SIZE(descrs);
+    PyObject *out = NULL, *cols = columns_of(args[2], f, n);
+    if (cols == NULL)
+        goto done;
+    for (Py_ssize_t j = 0; j < f; j++) {
+        if (Py_TYPE(PyTuple_GET_ITEM(descrs, j))->tp_descr_set == NULL) {
+            PyErr_SetString(PyExc_TypeError, "build_slots: not a data descriptor");
+            goto done;
+        }
+    }
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = new_instance(args[0]);
+        if (o == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, o);
+        for (Py_ssize_t j = 0; j < f; j++) {
+            PyObject *d = PyTuple_GET_ITEM(descrs, j);
+            PyObject *v = PyList_GET_ITEM(PyTuple_GET_ITEM(cols, j), i);
+            if (Py_TYPE(d)->tp_descr_set(d, o, v) < 0)
+                goto fail;
+        }
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    Py_DECREF(descrs);
+    Py_XDECREF(cols);
+    return out;
+}
+
+PyDoc_STRVAR(build_dict_doc,
+"build_dict(cls, names, columns, n)\n--\n\n"
+"n new instances of cls (object.__new__) whose __dict__ holds names from the columns.");
+
+static PyObject *
+build_dict(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "build_dict(cls, names, columns, n)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[3]);
+    if (n < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "build_dict: n < 0");
+        return NULL;
+    }
+    PyObject *names = PySequence_Tuple(args[1]);
+    if (names == NULL)
+        return NULL;
+    Py_ssize_t f = PyTuple_GET_SIZE(names);
+    PyObject *out = NULL, *cols = columns_of(args[2], f, n);
+    if (cols == NULL)
+        goto done;
+    for (Py_ssize_t j = 0; j < f; j++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(names, j))) {
+            PyErr_SetString(PyExc_TypeError, "build_dict: names must be str");
+            goto done;
+        }
+    }
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = new_instance(args[0]);
+        if (o == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, o);
+        if (f == 0)
+            continue;
+        PyObject *d = PyObject_GenericGetDict(o, NULL);
+        if (d == NULL)
+            goto fail;
+        for (Py_ssize_t j = 0; j < f; j++) {
+            PyObject *v = PyList_GET_ITEM(PyTuple_GET_ITEM(cols, j), i);
+            if (PyDict_SetItem(d, PyTuple_GET_ITEM(names, j), v) < 0) {
+                Py_DECREF(d);
+                goto fail;
+            }
+        }
+        Py_DECREF(d);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    Py_DECREF(names);
+    Py_XDECREF(cols);
+    return out;
+}
+
+PyDoc_STRVAR(interleave_doc,
+"interleave(codes, groups)\n--\n\n"
+"The records in column order: record i is the next one of groups[codes[i]].");
+
+static PyObject *
+interleave(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "interleave(codes: bytes, groups)");
+        return NULL;
+    }
+    PyObject *groups = PySequence_Tuple(args[1]);
+    if (groups == NULL)
+        return NULL;
+    Py_ssize_t k = PyTuple_GET_SIZE(groups), n = PyBytes_GET_SIZE(args[0]);
+    const unsigned char *code = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t *next = PyMem_Calloc(k ? k : 1, sizeof(Py_ssize_t));
+    PyObject *out = NULL;
+    if (next == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < k; j++) {
+        if (!PyList_Check(PyTuple_GET_ITEM(groups, j))) {
+            PyErr_SetString(PyExc_TypeError, "interleave: groups must be lists");
+            goto done;
+        }
+    }
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t j = code[i];
+        PyObject *g = j < k ? PyTuple_GET_ITEM(groups, j) : NULL;
+        if (g == NULL || next[j] >= PyList_GET_SIZE(g)) {
+            PyErr_Format(PyExc_ValueError, "interleave: record %zd names group %zd, which "
+                         "has no record left", i, j);
+            Py_CLEAR(out);
+            goto done;
+        }
+        PyObject *x = PyList_GET_ITEM(g, next[j]++);
+        Py_INCREF(x);
+        PyList_SET_ITEM(out, i, x);
+    }
+done:
+    PyMem_Free(next);
+    Py_DECREF(groups);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"group", (PyCFunction)group, METH_O, group_doc},
+    {"extract_slots", (PyCFunction)(void (*)(void))extract_slots, METH_FASTCALL,
+     extract_slots_doc},
+    {"extract_dict", (PyCFunction)(void (*)(void))extract_dict, METH_FASTCALL,
+     extract_dict_doc},
+    {"build_slots", (PyCFunction)(void (*)(void))build_slots, METH_FASTCALL, build_slots_doc},
+    {"build_dict", (PyCFunction)(void (*)(void))build_dict, METH_FASTCALL, build_dict_doc},
+    {"interleave", (PyCFunction)(void (*)(void))interleave, METH_FASTCALL, interleave_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "malstrom.engine._cpack",
+    .m_doc = "Packing record columns in C (the rules and fallback: malstrom.engine.packing).",
+    .m_size = 0,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__cpack(void)
+{
+    if (empty_tuple == NULL) {
+        empty_tuple = PyTuple_New(0);
+        if (empty_tuple == NULL)
+            return NULL;
+    }
+    return PyModuleDef_Init(&module);
+}

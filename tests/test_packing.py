@@ -1,0 +1,374 @@
+"""Record columns packed for the wire (malstrom.engine.packing): a pickled batch whose records
+are instances of user classes rebuilds exactly what plain pickle would have rebuilt, in C and
+in pure Python alike; classes whose pickling is their own are left to pickle."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import os
+import pickle
+from collections import namedtuple
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, NamedTuple
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from malstrom.engine import packing as P
+from malstrom.engine.batch import Batch
+
+PURE = os.environ.get("MALSTROM_PURE_PYTHON") == "1"
+
+
+# ----- record classes, module level so that pickle finds them -------------------------------
+@dataclass
+class Plain:
+    a: int
+    b: str = ""
+
+
+@dataclass(frozen=True)
+class Frozen:
+    a: int
+    b: Any = None
+
+
+@dataclass(slots=True)
+class Slotted:
+    a: int
+    b: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrozenSlotted:
+    a: int
+    b: Any = None
+    limit: ClassVar[int] = 3
+
+
+class Point(NamedTuple):
+    x: int
+    y: Any = None
+
+
+Pair = namedtuple("Pair", "left right")
+
+
+class Hand:
+    """A plain class: state in __dict__."""
+
+    def __init__(self, a: int, b: Any = None) -> None:
+        self.a = a
+        self.b = b
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Hand and vars(other) == vars(self)
+
+
+class HandSlots:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a: int, b: Any = None) -> None:
+        self.a = a
+        self.b = b
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is HandSlots and (other.a, other.b) == (self.a, self.b)
+
+
+@dataclass
+class Base(abc.ABC):
+    a: int
+
+
+@dataclass
+class Derived(Base):
+    b: int = 0
+
+
+# Classes that pickle their own way: never packed.
+class Reduced:
+    def __init__(self, a: int) -> None:
+        self.a = a
+
+    def __reduce__(self) -> Any:
+        return (Reduced, (self.a,))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Reduced and other.a == self.a
+
+
+class WithState:
+    def __init__(self, a: int) -> None:
+        self.a = a
+
+    def __getstate__(self) -> Any:
+        return {"a": self.a, "seen": True}
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__.update(state)
+
+
+class WithNew:
+    def __new__(cls, *args: Any) -> WithNew:
+        return super().__new__(cls)
+
+    def __init__(self, a: int) -> None:
+        self.a = a
+
+
+class Guarded:
+    """Slots with a __setattr__ of its own: pickle would call it, so packing must not skip it."""
+
+    __slots__ = ("a",)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value * 2)
+
+
+class MyError(Exception):
+    pass
+
+
+class SubPoint(Point):
+    pass
+
+
+PACKED = [Plain, Frozen, Slotted, FrozenSlotted, Point, Pair, Hand, HandSlots, Derived]
+NOT_PACKED = [int, str, tuple, list, dict, Reduced, WithState, WithNew, Guarded, MyError, SubPoint]
+
+
+def make(cls: type, i: int, b: Any = None) -> Any:
+    return cls(i, b) if cls is not Derived else Derived(i, i + 1)
+
+
+def same(x: Any, y: Any) -> bool:
+    """Equal objects of the same type, with the same attributes in the same order."""
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, tuple):
+        return tuple(x) == tuple(y)
+    if hasattr(x, "__dict__"):
+        return list(vars(x).items()) == list(vars(y).items())
+    slots = P.plan_of(type(x))
+    names = slots.names if slots else ()
+    missing = object()
+    return all(getattr(x, n, missing) == getattr(y, n, missing) for n in names)
+
+
+def roundtrip(col: list[Any]) -> list[Any]:
+    batch = Batch(list(range(len(col))), col, [None] * len(col))
+    back = pickle.loads(pickle.dumps(batch, 5))
+    assert back.keys == batch.keys and back.timestamps == batch.timestamps
+    return list(back.values)
+
+
+# ----- which classes pack -----------------------------------------------------------------
+@pytest.mark.parametrize("cls", PACKED, ids=lambda c: c.__name__)
+def test_record_classes_pack(cls: type) -> None:
+    assert P.plan_of(cls) is not None
+    col = [make(cls, i, f"v{i}") for i in range(10)]
+    assert isinstance(P.pack(col), P.Packed)
+    back = roundtrip(col)
+    assert all(same(x, y) for x, y in zip(back, col, strict=True))
+
+
+@pytest.mark.parametrize("cls", NOT_PACKED, ids=lambda c: c.__name__)
+def test_classes_that_pickle_their_own_way_do_not(cls: type) -> None:
+    assert P.plan_of(cls) is None
+
+
+def test_a_custom_setstate_still_runs() -> None:
+    col = [WithState(i) for i in range(8)]
+    back = roundtrip(col)
+    assert [vars(x) for x in back] == [{"a": i, "seen": True} for i in range(8)]
+
+
+def test_a_custom_setattr_still_runs() -> None:
+    col = []
+    for i in range(8):
+        g = Guarded()
+        g.a = i
+        col.append(g)
+    assert [g.a for g in roundtrip(col)] == [2 * 2 * i for i in range(8)]  # set twice: x4
+
+
+def test_frozen_slotted_dataclass_with_a_non_field_slot_is_left_to_pickle() -> None:
+    @dataclass(frozen=True)
+    class Mixed:
+        __slots__ = ("a", "cache")
+        a: int
+
+    assert P.plan_of(Mixed) is None
+
+
+def test_init_is_not_run_like_pickle() -> None:
+    @dataclass
+    class Counting:
+        a: int
+        calls: ClassVar[list[int]] = []
+
+        def __post_init__(self) -> None:
+            Counting.calls.append(self.a)
+
+    globals()["Counting"] = Counting
+    Counting.__qualname__ = "Counting"
+    col = [Counting(i) for i in range(6)]
+    Counting.calls.clear()
+    assert [c.a for c in roundtrip(col)] == list(range(6))
+    assert Counting.calls == []  # neither pickle nor packing runs __init__/__post_init__
+
+
+# ----- columns that pack partly ---------------------------------------------------------------
+def test_mixed_types_keep_their_order() -> None:
+    col: list[Any] = []
+    for i in range(40):
+        col.append([Plain(i), FrozenSlotted(i), (i, "t"), Point(i), i, None, Reduced(i)][i % 7])
+    packed = P.pack(col)
+    assert isinstance(packed, P.Packed) and packed.codes is not None
+    back = roundtrip(col)
+    assert all(same(x, y) for x, y in zip(back, col, strict=True))
+
+
+def test_an_unset_slot_leaves_the_group_to_pickle() -> None:
+    col = [Slotted(i) for i in range(8)]
+    del col[3].b
+    back = roundtrip(col)
+    assert not hasattr(back[3], "b") and all(same(x, y) for x, y in zip(back, col, strict=True))
+
+
+def test_dicts_with_other_attributes_are_left_to_pickle() -> None:
+    col = [Plain(i) for i in range(8)]
+    col[5].extra = "x"  # type: ignore[attr-defined]
+    back = roundtrip(col)
+    assert list(vars(back[5])) == ["a", "b", "extra"]
+    assert all(same(x, y) for x, y in zip(back, col, strict=True))
+
+
+def test_short_and_scalar_columns_are_not_wrapped() -> None:
+    assert P.pack([Plain(1), Plain(2)]) == [Plain(1), Plain(2)]
+    words = ["a", "b", "c", "d", "e"]
+    assert P.pack(words) is words
+
+
+def test_a_class_that_differs_on_the_receiver_is_a_clear_error() -> None:
+    col = [Slotted(i) for i in range(6)]
+    packed = P.pack(col)
+    assert isinstance(packed, P.Packed)
+    layout, _names, columns = packed.groups[0]
+    forged = P.Packed(packed.types, None, ((layout, ("a", "zzz"), columns),))
+    with pytest.raises(ValueError, match="differs between the sending and the receiving"):
+        P.unpack(forged)
+
+
+# ----- C and Python twins ---------------------------------------------------------------------
+values = st.one_of(
+    st.integers(), st.text(max_size=5), st.none(), st.floats(allow_nan=False), st.binary(max_size=4)
+)
+
+
+@st.composite
+def record_columns(draw: Any) -> list[Any]:
+    kinds = draw(st.lists(st.sampled_from([*PACKED, Reduced, int, tuple]), min_size=1, max_size=4))
+    n = draw(st.integers(0, 30))
+    col = []
+    for i in range(n):
+        cls = draw(st.sampled_from(kinds))
+        v = draw(values)
+        if cls is int:
+            col.append(v)
+        elif cls is tuple:
+            col.append((v, i))
+        elif cls is Reduced:
+            col.append(Reduced(i))
+        else:
+            col.append(make(cls, i, v))
+    return col
+
+
+@given(record_columns())
+@settings(max_examples=150, deadline=None)
+def test_pack_then_pickle_rebuilds_what_pickle_would(col: list[Any]) -> None:
+    plain = pickle.loads(pickle.dumps(col, 5))
+    back = roundtrip(col)
+    assert len(back) == len(plain)
+    assert all(same(x, y) for x, y in zip(back, plain, strict=True))
+
+
+@pytest.mark.skipif(PURE, reason="MALSTROM_PURE_PYTHON=1: the C twins are not in use")
+def test_this_install_packs_in_c() -> None:
+    assert P.NATIVE
+
+
+@pytest.mark.skipif(PURE, reason="MALSTROM_PURE_PYTHON=1: the C twins are not in use")
+@given(record_columns())
+@settings(max_examples=150, deadline=None)
+def test_the_c_twins_answer_like_the_python_ones(col: list[Any]) -> None:
+    from malstrom.engine import _cpack
+
+    got_c, got_py = _cpack.group(col), P.group_py(col)
+    assert got_c is not None and got_py is not None
+    assert got_c[0] == got_py[0] and got_c[1] == got_py[1]
+    assert [list(g) for g in got_c[2]] == got_py[2]
+    for t, objs in zip(got_py[0], got_py[2], strict=True):
+        plan = P.plan_of(t)
+        if plan is None:
+            continue
+        if plan.layout == P.SLOTS:
+            cols_c = _cpack.extract_slots(objs, plan.descriptors)
+            assert cols_c == P.extract_slots_py(objs, plan.descriptors)
+            if cols_c is not None:
+                a = _cpack.build_slots(t, plan.descriptors, cols_c, len(objs))
+                b = P.build_slots_py(t, plan.descriptors, cols_c, len(objs))
+                assert all(same(x, y) for x, y in zip(a, b, strict=True))
+        elif plan.layout == P.DICT:
+            names = tuple(vars(objs[0]))
+            cols_c = _cpack.extract_dict(objs, names)
+            assert cols_c == P.extract_dict_py(objs, names)
+            if cols_c is not None:
+                a = _cpack.build_dict(t, names, cols_c, len(objs))
+                b = P.build_dict_py(t, names, cols_c, len(objs))
+                assert all(same(x, y) for x, y in zip(a, b, strict=True))
+    if got_py[1] is not None:
+        assert _cpack.interleave(got_py[1], got_py[2]) == P.interleave_py(got_py[1], got_py[2])
+
+
+@pytest.mark.skipif(PURE, reason="MALSTROM_PURE_PYTHON=1: the C twins are not in use")
+def test_the_c_twins_refuse_bad_input() -> None:
+    from malstrom.engine import _cpack
+
+    plan = P.plan_of(Slotted)
+    assert plan is not None
+    with pytest.raises(ValueError, match="column"):
+        _cpack.build_slots(Slotted, plan.descriptors, [[1, 2]], 3)
+    with pytest.raises(TypeError):
+        _cpack.build_slots(Plain, plan.descriptors, [[1], [2]], 1)  # descriptor of another class
+    with pytest.raises(ValueError, match="no record left"):
+        _cpack.interleave(b"\x00\x00", [[1]])
+    assert _cpack.group(list(range(3))) == ([int], None, [[0, 1, 2]])
+    many = [type(f"T{i}", (), {})() for i in range(256)]
+    assert _cpack.group(many) is None and P.group_py(many) is None
+
+
+def test_dataclass_fields_helper_is_public_api() -> None:
+    # The rules lean on dataclasses.fields and the names of dataclasses' state functions.
+    assert dataclasses.is_dataclass(FrozenSlotted)
+    state = FrozenSlotted.__getstate__  # type: ignore[attr-defined]
+    assert state.__module__ == "dataclasses" and state.__qualname__ == "_dataclass_getstate"
+    assert field  # imported for the record classes' defaults
+
+
+# ----- end to end -------------------------------------------------------------------------
+@pytest.mark.timeout(180)
+def test_user_class_records_cross_worker_processes_intact(tmp_path: Any, carrier: str) -> None:
+    import functools
+
+    from jobs import records_job
+
+    from malstrom.runtime._multi import MultiProcessRuntime
+
+    build = functools.partial(records_job.build, workdir=str(tmp_path))
+    MultiProcessRuntime(build, parallelism=2, max_restarts=0).execute()
+    assert records_job.read(str(tmp_path)) == records_job.expected()
