@@ -18,8 +18,8 @@ SQL::
 
 Dataflow:
 
-1. auctions, and bids cut down to ``(auction, date_time, price)`` tuples (what crosses
-   processes is pickled: a tuple costs a tenth of a ``Bid``) -> ``key_distribute`` by
+1. auctions, and bids cut down to ``(auction, date_time, price)`` tuples (only what the
+   query needs crosses processes and waits in state) -> ``key_distribute`` by
    auction id -> ``stateful_op`` (:class:`WinningBid`): an auction's state holds its
    lifetime, category, seller and best price so far. When an epoch reaches ``expires`` no
    bid of its lifetime can still come, so the auction closes: it emits a :data:`Winner`

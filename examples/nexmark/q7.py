@@ -16,8 +16,8 @@ SQL (``TUMBLE`` = tumbling windows of 10 s)::
 
 Dataflow, in two stages so the work spreads over the workers:
 
-1. bids, cut down to ``(price, auction, bidder, date_time)`` tuples (what crosses processes
-   is pickled: a tuple costs a tenth of a ``Bid``) -> ``key_distribute`` by auction ->
+1. bids, cut down to ``(price, auction, bidder, date_time)`` tuples (only what the query
+   needs crosses processes and waits in windows) -> ``key_distribute`` by auction ->
    ``window(Tumbling(size), HighestBids())``: the highest bids per auction and window,
    emitted when the window closes (timestamp = end);
 2. -> ``key_distribute`` by window end -> ``stateful_op`` (:class:`HighestPerWindow`): merges

@@ -22,8 +22,14 @@ from malstrom.sinks._protocols import RecordBatch, StatelessSinkImpl
 from malstrom.sources._protocols import StatefulSource, StatelessSource
 from malstrom.types import MAX, MIN
 
+SOURCE_BATCH = 4 * BATCH_SIZE
+"""A source's turn emits the records its parts gave as soon as they are this many (and the
+rest at the end of the turn): one batch for many small part reads, bounded so that a batch's
+columns stay cache-sized."""
+
 __all__ = [
     "BATCH_SIZE",
+    "SOURCE_BATCH",
     "EmptyRootOp",
     "PartDone",
     "PartMove",
@@ -228,6 +234,12 @@ class SourceOp(Operator):
         )
         count = active = len(live)
         produced = False
+        # The parts' records of this turn leave together, in batches of SOURCE_BATCH records
+        # or more: with many parts, a batch per part is a few dozen records, and every
+        # operator downstream (and every pipe to a peer, once a distributor splits it) pays
+        # its per-batch cost per part.
+        reads: list[tuple[Any, Any, Any]] = []
+        pending = 0
         if count:
             now = monotonic()
             share = (deadline - now) / count
@@ -249,11 +261,18 @@ class SourceOp(Operator):
                 if values:
                     produced = True
                     self._idle = False
-                    self.emit(Batch(list(repeat(p.key, len(values))), values, stamps))
+                    reads.append((p.key, values, stamps))
+                    pending += len(values)
+                    if pending >= SOURCE_BATCH:
+                        self.emit(_one_batch(reads))
+                        reads = []
+                        pending = 0
                 if finished:
                     p.finished = True
                     active -= 1
                     self._part_done(p.key)
+        if reads:
+            self.emit(_one_batch(reads))
         if len(self.finished) >= len(self.all_parts) and self.finished >= self._known:
             self.emit_epoch(MAX)
             return True
@@ -598,3 +617,19 @@ class StatefulSinkOp(Operator):
             abort = getattr(p, "abort", None)
             if abort is not None:
                 abort()
+
+
+def _one_batch(reads: list[tuple[Any, Any, Any]]) -> Batch:
+    """One batch of the records read from several parts, part after part (each record keyed
+    by its part)."""
+    if len(reads) == 1:
+        key, vals, ts = reads[0]
+        return Batch(list(repeat(key, len(vals))), vals, ts)
+    keys: list[Any] = []
+    values: list[Any] = []
+    stamps: list[Any] = []
+    for key, vals, ts in reads:
+        keys.extend(repeat(key, len(vals)))
+        values.extend(vals)
+        stamps.extend(ts)
+    return Batch(keys, values, stamps)
