@@ -14,7 +14,8 @@ on:
 - ``MultiProcessRuntime(parallelism=1)`` (one worker process + the coordinator here),
 - ``MultiProcessRuntime(parallelism=2)``.
 
-The source has ``--parts`` parts (8: rendezvous places them 4:4 on two workers) and generates
+The source has ``--parts`` parts (16: rendezvous places them 8:8 on two workers; 8 parts land
+5:3, which caps two workers at 1.6x of one) and generates
 the events inside the workers, so no input crosses processes; only what ``key_distribute``
 routes does. Results go to a counting sink (one per worker, which keeps its count in a file
 of its own); the result counts of the three runtimes must agree, or the script stops.
@@ -78,7 +79,7 @@ QUERIES = {
 }
 SEED = 1
 RATE = 10_000
-PARTS = 8
+PARTS = 16
 RUNTIMES = ("single", "mp1", "mp2")
 
 
@@ -198,7 +199,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100,000 events, 2 rounds")
     ap.add_argument("--events", type=int, help="events per run (default 500,000)")
     ap.add_argument("--rounds", type=int, help="rounds (default 3); medians are reported")
-    ap.add_argument("--parts", type=int, default=PARTS, help="source parts (default 8)")
+    ap.add_argument("--parts", type=int, default=PARTS, help="source parts (default 16)")
     ap.add_argument("--only", action="append", choices=list(QUERIES), help="queries to run")
     args = ap.parse_args()
     n = args.events or (100_000 if args.quick else 500_000)
