@@ -372,3 +372,41 @@ def test_user_class_records_cross_worker_processes_intact(tmp_path: Any, carrier
     build = functools.partial(records_job.build, workdir=str(tmp_path))
     MultiProcessRuntime(build, parallelism=2, max_restarts=0).execute()
     assert records_job.read(str(tmp_path)) == records_job.expected()
+
+
+@pytest.mark.timeout(240)
+def test_user_class_records_cross_a_live_rescale_exactly_once(tmp_path: Any) -> None:
+    import functools
+    import time
+
+    from jobs import records_job
+
+    from malstrom.runtime._multi import MultiProcessRuntime
+    from malstrom.snapshot import LocalDiskPersistence
+
+    build = functools.partial(records_job.build, workdir=str(tmp_path), delay=0.05)
+    handle = MultiProcessRuntime(
+        build,
+        parallelism=2,
+        max_restarts=0,
+        persistence=LocalDiskPersistence(tmp_path / "snap"),
+        snapshot_interval=0.3,
+    ).start()
+    try:
+        deadline = time.monotonic() + 60
+        while handle.status().get("phase") != "running":
+            assert time.monotonic() < deadline, handle.status()
+            time.sleep(0.02)
+        for n in (3, 1, 2):
+            time.sleep(0.3)
+            handle.rescale(n)
+            assert handle.status()["workers"] == list(range(n))
+        # Records were still flowing at every rescale, not only during the first.
+        st = handle.status()
+        assert handle.running and not st["drained"], st
+        handle.wait(180)
+    finally:
+        if handle.running:
+            handle.kill()
+    assert handle.status()["restarts"] == 0
+    assert records_job.read(str(tmp_path)) == records_job.expected()

@@ -5,6 +5,7 @@ arrival to be exactly the object that was sent."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,11 +72,13 @@ def check(r: Any) -> int:
 
 
 class Part:
-    def __init__(self, part: int, nxt: int) -> None:
-        self.part, self.nxt = part, nxt
+    def __init__(self, part: int, nxt: int, delay: float) -> None:
+        self.part, self.nxt, self.delay = part, nxt, delay
 
     def poll_batch(self, n: int) -> list[tuple[Any, int]]:
-        stop = min(PER_PART, self.nxt + min(n, 250))
+        if self.delay:
+            time.sleep(self.delay)
+        stop = min(PER_PART, self.nxt + min(n, 100 if self.delay else 250))
         out = [(make(self.part * PER_PART + i), i + 1) for i in range(self.nxt, stop)]
         self.nxt = stop
         return out
@@ -88,11 +91,14 @@ class Part:
 
 
 class Parts:
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
     def list_parts(self) -> list[int]:
         return list(range(PARTS))
 
     def build_part(self, part: int, state: object | None) -> Part:
-        return Part(part, 0 if state is None else int(state))  # type: ignore[call-overload]
+        return Part(part, 0 if state is None else int(state), self.delay)  # type: ignore[call-overload]
 
 
 class Totals(StatefulLogic[Any, Any, int, str]):
@@ -113,12 +119,12 @@ def regroup(r: Any) -> int:
     return (r[0] if isinstance(r, tuple) else r.id) % 3
 
 
-def build(provider: Any, workdir: str) -> None:
+def build(provider: Any, workdir: str, delay: float = 0.0) -> None:
     from malstrom.sinks import FileSink
 
     (
         provider.new_stream()
-        .source("records", StatefulSource(Parts()))
+        .source("records", StatefulSource(Parts(delay)))
         .key_distribute("by-key", key_of)
         .map("checked", lambda r: (check(r), r)[1])
         .key_distribute("regroup", regroup)
