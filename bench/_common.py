@@ -60,3 +60,18 @@ class FileTotalsSink:
             name = f"sink-{os.getpid()}-{id(self):x}"
             self.fd = os.open(os.path.join(self.outdir, name), os.O_WRONLY | os.O_CREAT, 0o644)
         os.pwrite(self.fd, line.ljust(width).encode(), 0)
+
+
+class FileCountSink(FileTotalsSink):
+    """Counts records and sums their values; keeps the totals in a file of its own."""
+
+    def __init__(self, outdir: str) -> None:
+        super().__init__(outdir)
+        self.n = 0
+        self.s = 0
+
+    def sink_batch(self, records: Any) -> None:
+        values = getattr(records, "values", records)
+        self.n += len(values)
+        self.s += sum(values)
+        self.write_totals(f"{self.n} {self.s}\n", 48)

@@ -68,7 +68,7 @@ for _p in (str(_SRC), str(_HERE)):
     if Path(_p).is_dir() and _p not in sys.path:
         sys.path.insert(0, _p)
 
-from _common import FileTotalsSink, PositionPart  # noqa: E402
+from _common import FileCountSink, PositionPart  # noqa: E402
 from core import N_KEYS, SEED, key_pool, running_count, word_key  # noqa: E402
 
 from malstrom import SingleThreadRuntime, StatefulSource, StatelessSink, StreamProvider  # noqa: E402
@@ -147,21 +147,6 @@ class WordsSource:
 
     def build_part(self, part: int, state: object | None) -> WordsPart:
         return WordsPart(part, share(self.n, self.parts, part), int(state or 0))  # type: ignore[call-overload]
-
-
-class FileCountSink(FileTotalsSink):
-    """Counts records and sums their values; keeps the totals in a file of its own."""
-
-    def __init__(self, outdir: str) -> None:
-        super().__init__(outdir)
-        self.n = 0
-        self.s = 0
-
-    def sink_batch(self, records: Any) -> None:
-        values = getattr(records, "values", records)
-        self.n += len(values)
-        self.s += sum(values)
-        self.write_totals(f"{self.n} {self.s}\n", 48)
 
 
 def worked_count(work: range, key: Any, value: Any, state: int) -> tuple[int, int]:

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # workers import this module
 
-from _common import FileTotalsSink, PositionPart
+from _common import FileCountSink, PositionPart
 
 from malstrom import MultiProcessRuntime, StatefulSource, StatelessSink, StreamProvider
 from malstrom.engine import packing
@@ -180,21 +180,6 @@ class Bids:
         return BidsPart(part, share(self.n, part), int(state or 0))  # type: ignore[call-overload]
 
 
-class CountSink(FileTotalsSink):
-    """Counts records and sums the running maxima; keeps the totals in a file of its own."""
-
-    def __init__(self, outdir: str) -> None:
-        super().__init__(outdir)
-        self.n = 0
-        self.s = 0
-
-    def sink_batch(self, records: Any) -> None:
-        values = getattr(records, "values", records)
-        self.n += len(values)
-        self.s += sum(values)
-        self.write_totals(f"{self.n} {self.s}\n", 48)
-
-
 def auction_of(bid: Bid) -> int:
     return bid.auction
 
@@ -210,7 +195,7 @@ def build(p: StreamProvider, *, n: int, outdir: str) -> None:
         .source("bids", StatefulSource(Bids(n)))
         .key_distribute("by-auction", auction_of)
         .stateful_map("highest", highest, initial=int)
-        .sink("out", StatelessSink(CountSink(outdir)))
+        .sink("out", StatelessSink(FileCountSink(outdir)))
     )
 
 
