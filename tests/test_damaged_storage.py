@@ -189,11 +189,19 @@ def test_a_hung_store_fails_the_attempt_as_a_storage_error(tmp_path: Path) -> No
 
 
 def damage_slatedb(snap: Path) -> None:
-    """One flipped byte in each table of worker 0's blob database."""
+    """A flipped byte in every block of each table of worker 0's blob database: the
+    running job finds the damage whichever of the table's blocks it reads first."""
     tables = sorted((snap / "blobs" / "b-w0" / "compacted").glob("*.sst"))
     assert tables
     for t in tables:
-        flip_middle_byte(t)
+        data = bytearray(t.read_bytes())
+        for i in range(_DAMAGE_STRIDE // 2, len(data), _DAMAGE_STRIDE):
+            data[i] ^= 0xFF
+        t.write_bytes(bytes(data))
+
+
+# Smaller than any block of a table (these tables hold a few KiB)
+_DAMAGE_STRIDE = 128
 
 
 @pytest.fixture
