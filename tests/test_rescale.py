@@ -444,6 +444,75 @@ def test_state_after_a_keyed_union_moves_whole(shape: str) -> None:
     }
 
 
+@pytest.mark.parametrize("shape", ["source", "two-sources", "source-and-distributed"])
+def test_state_keyed_by_source_part_moves_with_the_part(shape: str) -> None:
+    """Keyed state straight after a source is keyed by part. A rescale moves parts by the
+    source's rule; the part's state must arrive with it (it used to stay behind, so a moved
+    part counted from 1 again on its new worker). Also when the stream is a union of
+    sources, or of a source and a key_distribute stream."""
+    out = ListSink()
+    n = 1_500
+
+    def build(provider: StreamProvider) -> None:
+        a = provider.new_stream().source("left", StatefulSource(_Numbers(n, 1)))
+        if shape == "two-sources":
+            a = a.union("both", provider.new_stream().source("right", StatefulSource(_Tagged())))
+        elif shape == "source-and-distributed":
+            b = provider.new_stream().source("right", StatefulSource(_Tagged()))
+            a = a.union("both", b.key_distribute("by-tag", lambda v: v[0]))
+        a.stateful_map("count", lambda k, v, s: (s + 1, s + 1), initial=int).sink("out", out)
+
+    log: list[Any] = []
+    run_local_cluster(build, 2, on_turn=plan({5: 3, 15: 1, 25: 4}, log))
+    assert [e for _, e in log] == [None] * 3
+    per_key: dict[Any, list[int]] = {}
+    for r in out.records:
+        per_key.setdefault(r.key, []).append(r.value)
+    want = {0: n // 2, 1: n // 2}
+    if shape != "source":
+        want.update({k: _Tagged.PER_PART for k in _Tagged.PARTS})
+    assert {k: sorted(v) for k, v in per_key.items()} == {
+        k: list(range(1, c + 1)) for k, c in want.items()
+    }
+
+
+class _Tagged:
+    """Parts named by strings, a few (tag, i) records per poll."""
+
+    PARTS = ("x", "y", "z")
+    PER_PART = 400
+
+    def list_parts(self) -> list[str]:
+        return list(self.PARTS)
+
+    def build_part(self, part: str, state: object | None) -> Any:
+        per_part = self.PER_PART
+
+        class P:
+            nxt = 0 if state is None else int(state)  # type: ignore[call-overload]
+
+            def poll(self) -> Any:
+                b = self.poll_batch(1)
+                return b[0] if b else None
+
+            def poll_batch(self, k: int) -> list[Any]:
+                stop = min(per_part, self.nxt + min(k, 10))
+                out = [((part, i), i) for i in range(self.nxt, stop)]
+                self.nxt = stop
+                return out
+
+            def is_finished(self) -> bool:
+                return self.nxt >= per_part
+
+            def snapshot(self) -> object:
+                return self.nxt
+
+            def collect(self) -> object:
+                return self.nxt
+
+        return P()
+
+
 def test_a_rescale_whose_new_workers_never_come_is_abandoned_cleanly() -> None:
     """The runtime gives up waiting for new workers: the request fails, nothing moved, the
     job runs on and completes exactly once."""

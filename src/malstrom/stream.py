@@ -54,6 +54,12 @@ def _check_fn(op: str, what: str, fn: object) -> None:
 
 _UNSOURCED: Any = object()
 
+# The region of a source's records: keyed by their part and on the worker that reads the part.
+# Keyed state there must not rely on that placement: a rescale moves parts by the source's
+# own rule, not a distributor's, so no operator would hand the part's state over. A keyed
+# operator on such a stream reads it through an internal distributor (see Stream._keyed).
+_PARTS: Any = object()
+
 
 def _is_key_distribute(node: Node) -> bool:
     """Whether ``node`` was made by :meth:`Stream.key_distribute`."""
@@ -139,6 +145,27 @@ class Stream:
         check_name(name)
         return self._graph.add(name, factory, [self._tail()], ports)
 
+    def _keyed(self, name: str) -> tuple[Stream, Any]:
+        """The stream keyed operator ``name`` reads, and its partitioner (None: keyed in place).
+
+        Records straight from sources are keyed by their part, on the worker reading it; a
+        rescale moves parts, and nothing would move a keyed operator's state for the part
+        along. So such records pass an internal distributor first (``name::distribute``,
+        keys unchanged): every record already sits with its key's owner but while a rescale
+        runs, and the distributor moves the state of every key whose owner changes."""
+        if self._partitioner is not _PARTS:
+            return self, self._partitioner
+        check_name(name)
+        dist_name = f"{name}::distribute"
+        dist = self._graph.add(
+            dist_name,
+            lambda ctx: DistributorOp(dist_name, None, rendezvous_select, ctx),
+            [self._tail()],
+            internal=True,
+        )
+        dist.distributes = True
+        return Stream(self._graph, dist, 0, rendezvous_select), rendezvous_select
+
     def _out(self, node: Node, port: int = 0, region: Any = _UNSOURCED) -> Stream:
         partitioner = self._partitioner if region is _UNSOURCED else region
         return Stream(self._graph, node, port, partitioner)
@@ -160,7 +187,7 @@ class Stream:
             )
         node = self._graph.add(name, lambda ctx: SourceOp(name, source, ctx), [], is_root=True)
         self._node = node  # a second .source() on this stream object is refused
-        return Stream(self._graph, node, 0, rendezvous_select)
+        return Stream(self._graph, node, 0, _PARTS)
 
     def sink(self, name: str, sink: StatelessSink | StatefulSink) -> None:
         """Send every record to ``sink``; the stream ends here."""
@@ -287,10 +314,10 @@ class Stream:
         _check_fn(name, "fn", fn)
         if initial is not None:
             _check_fn(name, "initial", initial)
-        region = self._partitioner
-        node = self._then(name, lambda ctx: StatefulMapOp(name, fn, initial, ctx, region))
+        s, region = self._keyed(name)
+        node = s._then(name, lambda ctx: StatefulMapOp(name, fn, initial, ctx, region))
         node.pinned = region is None
-        return self._out(node)
+        return s._out(node)
 
     def stateful_op(self, name: str, logic: StatefulLogic[Any, Any, Any, Any]) -> Stream:
         """A custom keyed operator (see :class:`~malstrom.StatefulLogic`)."""
@@ -298,10 +325,10 @@ class Stream:
             raise BuildError(
                 f"operator {name!r}: logic needs an on_data(record, state, output) method"
             )
-        region = self._partitioner
-        node = self._then(name, lambda ctx: StatefulOpOp(name, logic, ctx, region))
+        s, region = self._keyed(name)
+        node = s._then(name, lambda ctx: StatefulOpOp(name, logic, ctx, region))
         node.pinned = region is None
-        return self._out(node)
+        return s._out(node)
 
     def ttl_map(
         self,
@@ -314,10 +341,10 @@ class Stream:
         ``>= expiry`` arrives.
         """
         _check_fn(name, "fn", fn)
-        region = self._partitioner
-        node = self._then(name, lambda ctx: TtlMapOp(name, fn, ctx, region))
+        s, region = self._keyed(name)
+        node = s._then(name, lambda ctx: TtlMapOp(name, fn, ctx, region))
         node.pinned = region is None
-        return self._out(node)
+        return s._out(node)
 
     # ----- event time -------------------------------------------------------------------------
     def assign_timestamps(self, name: str, fn: Callable[[Any], Any]) -> Stream:
@@ -395,14 +422,14 @@ class Stream:
                 f"operator {name!r}: Session windows merge, so Fold needs merge=fn(a, b)"
             )
         _check_positive(name, "allowed_lateness", allowed_lateness)
-        region = self._partitioner
-        node = self._then(
+        s, region = self._keyed(name)
+        node = s._then(
             name,
             lambda ctx: WindowOp(name, assigner, aggregator, allowed_lateness, ctx, region),
             ports=2,
         )
         node.pinned = region is None
-        return self._out(node, 0), self._out(node, 1)
+        return s._out(node, 0), s._out(node, 1)
 
     def _join_inputs(self, name: str, right: Stream) -> Any:
         """Check that both sides are keyed alike; returns their partitioner."""
@@ -484,7 +511,13 @@ class Stream:
         streams = (self, *others)
         regions = {id(s._partitioner) for s in streams}
         node.aligns_region = len(inputs) > 1 and all(_keyed_by_distribute(s._node) for s in streams)
-        return self._out(node, region=self._partitioner if len(regions) == 1 else None)
+        if len(regions) == 1:
+            region = self._partitioner
+        elif regions == {id(_PARTS), id(rendezvous_select)}:
+            region = _PARTS  # a keyed operator after it distributes again (see _keyed)
+        else:
+            region = None
+        return self._out(node, region=region)
 
     def cloned(self, name: str, n: int) -> list[Stream]:
         """``n`` streams, each receiving every record."""
