@@ -279,38 +279,6 @@ def test_generators_after_key_distribute_restore_at_another_parallelism_exactly(
     out.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found while fixing fan-out rescales: keyed state right after a source (keyed by "
-    "its parts, no key_distribute) is not handed over when its part moves to another worker",
-)
-def test_state_keyed_by_source_parts_moves_with_its_part() -> None:
-    out = ListSink()
-
-    class Src:
-        def list_parts(self) -> list[int]:
-            return [0, 1]
-
-        def build_part(self, part: int, state: Any) -> Any:
-            return fj._Part(lambda i: (part, i), 1_000, state or 0)
-
-    def build(provider: StreamProvider) -> None:
-        (
-            provider.new_stream()
-            .source("src", StatefulSource(Src()))
-            .stateful_map("count", lambda k, v, s: (s + 1, s + 1), initial=int)
-            .sink("out", out)
-        )
-
-    log: list[Any] = []
-    run_local_cluster(build, 2, on_turn=plan({6: 3, 20: 1, 35: 4}, log))
-    assert [e for _, e in log] == [None] * 3
-    final: dict[Any, int] = {}
-    for r in out.records:
-        final[r.key] = max(final.get(r.key, 0), r.value)
-    assert final == {0: 1_000, 1: 1_000}
-
-
 @pytest.mark.parametrize("stamped", [False, True])
 def test_a_worker_that_gets_a_part_is_no_longer_idle_to_its_peers(stamped: bool) -> None:
     """A worker without source parts is idle (left out of merged epochs). When a rescale moves

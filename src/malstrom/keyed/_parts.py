@@ -14,19 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
-from malstrom.keyed.partitioners import stable_hash
+from malstrom.keyed.partitioners import _M64, _mix, key_group, stable_hash
 
 __all__ = ["part_owners"]
 
-_M64 = 0xFFFFFFFFFFFFFFFF
 
-
-def _score(h: int, worker: int) -> int:
-    # splitmix64 finalizer over (part hash, worker): the part's rendezvous order of workers.
-    x = (h ^ (worker * 0xD6E8FEB86659FD93 & _M64)) & _M64
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & _M64
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EB & _M64
-    return x ^ (x >> 31)
+def _ranking(part: Hashable, workers: Sequence[int]) -> list[int]:
+    """``workers`` in the part's rendezvous order: first the one rendezvous_select picks."""
+    g = _mix(key_group(part) + 0x9E3779B97F4A7C15)
+    return sorted(workers, key=lambda w: _mix(g ^ (w * 0xD6E8FEB86659FD93 & _M64)), reverse=True)
 
 
 def _order(t: tuple[int, str, Hashable]) -> tuple[int, str]:
@@ -37,8 +33,9 @@ def part_owners(parts: Sequence[Hashable], workers: Sequence[int]) -> dict[Hasha
     """Every part's worker: each worker gets ``len(parts) // len(workers)`` parts or one more.
 
     Bounded-load rendezvous: parts are dealt in the order of their stable hashes, each to the
-    first worker in its own rendezvous order that still has room. The same parts and workers
-    give the same owners in every process, whatever order they are listed in.
+    first worker in its rendezvous order (the order :func:`rendezvous_select` picks from) that
+    still has room: a lone part goes where rendezvous_select puts it. The same parts and
+    workers give the same owners in every process, whatever order they are listed in.
     """
     if not workers:
         raise ValueError("part_owners needs at least one worker")
@@ -46,8 +43,8 @@ def part_owners(parts: Sequence[Hashable], workers: Sequence[int]) -> dict[Hasha
     load = dict.fromkeys(workers, 0)
     full = 0  # workers holding low + 1 parts: at most `extra` of them
     owners: dict[Hashable, int] = {}
-    for h, _, part in sorted(((stable_hash(p), repr(p), p) for p in parts), key=_order):
-        for w in sorted(workers, key=lambda w: _score(h, w), reverse=True):
+    for _, _, part in sorted(((stable_hash(p), repr(p), p) for p in parts), key=_order):
+        for w in _ranking(part, workers):
             n = load[w]
             if n < low or (n == low and full < extra):
                 if n == low:
