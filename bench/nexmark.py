@@ -14,9 +14,8 @@ on:
 - ``MultiProcessRuntime(parallelism=1)`` (one worker process + the coordinator here),
 - ``MultiProcessRuntime(parallelism=2)``.
 
-The source has ``--parts`` parts (16: rendezvous places them 8:8 on two workers; 8 parts land
-5:3, which caps two workers at 1.6x of one) and generates
-the events inside the workers, so no input crosses processes; only what ``key_distribute``
+The source has ``--parts`` parts (16; they are dealt out evenly, 8:8 on two workers) and
+generates the events inside the workers, so no input crosses processes; only what ``key_distribute``
 routes does. Results go to a counting sink (one per worker, which keeps its count in a file
 of its own); the result counts of the three runtimes must agree, or the script stops.
 
@@ -29,7 +28,10 @@ busy machine than wall time, and 2p vs 1p shows what distribution costs), and th
 count. The
 ``generator`` rows are the floor: the same events made by a plain loop with no framework,
 through the source's batch path (``NexmarkSource`` parts polled round-robin, what every job
-does) and through ``generate()``, one event at a time.
+does) and through ``generate()``, one event at a time. The ``ceiling`` line: the batch path
+in one fresh process against two at once, each making half the parts' events (once per
+round): how much faster two processes that share nothing make the events on this machine at
+that moment, the most a second worker could give a query that does little besides.
 
 The machine may be shared: the load average is printed before and after, and multi-process
 numbers in particular depend on how many CPUs are free at the time.
@@ -44,6 +46,7 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,10 +167,12 @@ def run(query: str, runtime: str, n: int, parts: int) -> tuple[float, int, float
 # ----------------------------------------------------------------------------------------------
 # The generator alone
 # ----------------------------------------------------------------------------------------------
-def generator_batches(n: int, parts: int) -> float:
-    """Seconds to make ``n`` events the way a job's source does (parts polled round-robin)."""
+def generator_batches(n: int, parts: int, share: tuple[int, int] = (0, 1)) -> float:
+    """Seconds to make ``n`` events the way a job's source does (parts polled round-robin);
+    with ``share=(i, k)`` only the parts ``p % k == i`` (what one of k workers reads)."""
     source = NexmarkSource(config(n), parts)
-    live = [source.build_part(p, None) for p in source.list_parts()]
+    i, k = share
+    live = [source.build_part(p, None) for p in source.list_parts() if p % k == i]
     t0 = time.perf_counter()
     made = 0
     while live:
@@ -175,8 +180,19 @@ def generator_batches(n: int, parts: int) -> float:
             made += len(part.poll_batch(2048))
         live = [p for p in live if not p.is_finished()]
     dt = time.perf_counter() - t0
-    assert made == n, made
+    assert k > 1 or made == n, made
     return dt
+
+
+def generator_procs(n: int, parts: int, procs: int) -> float:
+    """Slowest of ``procs`` fresh processes started together, each making its share of the
+    parts' events: what ``procs`` workers that share nothing can do on this machine now."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--generator-child"]
+    ps = [
+        subprocess.Popen([*cmd, f"{n}:{parts}:{i}:{procs}"], stdout=subprocess.PIPE, text=True)
+        for i in range(procs)
+    ]
+    return max(float(p.communicate()[0]) for p in ps)
 
 
 def generator_loop(n: int) -> float:
@@ -201,7 +217,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, help="rounds (default 3); medians are reported")
     ap.add_argument("--parts", type=int, default=PARTS, help="source parts (default 16)")
     ap.add_argument("--only", action="append", choices=list(QUERIES), help="queries to run")
+    ap.add_argument("--generator-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.generator_child:
+        n, parts, i, k = map(int, args.generator_child.split(":"))
+        print(f"{generator_batches(n, parts, (i, k)):.6f}")
+        return
     n = args.events or (100_000 if args.quick else 500_000)
     rounds = args.rounds or (2 if args.quick else 3)
     queries = args.only or list(QUERIES)
@@ -213,6 +234,7 @@ def main() -> None:
 
     gen_batch = statistics.median(generator_batches(n, args.parts) for _ in range(rounds))
     gen_loop = statistics.median(generator_loop(n) for _ in range(rounds))
+    ceiling: list[float] = []
 
     times: dict[tuple[str, str], list[float]] = {}
     cpus: dict[tuple[str, str], list[float]] = {}
@@ -232,6 +254,7 @@ def main() -> None:
                 times.setdefault((q, rt), []).append(dt)
                 cpus.setdefault((q, rt), []).append(cpu)
             print(f"  round {r + 1}: {q} done", file=sys.stderr, flush=True)
+        ceiling.append(generator_procs(n, args.parts, 1) / generator_procs(n, args.parts, 2))
 
     hdr = (
         f"{'query':<28} {'single thread':>14} {'1 process':>10} {'2 processes':>12} "
@@ -253,6 +276,11 @@ def main() -> None:
             f"{results[q]:>9,}"
         )
     print(f"{'start-up (q0, 0 events)':<28} {'':>14} {su1:>9.2f}s {su2:>11.2f}s")
+    print(
+        f"\nceiling: the generator alone in 2 fresh processes at once (half the parts each) is "
+        f"{statistics.median(ceiling):.2f}x of 1 (median of rounds; rounds "
+        f"{', '.join(f'{c:.2f}' for c in ceiling)})"
+    )
     print(
         f"\nload average at end {os.getloadavg()[0]:.2f} (other processes on the machine skew "
         "the multi-process numbers most)"
