@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections import deque
+
+from malstrom.coordinator._coordinator import Coordinator
+from malstrom.coordinator._messages import BuildComplete, Drained, RescaleComplete
 from malstrom.coordinator._operations import (
     JobPhase,
     Operation,
@@ -9,6 +13,7 @@ from malstrom.coordinator._operations import (
     PendingSnapshot,
     Request,
 )
+from malstrom.snapshot import NoPersistence
 
 
 def test_admin_commands_are_the_operation_names() -> None:
@@ -41,3 +46,42 @@ def test_a_rescale_joins_then_completes() -> None:
     r.rescaled.add(2)
     assert r.complete({0, 1, 2})
     assert PendingSnapshot(1, JobPhase.FINISHING, None).final
+
+
+class _Pipe:
+    """A coordinator's endpoint to one worker: what the test queued, what it was sent."""
+
+    def __init__(self) -> None:
+        self.inbox: deque[object] = deque()
+        self.sent: list[object] = []
+
+    def recv(self) -> object | None:
+        return self.inbox.popleft() if self.inbox else None
+
+    def send(self, msg: object) -> None:
+        self.sent.append(msg)
+
+
+def test_a_worker_removed_by_a_rescale_is_not_counted_as_drained() -> None:
+    """A rescale that ends while the coordinator takes in the workers' messages removes a
+    worker; a Drained it had queued behind its RescaleComplete used to be taken in anyway,
+    so the job counted a drained worker it no longer has (it finished while a worker still
+    had records, or waited for ever when that worker's count came on top)."""
+    pipes = {0: _Pipe(), 1: _Pipe()}
+    coord = Coordinator(NoPersistence(), pipes, None)
+    for w, p in pipes.items():
+        p.inbox.append(BuildComplete(w, coord.attempt))
+    coord.poll()
+    assert coord.phase is JobPhase.RUNNING
+    done: list[object] = []
+    coord.request_rescale(1, lambda n, e: done.append((n, e)))
+    coord.poll()
+    version = coord.config_version + 1
+    pipes[0].inbox.append(RescaleComplete(0, version, coord.attempt))
+    pipes[1].inbox.extend([RescaleComplete(1, version, coord.attempt), Drained(1, coord.attempt)])
+    coord.poll()
+    assert done == [(1, None)] and list(coord.workers) == [0]
+    assert coord.phase is JobPhase.RUNNING  # worker 0 has not drained: not finishing yet
+    pipes[0].inbox.append(Drained(0, coord.attempt))
+    coord.poll()
+    assert coord.phase is JobPhase.FINISHING

@@ -204,7 +204,9 @@ class Coordinator:
     def poll(self) -> None:
         """Handle every queued worker message, fire due timers, start queued operations."""
         for w, ep in list(self.workers.items()):
-            while (msg := ep.recv()) is not None:
+            # A rescale that ends in this loop removes workers: what they still queued is not
+            # taken in (a removed worker's Drained would count it as one of the job's).
+            while w in self.workers and (msg := ep.recv()) is not None:
                 if not self._current(msg):
                     continue
                 self._last_seen[w] = self.clock()
@@ -213,7 +215,7 @@ class Coordinator:
                     return
         if self.phase is JobPhase.RUNNING:
             now = self.clock()
-            if len(self._drained) == len(self.workers):
+            if self._drained >= self.workers.keys():
                 self._begin_snapshot(JobPhase.FINISHING, None)
             elif self._ops:
                 request = self._ops.popleft()
