@@ -429,16 +429,24 @@ def test_state_after_a_keyed_union_moves_whole(shape: str) -> None:
             .sink("out", out)
         )
 
+    want: dict[Any, int] = {}
+    inputs = _Numbers(n, 1).all() * 2 if shape == "cloned" else []
+    for k, _ in inputs or _Numbers(n, 1).all() + _Numbers(n, 2).all():
+        want[k] = want.get(k, 0) + 1
+    _counts_once_through_rescales(build, out, want)
+
+
+def _counts_once_through_rescales(
+    build: Callable[[StreamProvider], None], out: ListSink, want: dict[Any, int]
+) -> None:
+    """Run ``build`` (a running count per key into ``out``) on 2 workers rescaled 3, 1, 4:
+    every key counted 1, 2, ... up to ``want[key]``, each number once (state moved whole)."""
     log: list[Any] = []
     run_local_cluster(build, 2, on_turn=plan({5: 3, 15: 1, 25: 4}, log))
     assert [e for _, e in log] == [None] * 3
     per_key: dict[Any, list[int]] = {}
     for r in out.records:
         per_key.setdefault(r.key, []).append(r.value)
-    want: dict[Any, int] = {}
-    inputs = _Numbers(n, 1).all() * 2 if shape == "cloned" else []
-    for k, _ in inputs or _Numbers(n, 1).all() + _Numbers(n, 2).all():
-        want[k] = want.get(k, 0) + 1
     assert {k: sorted(v) for k, v in per_key.items()} == {
         k: list(range(1, c + 1)) for k, c in want.items()
     }
@@ -462,18 +470,10 @@ def test_state_keyed_by_source_part_moves_with_the_part(shape: str) -> None:
             a = a.union("both", b.key_distribute("by-tag", lambda v: v[0]))
         a.stateful_map("count", lambda k, v, s: (s + 1, s + 1), initial=int).sink("out", out)
 
-    log: list[Any] = []
-    run_local_cluster(build, 2, on_turn=plan({5: 3, 15: 1, 25: 4}, log))
-    assert [e for _, e in log] == [None] * 3
-    per_key: dict[Any, list[int]] = {}
-    for r in out.records:
-        per_key.setdefault(r.key, []).append(r.value)
     want = {0: n // 2, 1: n // 2}
     if shape != "source":
         want.update({k: _Tagged.PER_PART for k in _Tagged.PARTS})
-    assert {k: sorted(v) for k, v in per_key.items()} == {
-        k: list(range(1, c + 1)) for k, c in want.items()
-    }
+    _counts_once_through_rescales(build, out, want)
 
 
 @pytest.mark.parametrize(("parts", "workers"), [(4, 2), (5, 3), (16, 3)])
