@@ -476,6 +476,43 @@ def test_state_keyed_by_source_part_moves_with_the_part(shape: str) -> None:
     _counts_once_through_rescales(build, out, want)
 
 
+@pytest.mark.parametrize("restart_at", [1, 3])
+def test_state_keyed_by_source_part_survives_a_crash_and_a_restore_at_another_size(
+    restart_at: int,
+) -> None:
+    """The same job (a source and a key_distribute stream in a union, counted per part): a
+    rescale, a snapshot, every worker lost, a restart from the snapshot at another
+    parallelism. Each part's count ends exactly at its number of records."""
+    out = ListSink()
+    n = 1_500
+
+    def build(provider: StreamProvider) -> None:
+        a = provider.new_stream().source("left", StatefulSource(_Numbers(n, 1)))
+        b = provider.new_stream().source("right", StatefulSource(_Tagged()))
+        (
+            a.union("both", b.key_distribute("by-tag", lambda v: v[0]))
+            .stateful_map("count", lambda k, v, s: (s + 1, s + 1), initial=int)
+            .sink("out", out)
+        )
+
+    p = InMemoryPersistence()
+    cluster = LocalCluster(build, 2, persistence=p)
+    for turn in range(30):
+        if turn == 5:
+            cluster.coord.request_rescale(3)
+        if turn == 20:
+            cluster.coord.request_snapshot()
+        cluster.step()
+    assert p.committed_versions(), "no snapshot was committed"
+    cluster = LocalCluster(build, restart_at, persistence=p)  # a crash, restarted
+    while cluster.step():
+        pass
+    final: dict[Any, int] = {}
+    for r in out.records:
+        final[r.key] = max(final.get(r.key, 0), r.value)
+    assert final == {0: n // 2, 1: n // 2, **{k: _Tagged.PER_PART for k in _Tagged.PARTS}}
+
+
 class _Tagged:
     """Parts named by strings, a few (tag, i) records per poll."""
 
