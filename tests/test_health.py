@@ -21,7 +21,11 @@ def test_coordinator_and_workers_on_fixed_ports_answer_health_probes(tmp_path: P
     from grpc_health.v1 import health_pb2
 
     c = Cluster(tmp_path, workers=2, delay=0.05)
-    ports = [free_port(), free_port()]
+    ports: list[int] = []
+    while len(ports) < 2:  # a port just closed can come back: three distinct ones
+        port = free_port()
+        if port != c.port and port not in ports:
+            ports.append(port)
     try:
         c.coord = c._spawn(
             "coordinator", APP, "-w", "2", "--listen", c.addr,
@@ -35,6 +39,9 @@ def test_coordinator_and_workers_on_fixed_ports_answer_health_probes(tmp_path: P
             st = c.admin("status")
             if st.returncode == 0 and json.loads(st.stdout)["phase"] == "running":
                 break
+            if c.coord.poll() is not None:  # it exited: say why, not only "cannot reach"
+                err = c.coord.stderr.read() if c.coord.stderr else ""
+                raise AssertionError(f"coordinator exited {c.coord.returncode}: {err}")
             assert time.monotonic() < deadline, st.stderr
             time.sleep(0.1)
         serving = health_pb2.HealthCheckResponse.SERVING
