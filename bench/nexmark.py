@@ -14,11 +14,10 @@ on:
 - ``MultiProcessRuntime(parallelism=1)`` (one worker process + the coordinator here),
 - ``MultiProcessRuntime(parallelism=2)``.
 
-The source has ``--parts`` parts (16: rendezvous places them 8:8 on two workers; 8 parts land
-5:3, which caps two workers at 1.6x of one) and generates the events inside the workers, so
-no input crosses processes; only what ``key_distribute`` routes does. Results go to a
-counting sink (one per worker, which keeps its count in a file of its own); the result
-counts of the three runtimes must agree, or the script stops.
+The source has ``--parts`` parts (16; they are dealt out evenly, 8:8 on two workers) and
+generates the events inside the workers, so no input crosses processes; only what ``key_distribute``
+routes does. Results go to a counting sink (one per worker, which keeps its count in a file
+of its own); the result counts of the three runtimes must agree, or the script stops.
 
 Reported, per query: events/s = events / wall seconds of ``execute()`` (median over rounds;
 multi-process figures include starting the worker processes, which the ``start-up`` row

@@ -3,6 +3,7 @@
     .venv/bin/python bench/scaleout.py              # 400,000 events, 5 rounds
     .venv/bin/python bench/scaleout.py --quick      # 200,000 events, 3 rounds
     .venv/bin/python bench/scaleout.py --events 1000000 --rounds 7
+    .venv/bin/python bench/scaleout.py --parts 4 --ab-placement   # even deal vs rendezvous
 
 The job (issue 10's "realistic" row): 16 source parts generate JSON text inside the workers
 (``json.dumps`` of a small event dict, from a seeded generator per part), then
@@ -48,8 +49,8 @@ USERS = 5_000
 SEED = 20261202
 
 
-def share(n: int, part: int) -> int:
-    return n // PARTS + (1 if part < n % PARTS else 0)
+def share(n: int, part: int, parts: int) -> int:
+    return n // parts + (1 if part < n % parts else 0)
 
 
 class EventsPart(PositionPart):
@@ -81,14 +82,19 @@ class EventsPart(PositionPart):
 
 
 class EventsSource:
-    def __init__(self, n: int) -> None:
-        self.n = n
+    def __init__(self, n: int, parts: int, rendezvous: bool) -> None:
+        self.n, self.parts = n, parts
+        if rendezvous:
+            # A source that may grow keeps rendezvous per part (the placement before parts
+            # were dealt out evenly); it never relists within a benchmark run.
+            self.relist_interval = 3600.0
 
     def list_parts(self) -> list[int]:
-        return list(range(PARTS))
+        return list(range(self.parts))
 
     def build_part(self, part: int, state: object | None) -> EventsPart:
-        return EventsPart(part, share(self.n, part), int(state or 0))  # type: ignore[call-overload]
+        pos = int(state or 0)  # type: ignore[call-overload]
+        return EventsPart(part, share(self.n, part, self.parts), pos)
 
 
 def parse(text: str) -> dict[str, Any]:
@@ -119,13 +125,15 @@ class CountSink(FileTotalsSink):
         self.write_totals(f"{self.n} {self.amounts} {self.hashes}\n", 80)
 
 
-def build(p: StreamProvider, *, n: int, outdir: str) -> None:
+def build(
+    p: StreamProvider, *, n: int, outdir: str, parts: int = PARTS, rendezvous: bool = False
+) -> None:
     from malstrom.sinks import StatelessSink
     from malstrom.sources import StatefulSource
 
     (
         p.new_stream()
-        .source("events", StatefulSource(EventsSource(n)))
+        .source("events", StatefulSource(EventsSource(n, parts, rendezvous)))
         .map("parse", parse)
         .key_distribute("by-user", lambda e: e["user"])
         .stateful_map("sum", add, initial=int)
@@ -133,12 +141,12 @@ def build(p: StreamProvider, *, n: int, outdir: str) -> None:
     )
 
 
-def plain(n: int) -> tuple[int, int, int]:
+def plain(n: int, parts: int = PARTS) -> tuple[int, int, int]:
     """The same work as a plain loop: generate, parse, hash, sum per user."""
     totals: dict[str, int] = {}
     count = amounts = hashes = 0
-    for part in range(PARTS):
-        p = EventsPart(part, share(n, part), 0)
+    for part in range(parts):
+        p = EventsPart(part, share(n, part, parts), 0)
         while not p.is_finished():
             for text, _ in p.poll_batch(2048):
                 e = parse(text)
@@ -149,10 +157,16 @@ def plain(n: int) -> tuple[int, int, int]:
     return count, amounts, hashes
 
 
-def run_job(n: int, parallelism: int, want: tuple[int, int, int] | None) -> tuple[float, float]:
+def run_job(
+    n: int,
+    parallelism: int,
+    want: tuple[int, int, int] | None,
+    parts: int = PARTS,
+    rendezvous: bool = False,
+) -> tuple[float, float]:
     """Wall seconds and worker CPU seconds of one checked run."""
     with tempfile.TemporaryDirectory() as outdir:
-        job = functools.partial(build, n=n, outdir=outdir)
+        job = functools.partial(build, n=n, outdir=outdir, parts=parts, rendezvous=rendezvous)
         rc0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         MultiProcessRuntime(job, parallelism=parallelism, max_restarts=0).execute()
@@ -182,6 +196,12 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=400_000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="200,000 events, 3 rounds")
+    ap.add_argument("--parts", type=int, default=PARTS, help="source parts (default 16)")
+    ap.add_argument(
+        "--ab-placement",
+        action="store_true",
+        help="also run p=2 with rendezvous per part (r2) beside the even deal (p2)",
+    )
     ap.add_argument("--plain-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.plain_child is not None:
@@ -190,20 +210,24 @@ def main() -> None:
         print(f"{time.perf_counter() - t0:.6f}")
         return
     n, rounds = (200_000, 3) if args.quick else (args.events, args.rounds)
-    print(f"{n:,} events, {rounds} rounds; load average {os.getloadavg()[0]:.2f}", flush=True)
+    parts = args.parts
+    print(
+        f"{n:,} events, {parts} parts, {rounds} rounds; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     t0 = time.perf_counter()
-    want = plain(n)
+    want = plain(n, parts)
     plain_s = time.perf_counter() - t0
-    rows: dict[str, list[float]] = {k: [] for k in ("p1", "p2", "e1", "e2", "c1", "c2")}
-    cpu: dict[str, list[float]] = {"p1": [], "p2": []}
+    steps = ["p1", "p2", *(["r2"] if args.ab_placement else []), "e1", "e2", "c1", "c2"]
+    rows: dict[str, list[float]] = {k: [] for k in steps}
+    cpu: dict[str, list[float]] = {"p1": [], "p2": [], "r2": []}
     for r in range(rounds):
-        steps = ["p1", "p2", "e1", "e2", "c1", "c2"]
         for step in steps if r % 2 == 0 else steps[::-1]:
-            if step in ("p1", "p2"):
-                wall, c = run_job(n, int(step[1]), want)
+            if step in ("p1", "p2", "r2"):
+                wall, c = run_job(n, int(step[1]), want, parts, step == "r2")
                 cpu[step].append(c)
             elif step in ("e1", "e2"):
-                wall, _ = run_job(0, int(step[1]), None)
+                wall, _ = run_job(0, int(step[1]), None, parts)
             else:
                 wall = plain_procs(n, int(step[1]))
             rows[step].append(wall)
@@ -223,6 +247,14 @@ def main() -> None:
         print(f"| p={k} | {n / med(net):,.0f} | {med(rows['e' + k]):.2f} | {per_k:.3f} |")
     print()
     print(f"p=2 / p=1 (net, median of rounds): {ratio:.2f}x; ceiling: {ceiling:.2f}x")
+    if args.ab_placement:
+        net_r = [a - b for a, b in zip(rows["r2"], rows["e2"])]
+        ratio_r = med([a / b for a, b in zip(net1, net_r)])
+        per_k = 1000 * med(cpu["r2"]) / n
+        print(
+            f"p=2 with rendezvous per part: {n / med(net_r):,.0f} events/s, {per_k:.3f} CPU s "
+            f"per 1k events; p=2 / p=1: {ratio_r:.2f}x"
+        )
     print(f"p=1 / plain loop: {plain_s / med(net1):.2f}; load average {os.getloadavg()[0]:.2f}")
 
 

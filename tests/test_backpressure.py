@@ -392,7 +392,9 @@ def test_scale_down_with_chained_distributors_when_pipes_are_slow() -> None:
     # the leaving worker's full pipe holds its intakes and the rescale never completes.)
     out = rj.Outputs()
     cluster = LocalCluster(rj.make_build(out), 1, hub=LocalExchangeHub(window=1, bound=10**9))
-    steps = {3: 4, 15: 2, 30: 3}
+    # Steps that hit the race with this job's part placement (parts are dealt out evenly;
+    # under rendezvous per part 1 -> 4 -> 2 -> 3 hit it).
+    steps = {3: 4, 15: 3}
     n = 0
     while not cluster.ended and n < 50_000:
         if n in steps:

@@ -221,3 +221,49 @@ def test_unhashable_key_type_is_refused_clearly() -> None:
 
     with pytest.raises(TypeError, match="Custom"):
         stable_hash(Custom())  # type: ignore[arg-type]
+
+
+# -- source parts: dealt out evenly ----------------------------------------------------------
+
+part_keys = st.one_of(
+    st.integers(-(2**40), 2**40),
+    st.text(max_size=6),
+    st.tuples(st.integers(0, 9), st.text(max_size=3)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(part_keys, unique=True, max_size=40),
+    st.sets(st.integers(0, 20), min_size=1, max_size=8),
+    st.randoms(use_true_random=False),
+)
+def test_part_owners_are_even_and_independent_of_listing_order(
+    parts: list[Any], workers: set[int], rnd: Any
+) -> None:
+    from malstrom.keyed._parts import part_owners
+
+    ws = sorted(workers)
+    owners = part_owners(parts, ws)
+    if len(parts) == 1:  # nothing to even out: rendezvous_select's choice
+        assert owners == {parts[0]: rendezvous_select(parts[0], ws)}
+    assert set(owners) == set(parts) and set(owners.values()) <= workers
+    counts = Counter(owners.values())
+    low = len(parts) // len(ws)
+    assert all(low <= counts.get(w, 0) <= low + 1 for w in ws), counts
+    shuffled_parts, shuffled_workers = parts[:], ws[:]
+    rnd.shuffle(shuffled_parts)
+    rnd.shuffle(shuffled_workers)
+    assert part_owners(shuffled_parts, shuffled_workers) == owners
+
+
+def test_part_owners_beat_rendezvous_on_few_parts() -> None:
+    """Why parts are dealt out: rendezvous per part puts 3 of 4 parts on one of 2 workers."""
+    from malstrom.keyed._parts import part_owners
+
+    parts = list(range(4))
+    assert sorted(Counter(rendezvous_select(p, [0, 1]) for p in parts).values()) == [1, 3]
+    assert sorted(Counter(part_owners(parts, [0, 1]).values()).values()) == [2, 2]
+    # Pinned like EXPECTED above: changing the deal moves parts after an upgrade.
+    assert part_owners(list(range(6)), [0, 1, 2]) == {0: 2, 1: 2, 2: 0, 3: 0, 4: 1, 5: 1}
+    assert part_owners(["a", "b", "c", "d"], [0, 1]) == {"a": 1, "b": 0, "c": 1, "d": 0}

@@ -513,14 +513,57 @@ def test_state_keyed_by_source_part_survives_a_crash_and_a_restore_at_another_si
     assert final == {0: n // 2, 1: n // 2, **{k: _Tagged.PER_PART for k in _Tagged.PARTS}}
 
 
+@pytest.mark.parametrize(("parts", "workers"), [(4, 2), (5, 3), (16, 3)])
+def test_fixed_parts_are_dealt_out_evenly(parts: int, workers: int) -> None:
+    """Every worker reads ``parts // workers`` parts or one more (rendezvous per part gave
+    4 parts 3:1 on 2 workers), and each part is read on one worker only. After a rescale
+    too."""
+    seen: dict[int, set[Any]] = {}
+    out = ListSink()
+
+    def build(provider: StreamProvider) -> None:
+        (
+            provider.new_stream()
+            .source("numbers", StatefulSource(_Tagged([f"p{i}" for i in range(parts)])))
+            .inspect("where", lambda r, ctx: seen.setdefault(ctx.worker_id, set()).add(r.key))
+            .sink("out", out)
+        )
+
+    def counts() -> list[int]:
+        return sorted(len(v) for v in seen.values())
+
+    run_local_cluster(build, workers)
+    low = parts // workers
+    assert sum(counts()) == parts and all(low <= c <= low + 1 for c in counts()), seen
+    assert len(out.records) == parts * _Tagged.PER_PART
+    # Rescaled to one more worker after a few turns: the parts read from then on are dealt
+    # out over the new set (the records of a part that moved are seen on both workers).
+    seen.clear()
+    log: list[Any] = []
+
+    def on_turn(n: int, coord: Coordinator) -> None:
+        if n == 3:
+            coord.request_rescale(workers + 1, lambda v, e: (log.append(e), seen.clear()))
+
+    out.records.clear()
+    run_local_cluster(build, workers, on_turn=on_turn)
+    assert log == [None]
+    low = parts // (workers + 1)
+    assert sum(counts()) == parts and all(low <= c <= low + 1 for c in counts()), seen
+    assert len(out.records) == parts * _Tagged.PER_PART
+
+
 class _Tagged:
     """Parts named by strings, a few (tag, i) records per poll."""
 
     PARTS = ("x", "y", "z")
     PER_PART = 400
 
+    def __init__(self, parts: list[str] | None = None) -> None:
+        self.parts = list(self.PARTS) if parts is None else parts
+
     def list_parts(self) -> list[str]:
-        return list(self.PARTS)
+        return list(self.parts)
 
     def build_part(self, part: str, state: object | None) -> Any:
         per_part = self.PER_PART

@@ -16,6 +16,7 @@ from malstrom.engine.operator import Operator
 from malstrom.engine.rescale_cycle import SOURCE_CYCLE, Action, Event, Phase, RescaleCycle
 from malstrom.engine.user_code import user_error
 from malstrom.errors import AttemptFenced, OperatorError
+from malstrom.keyed._parts import part_owners
 from malstrom.keyed.partitioners import rendezvous_select
 from malstrom.operators._part_reader import BATCH_SIZE, PartReader
 from malstrom.sinks._protocols import RecordBatch, StatelessSinkImpl
@@ -110,6 +111,8 @@ class _PartsCycle:
 class SourceOp(Operator):
     """Builds the parts this worker owns and polls them.
 
+    Parts are dealt out evenly: every worker reads ``n // w`` of the ``n`` parts or one more
+    (:func:`~malstrom.keyed._parts.part_owners`; every worker lists the same parts).
     A worker with no unfinished part emits ``Epoch(IDLE)`` (it holds back no merged epoch);
     every worker emits ``Epoch(MAX)`` once every part of the source, on any worker, finished.
     On a rescale, parts whose owner changes are collected and rebuilt on their new worker: the
@@ -119,8 +122,9 @@ class SourceOp(Operator):
     peer (LAST_TRANSFER).
 
     A source whose impl has ``relist_interval`` (seconds) grows while it runs: every worker
-    calls ``list_parts()`` again at that interval and builds the new parts it owns (same
-    rendezvous rule), with ``impl.new_part_state(part)`` as their state when the impl has it.
+    calls ``list_parts()`` again at that interval and builds the new parts it owns (by
+    rendezvous per part: workers learn new parts at different moments), with
+    ``impl.new_part_state(part)`` as their state when the impl has it.
     Parts never shrink. A part built on no worker yet is built by its owner once a rescale
     completes, so a part listed during a rescale is not lost.
     """
@@ -153,8 +157,9 @@ class SourceOp(Operator):
         self._done_version = -1
         # What peers sent before our own Rescale (they are ahead of us): it waits for it.
         self._early: list[tuple[int, PartMove | PartsMoved]] = []
-        mine = [p for p in parts if rendezvous_select(p, self.workers) == me]
-        restored = dict(ctx.restore_keyed(name, rendezvous_select)) if self.stateful else {}
+        self._owners: dict[tuple[int, ...], dict[Any, int]] = {}
+        mine = [p for p in parts if self._owner(p, self.workers) == me]
+        restored = dict(ctx.restore_keyed(name, self._owner)) if self.stateful else {}
         self.parts: list[PartReader] = []
         restoring = ctx.restore is not None
         for p in mine:
@@ -162,6 +167,20 @@ class SourceOp(Operator):
             if state is None and restoring:
                 state = self._new_state(p)  # listed now, absent from the snapshot: new since
             self._add_part(p, state)
+
+    def _owner(self, part: Any, workers: Sequence[int]) -> int:
+        """The worker among ``workers`` that reads ``part``: dealt out evenly when the parts
+        are fixed (:func:`~malstrom.keyed._parts.part_owners`), rendezvous per part when the
+        source grows while it runs (or the part is not listed now)."""
+        if self._relist_every is None:
+            key = tuple(workers)
+            table = self._owners.get(key)
+            if table is None:
+                table = self._owners[key] = part_owners(self.all_parts, key)
+            w = table.get(part)
+            if w is not None:
+                return w
+        return rendezvous_select(part, workers)
 
     def _new_state(self, part: Any) -> Any:
         """The state of a part that appeared after the job started (None: a fresh part)."""
@@ -189,7 +208,7 @@ class SourceOp(Operator):
             if p in self._known:
                 continue
             self._learn(p)
-            if rendezvous_select(p, self.workers) == self.me:
+            if self._owner(p, self.workers) == self.me:
                 self._add_part(p, self._new_state(p))
 
     def _build_orphans(self) -> None:
@@ -197,7 +216,7 @@ class SourceOp(Operator):
         (listed by some workers but not yet by their owner when ownership changed)."""
         held = {p.key for p in self.parts}
         for p in list(self.all_parts):
-            mine = rendezvous_select(p, self.workers) == self.me
+            mine = self._owner(p, self.workers) == self.me
             if mine and p not in held and p not in self.finished:
                 self._add_part(p, self._new_state(p))
 
@@ -413,7 +432,7 @@ class SourceOp(Operator):
         me, new, version = self.me, cycle.workers, cycle.machine.version
         staying: list[PartReader] = []
         for p in self.parts:
-            dest = rendezvous_select(p.key, new)
+            dest = self._owner(p.key, new)
             if dest == me:
                 staying.append(p)
                 continue
