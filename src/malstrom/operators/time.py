@@ -74,7 +74,10 @@ class GenerateEpochsOp(Operator):
         self.idle_timeout = idle_timeout
         self.wants_schedule = idle_timeout is not None
         self._last_record = time.monotonic()
-        self._idle = False
+        self._idle = False  # idle by its own timeout
+        # The last epoch out was IDLE (its own timeout's, or its input's): downstream merges
+        # leave this worker out until an epoch brings it back, so none may follow records.
+        self._out_idle = False
         self._moving: int | None = None  # the rescale version while frozen
         self._gathered: Any = None  # the epoch generated while frozen (None: none)
         # At another parallelism: the most conservative promise any worker made.
@@ -120,13 +123,21 @@ class GenerateEpochsOp(Operator):
         if not self._idle:
             self._last_record = time.monotonic()
 
+    def emit_epoch(self, ts: Any) -> None:
+        self._out_idle = ts is IDLE
+        super().emit_epoch(ts)
+
+    def _wake_output(self) -> None:
+        """Active again after an idle output: the epoch it stood at (MIN if none) first, so
+        that merges downstream count this worker again before its records arrive."""
+        self.emit_epoch(self.prev if self.prev is not None else MIN)
+
     def on_batch(self, batch: Batch, port: int) -> None:
         if self.wants_schedule:
             self._last_record = time.monotonic()
-            if self._idle:
-                self._idle = False
-                if self.prev is not None:
-                    self.emit_epoch(self.prev)  # active again: merges count this worker again
+            self._idle = False
+        if self._out_idle:
+            self._wake_output()
         if self._moving is not None:
             self._on_batch_frozen(batch)
             return
@@ -222,3 +233,7 @@ class GenerateEpochsOp(Operator):
         if prev is None or ts > prev:
             self.prev = ts
             self.emit_epoch(ts)
+        elif self._out_idle:
+            # The input is active again (MIN after IDLE, say: a source took over a moved
+            # part) but promises less than this generator did: its own epoch says so.
+            self._wake_output()
