@@ -212,7 +212,7 @@ def test_a_frozen_generator_classifies_against_the_epoch_of_the_rescale_start() 
     got = [v for m in on_time if type(m) is Batch for v in m.values]
     assert got == [1, 2, 3, 4]  # 12 and 11 are after 10: on time, although 30 came first
     assert [v for m in late if type(m) is Batch for v in m.values] == []
-    inp.extend([Batch(["c"], [5], [10]), Released(Token(1), 1)])
+    inp.extend([Batch(["c"], [5], [10]), Released(Token(1), 1, "d")])
     gen.drain()
     assert [v for m in late if type(m) is Batch for v in m.values] == [5]
     assert [m.ts for m in on_time if type(m) is Epoch] == [10, 30]

@@ -204,8 +204,11 @@ class Released(RegionMessage):
     :class:`Installed`): the region runs in the new configuration, and
     :meth:`Operator.keys_moved` runs."""
 
-    __slots__ = ("version",)
+    __slots__ = ("origins", "version")
 
-    def __init__(self, token: Token, version: int) -> None:
+    def __init__(self, token: Token, version: int, origin: str) -> None:
         super().__init__(token)
         self.version = version
+        #: The distributors whose rescale ended in this message: its sender, and those of
+        #: the other inputs an aligning operator merged into it.
+        self.origins = frozenset((origin,))

@@ -52,6 +52,9 @@ class Operator:
     already ended, its end-of-stream hooks must not run (and emit) a second time."""
     migrates = False
     """Holds keyed state placed by a partitioner: takes part in Handover/Acquire (rescale)."""
+    routes_by_key = False
+    """A distributor: records leave it for their key's owner, and a rescale's cycle runs in
+    it (see :attr:`upstream_routers`)."""
     aligns_region = False
     """Several inputs, every one keyed by a distributor: the final Handover, Installed and
     Released of a rescale align here like barriers (a key's state and its records from every
@@ -70,6 +73,9 @@ class Operator:
         self._chan_epochs: list[Any] = []
         self._blocked: list[bool] = []
         self._idle_out = False
+        #: The distributors nearest upstream on every input path (set when the worker builds
+        #: the graph): what they emit during a rescale is routed here.
+        self.upstream_routers: frozenset[str] = frozenset()
 
     # ----- wiring ------------------------------------------------------------------------
     def add_input(self) -> Channel:
@@ -320,6 +326,8 @@ class Operator:
                         first = msg
                     else:
                         msg.token.pending -= 1  # this copy is consumed here
+                        if type(msg) is Released and msg is not first:
+                            first.origins |= msg.origins
                 assert first is not None
                 for i in range(len(blocked)):
                     blocked[i] = False

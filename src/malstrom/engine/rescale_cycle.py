@@ -24,6 +24,7 @@ event counts in and the phase the cycle goes to once that tracker is complete.
     AWAITING_KEYS --KEYS_SORTED--> HANDING_OVER (EMIT_AGREED_EPOCH, HAND_OVER)
     HANDING_OVER --COLLECTED--> HANDING_OVER    (SHIP, HAND_OVER)   one chunk a turn
     HANDING_OVER --LAST_COLLECTED--> AWAITING_TRANSFERS (SHIP_LAST)
+        (fired once the distributors upstream on the worker released this rescale)
     AWAITING_TRANSFERS --LAST_TRANSFER--> AWAITING_TRANSFERS
         (either of the last two: once every peer's last transfer is in --> RELEASING)
     RELEASING --SETTLE--> DONE (RELEASE)

@@ -35,7 +35,11 @@ Rescaling (zero downtime; one cycle per configuration change: its data in
    markers) and sends a ``Handover`` into its region: every keyed operator hands over the
    state of the keys leaving this worker, one chunk a turn (HANDING_OVER). The collected
    state goes to the new owners as :class:`Transfer` messages, then a last (empty) transfer
-   to every peer (AWAITING_TRANSFERS).
+   to every peer (AWAITING_TRANSFERS). A distributor with distributors upstream on its
+   worker sends its last transfer only once their ``Released`` passed its input: until then
+   one of them may still emit records its peers sent under the old configuration, which
+   this one routes by the new configuration, and a peer that has this worker's last
+   transfer reads no more from it (a leaving worker's records would be lost).
 4. Transfers arriving are installed downstream (``Acquire``). Once every peer's last
    transfer is in (RELEASING, until the messages at hand are handled), ``Installed`` goes
    downstream, the held records follow it, then ``Released``, and the distributor switches
@@ -102,6 +106,7 @@ class DistributorOp(Operator):
     re-keying."""
 
     peer_intake = True
+    routes_by_key = True
 
     def __init__(
         self,
@@ -137,6 +142,8 @@ class DistributorOp(Operator):
         self._marked: set[int] = set()
         self._cycle: Cycle | None = None
         self._done_version = -1
+        # Rescale version -> the upstream distributors whose Released passed this input.
+        self._released_up: dict[int, frozenset[str]] = {}
 
     # ----- routing -----------------------------------------------------------------------
     def on_batch(self, batch: Batch, port: int) -> None:
@@ -315,8 +322,13 @@ class DistributorOp(Operator):
             assert isinstance(msg, Rescale)
             self._on_local_rescale(msg)
             self.forward(msg)
-        elif t is Handover or t is Acquire or t is Installed or t is Interrogate or t is Released:
+        elif t is Released:
+            assert isinstance(msg, Released)
             msg.token.pending -= 1  # the upstream key region ends here
+            v = msg.version
+            self._released_up[v] = self._released_up.get(v, frozenset()) | msg.origins
+        elif t is Handover or t is Acquire or t is Installed or t is Interrogate:
+            msg.token.pending -= 1
         else:
             self.forward(msg)
 
@@ -393,10 +405,19 @@ class DistributorOp(Operator):
             and not collect.token.pending
         ):
             # That chunk is out of the region (one a turn: its token went through it).
-            more = Event.COLLECTED if cycle.chunks else Event.LAST_COLLECTED
-            self._act(cycle, machine.fire(more))
+            if cycle.chunks:
+                self._act(cycle, machine.fire(Event.COLLECTED))
+            elif self._upstream_released(cycle.version):
+                self._act(cycle, machine.fire(Event.LAST_COLLECTED))
         if machine.phase is Phase.RELEASING:
             self._act(cycle, machine.fire(Event.SETTLE))
+
+    def _upstream_released(self, version: int) -> bool:
+        """Whether every distributor upstream on this worker ended rescale ``version`` here:
+        until then one may still emit records its peers sent under the old configuration,
+        and this distributor, routing by the new one, would send them to a worker that has
+        every last transfer of this one and reads its pipe no more (a leaving worker's)."""
+        return self.upstream_routers <= self._released_up.get(version, frozenset())
 
     def _act(self, cycle: Cycle, actions: tuple[Action, ...], transfer: Any = None) -> None:
         """Carry out a transition's ``actions`` (``transfer``: the Transfer that arrived)."""
@@ -439,7 +460,9 @@ class DistributorOp(Operator):
         for b in cycle.held:
             self.emit(b)
         cycle.held.clear()
-        self.forward(Released(Token(1), cycle.version))
+        self.forward(Released(Token(1), cycle.version, self.name))
+        for v in [v for v in self._released_up if v <= cycle.version]:
+            del self._released_up[v]
         self.placement = cycle.new_placement
         self._remote_frontier = {w: self._remote_frontier.get(w) for w in self.placement.remotes}
         self._done_version = cycle.version

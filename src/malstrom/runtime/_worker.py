@@ -191,7 +191,9 @@ class Worker:
             op.restored_ended = ctx.restored_ended(node.name)
             op.aligns_region = node.aligns_region
             for src, port in node.inputs:
-                built[id(src)].outs[port].append(op.add_input())
+                up = built[id(src)]
+                up.outs[port].append(op.add_input())
+                op.upstream_routers |= {up.name} if up.routes_by_key else up.upstream_routers
             built[id(node)] = op
             self.ops.append(op)
         self._roots = [op for op in self.ops if op.is_source]
