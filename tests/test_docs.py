@@ -84,3 +84,42 @@ def test_custom_io_guide_code_runs() -> None:
     namespace: dict[str, Any] = {"__name__": "custom_io_guide"}
     exec(compile("\n".join(blocks), "custom-io.md", "exec"), namespace)
     assert namespace["target"].published
+
+
+def test_the_timer_example_in_concepts_runs() -> None:
+    """The keyed-timer example of docs/concepts.md closes each auction at its end with its
+    best bid."""
+    from malstrom import SingleThreadRuntime, StatefulLogic
+    from malstrom.sinks import ListSink
+    from malstrom.testing import TimedSource
+
+    text = (ROOT / "docs" / "concepts.md").read_text()
+    (block,) = [b.split("```", 1)[0] for b in text.split("```python\n")[1:] if "on_timer" in b]
+    namespace: dict[str, Any] = {"StatefulLogic": StatefulLogic}
+    exec(compile(block, "concepts.md", "exec"), namespace)
+    events = [
+        ({"auction": 1, "expires": 10}, 0),
+        ({"auction": 1, "price": 5}, 3),
+        ({"auction": 2, "expires": 20}, 4),
+        ({"auction": 1, "price": 7}, 8),
+        ({"auction": 2, "price": 1}, 9),
+        ({"auction": 9, "expires": 99}, 30),
+    ]
+    out = ListSink()
+
+    def build(p: StreamProvider) -> None:
+        (
+            p.new_stream()
+            .source("events", TimedSource(events))
+            .limit_out_of_orderness("time", 0)[0]
+            .key_distribute("by-auction", lambda e: e["auction"])
+            .stateful_op("close", namespace["CloseAuction"]())
+            .sink("out", out)
+        )
+
+    SingleThreadRuntime(build).execute()
+    assert [(r.key, r.value, r.timestamp) for r in out.records] == [
+        (1, 7, 10),
+        (2, 1, 20),
+        (9, None, 99),
+    ]

@@ -308,6 +308,32 @@ def test_q4_on_two_workers(db: Any) -> None:
     assert last_updates(run_cluster(q4.build)) == q4_want(db)
 
 
+def build_q4_to_file(provider: StreamProvider, *, out: str, late: str) -> None:
+    """q4 with file sinks (worker processes cannot append to a ListSink of this process)."""
+    q4.build(
+        provider,
+        config=CONFIG,
+        parts=4,
+        sink=FileSink(out, fmt=lambda r: repr(r.value)),
+        late_sink=FileSink(late, fmt=lambda r: repr(r.value)),
+    )
+
+
+def test_q4_on_two_worker_processes(db: Any, tmp_path: Path) -> None:
+    """Auctions close by event-time timers: across processes, every one closes once."""
+    out, late = tmp_path / "q4.txt", tmp_path / "late.txt"
+    MultiProcessRuntime(
+        functools.partial(build_q4_to_file, out=str(out), late=str(late)),
+        parallelism=2,
+        max_restarts=0,
+    ).execute()
+    values = [ast.literal_eval(line) for line in out.read_text().splitlines()]
+    want = q4_want(db)
+    assert last_updates(values) == want
+    assert len(values) == sum(n for _, _, n in want)  # one update per closed auction
+    assert not late.exists() or late.read_text() == ""
+
+
 Q6_SQL = """
     WITH winners AS (
         SELECT A.id, A.seller, A.expires, MAX(B.price) AS final

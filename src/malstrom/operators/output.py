@@ -17,10 +17,15 @@ class Output(Generic[VO]):
 
     ``emit(value, key=..., timestamp=...)``: in ``on_data`` key and timestamp default to the
     current record's; in ``on_epoch`` the timestamp defaults to the epoch (a stateful operator
-    must name the key); in ``on_schedule`` both are required.
+    must name the key); in ``on_schedule`` both are required. In ``on_timer`` they default to
+    the timer's key and time.
+
+    ``set_timer(timestamp, key=...)``: in a ``stateful_op`` whose logic defines ``on_timer``,
+    call ``on_timer`` for the key once an epoch reaches ``timestamp`` (see
+    :class:`~malstrom.StatefulLogic`).
     """
 
-    __slots__ = ("_key", "_keys", "_operator", "_timestamps", "_ts", "_values")
+    __slots__ = ("_key", "_keys", "_operator", "_set_timer", "_timestamps", "_ts", "_values")
 
     def __init__(self, operator: str) -> None:
         self._operator = operator
@@ -29,6 +34,7 @@ class Output(Generic[VO]):
         self._timestamps: list[Any] = []
         self._key: Any = _UNSET
         self._ts: Any = _UNSET
+        self._set_timer: Any = None  # (key, timestamp) -> None, where timers are kept
 
     def emit(self, value: VO, key: Any = _UNSET, timestamp: Any = _UNSET) -> None:
         """Send ``value`` downstream."""
@@ -49,6 +55,25 @@ class Output(Generic[VO]):
         self._keys.append(key)
         self._values.append(value)
         self._timestamps.append(timestamp)
+
+    def set_timer(self, timestamp: Any, key: Any = _UNSET) -> None:
+        """Have ``on_timer`` called for ``key`` (default: the current record's or timer's key)
+        once an epoch reaches ``timestamp``. A key's timers are part of its state: they are
+        snapshotted and move with it on a rescale. Setting one twice sets it once."""
+        add = self._set_timer
+        if add is None:
+            raise TypeError(
+                f"operator {self._operator!r}: Output.set_timer needs a stateful_op whose "
+                "logic defines on_timer"
+            )
+        if key is _UNSET:
+            key = self._key
+            if key is _UNSET:
+                raise TypeError(
+                    f"operator {self._operator!r}: Output.set_timer needs key= here "
+                    "(there is no current record or timer to take it from)"
+                )
+        add(key, timestamp)
 
     # ----- the operator's side (operators in malstrom.operators call these; users do not) ------
     def _bind(self, key: Any = _UNSET, timestamp: Any = _UNSET) -> None:

@@ -7,14 +7,17 @@ loads the keys its partitioner assigns to it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, MutableMapping
-from typing import Any, Generic, TypeVar
+import heapq
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from itertools import count
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from malstrom.engine.batch import Batch, make_record
 from malstrom.engine.context import BuildContext
 from malstrom.engine.messages import Select
 from malstrom.engine.operator import Operator
 from malstrom.engine.user_code import user_error
+from malstrom.errors import OperatorError
 from malstrom.operators.output import Output
 from malstrom.types import Partitioner, Record
 
@@ -116,9 +119,28 @@ class StatefulLogic(Generic[K, V, S, VO]):
     def on_schedule(self, states: MutableMapping[K, S], output: Output[VO]) -> None:
         """Called once per worker loop turn, idle or not."""
 
+    def on_timer(self, timestamp: Any, key: K, state: S | None, output: Output[VO]) -> S | None:
+        """A timer ``key`` set with ``output.set_timer(timestamp)`` fired: an epoch reached
+        ``timestamp``. Receives the key's state (``initial_state()`` when absent) and returns
+        its new state (None deletes it). Optional.
+
+        Timers fire in the order of their timestamps, before ``on_epoch`` sees that epoch; a
+        timer set here at or below the epoch fires in the same epoch. ``output.emit`` defaults
+        to the key and ``timestamp``. Timers belong to their key's state: only the keys
+        whose timers fire are visited, where an ``on_epoch`` scan visits every key."""
+        return state
+
 
 def _overrides(logic: object, name: str) -> bool:
     return getattr(type(logic), name, None) is not getattr(StatefulLogic, name)
+
+
+class _Timed(NamedTuple):
+    """A key's state with its pending timers, as snapshots and rescales carry a key that has
+    timers (keys without timers carry their state alone)."""
+
+    state: Any
+    timers: tuple[Any, ...]
 
 
 class StatefulOpOp(_KeyedStateOp):
@@ -132,9 +154,129 @@ class StatefulOpOp(_KeyedStateOp):
         self.output: Output[Any] = Output(name)
         self.has_epoch = _overrides(logic, "on_epoch")
         self.wants_schedule = _overrides(logic, "on_schedule")
+        self.has_timers = _overrides(logic, "on_timer")
+        # Pending timers per key (the truth), and a heap of (timestamp, seq, key) to find
+        # those due: an entry whose timer is gone (fired, or its key moved away) is skipped.
+        self.timers: dict[Any, set[Any]] = {}
+        self._heap: list[tuple[Any, int, Any]] = []
+        self._seq = count()
+        if self.has_timers:
+            self.output._set_timer = self._add_timer
+            self._unpack(self.states)
 
     def forwards_idle(self) -> bool:
-        return not self.has_epoch  # a user on_epoch may emit when time moves on
+        # A user on_epoch or on_timer may emit when time moves on.
+        return not (self.has_epoch or self.has_timers)
+
+    # ----- timers ----------------------------------------------------------------------
+    def _add_timer(self, key: Any, ts: Any) -> None:
+        pending = self.timers.get(key)
+        if pending is None:
+            self.timers[key] = {ts}
+        elif ts in pending:
+            return
+        else:
+            pending.add(ts)
+        try:
+            heapq.heappush(self._heap, (ts, next(self._seq), key))
+        except TypeError as e:
+            pending = self.timers[key]
+            pending.discard(ts)
+            if not pending:
+                del self.timers[key]
+            raise OperatorError(
+                self.name, f"timer at {ts!r} cannot be compared with the other timers ({e})"
+            ) from e
+
+    def _unpack(self, states: dict[Any, Any]) -> None:
+        """Split restored or moved ``_Timed`` entries into state and timers."""
+        for k in [k for k, v in states.items() if type(v) is _Timed]:
+            state, timers = states[k]
+            if state is None:
+                del states[k]
+            else:
+                states[k] = state
+            for ts in timers:
+                self._add_timer(k, ts)
+
+    def _pack(self, keys: Iterable[Any]) -> dict[Any, Any]:
+        """``keys``' state as snapshots and rescales carry it, removing nothing."""
+        states, timers = self.states, self.timers
+        out: dict[Any, Any] = {}
+        for k in keys:
+            t = timers.get(k)
+            s = states.get(k)
+            out[k] = s if t is None else _Timed(s, tuple(t))
+        return out
+
+    def _fire(self, epoch: Any) -> None:
+        """Run ``on_timer`` for every timer at or below ``epoch``, oldest first."""
+        heap, timers, states, out = self._heap, self.timers, self.states, self.output
+        on_timer = self.logic.on_timer
+        initial = self.logic.initial_state
+        missing = _MISSING
+        while heap:
+            try:
+                due = heap[0][0] <= epoch
+            except TypeError as e:
+                raise OperatorError(
+                    self.name, f"timer at {heap[0][0]!r} cannot be compared with epoch {epoch!r}"
+                ) from e
+            if not due:
+                break
+            ts, _, k = heapq.heappop(heap)
+            pending = timers.get(k)
+            if pending is None or ts not in pending:
+                continue  # fired already, or the key moved away
+            pending.discard(ts)
+            if not pending:
+                del timers[k]
+            out._key = k
+            out._ts = ts
+            s = states.get(k, missing)
+            if s is missing:
+                s = initial()
+            try:
+                s = on_timer(ts, k, s, out)
+            except Exception as e:
+                raise user_error(self.name, e, make_record((k, None, ts))) from e
+            if s is None:
+                states.pop(k, None)
+            else:
+                states[k] = s
+
+    # ----- keyed state with timers --------------------------------------------------------
+    def snapshot(self, writer: Any) -> None:
+        if not self.timers:
+            super().snapshot(writer)
+            return
+        writer.put_keyed(self.name, self._pack(self.states.keys() | self.timers.keys()))
+
+    def held_keys(self, into: set[Any]) -> None:
+        into.update(self.states)
+        into.update(self.timers)
+
+    def extract(self, select: Select) -> dict[Any, Any]:
+        if not self.timers:
+            return super().extract(select)
+        leaving = select(self.states.keys() | self.timers.keys())
+        got = self._pack(leaving)
+        for k in leaving:
+            self.states.pop(k, None)
+            self.timers.pop(k, None)  # its heap entries are skipped from now on
+        live = self.timers
+        if len(self._heap) > 2 * sum(map(len, live.values())) + 1024:
+            # Most entries belong to keys that left: drop them rather than carry them until
+            # their time comes.
+            self._heap = [h for h in self._heap if h[0] in live.get(h[2], ())]
+            heapq.heapify(self._heap)
+        return got
+
+    def install(self, states: dict[Any, Any]) -> None:
+        if self.has_timers:
+            states = dict(states)
+            self._unpack(states)
+        self.states.update(states)
 
     def on_batch(self, batch: Batch, port: int) -> None:
         states = self.states
@@ -166,6 +308,11 @@ class StatefulOpOp(_KeyedStateOp):
             self.emit(b)
 
     def on_epoch(self, ts: Any) -> None:
+        if self.has_timers and self._heap:
+            self._fire(ts)
+            b = self.output._take()
+            if b is not None:
+                self.emit(b)
         if self.has_epoch:
             out = self.output
             out._bind(timestamp=ts)  # a stateful operator must name the key
