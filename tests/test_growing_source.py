@@ -8,6 +8,7 @@ import functools
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from jobs import growing
@@ -93,3 +94,68 @@ def test_restore_builds_parts_added_since_the_snapshot(tmp_path: Path) -> None:
     MultiProcessRuntime(build, parallelism=3, persistence=persistence).execute()
     assert growing.read_values(str(tmp_path)) == list(range(4 * growing.PER_PART))
     assert sorted((tmp_path / "new-parts.txt").read_text().split()) == ["2", "3"]
+
+
+def test_an_idle_worker_that_lists_a_new_part_wakes_before_its_records() -> None:
+    """Worker 0's only part finished (it told the job it was idle: IDLE); a part listed later
+    is its own. Before that part's records it must say it is active again (MIN): merged
+    epochs leave an idle worker out, so a peer that has not listed the part yet would end
+    the stream (MAX) ahead of them."""
+    from malstrom import StatefulSource
+    from malstrom.engine.batch import Batch
+    from malstrom.engine.context import BuildContext
+    from malstrom.engine.messages import IDLE, Epoch
+    from malstrom.operators.io import SourceOp
+    from malstrom.types import MIN
+
+    class Part:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def poll(self) -> Any:
+            b = self.poll_batch(1)
+            return b[0] if b else None
+
+        def poll_batch(self, k: int) -> list[Any]:
+            out = [(i, i) for i in range(min(k, self.n))]
+            self.n -= len(out)
+            return out
+
+        def is_finished(self) -> bool:
+            return self.n == 0
+
+        def snapshot(self) -> object:
+            return self.n
+
+    class Grows:
+        relist_interval = 0.0  # every loop turn
+
+        def __init__(self) -> None:
+            self.parts = ["a", "c"]  # a: worker 0's, c: worker 1's (rendezvous over 0, 1)
+
+        def list_parts(self) -> list[str]:
+            return list(self.parts)
+
+        def build_part(self, part: str, state: object | None) -> Part:
+            return Part(0 if part == "a" else 5)
+
+    class Sent:  # the exchange: nothing comes from worker 1
+        def send(self, worker: int, operator: str, msg: Any) -> None:
+            pass
+
+        def recv(self, worker: int, operator: str) -> Any:
+            return None
+
+    impl = Grows()
+    op = SourceOp("src", StatefulSource(impl), BuildContext(0, (0, 1), exchange=Sent()))
+    out: list[Any] = []
+    op.outs = [[out]]
+    op.poll(time.monotonic() + 1)  # part a is empty: finished, and worker 0 has no other
+    assert [m.ts for m in out if type(m) is Epoch] == [IDLE]
+    impl.parts.append("b")  # worker 0's, listed while the job runs
+    out.clear()
+    op.schedule()
+    op.poll(time.monotonic() + 1)
+    kinds = [("epoch", m.ts) if type(m) is Epoch else "records" for m in out]
+    assert kinds[:2] == [("epoch", MIN), "records"], kinds
+    assert [v for m in out if type(m) is Batch for v in m.values][:1] == [0]  # b's first

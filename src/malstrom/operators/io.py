@@ -221,6 +221,14 @@ class SourceOp(Operator):
                 self._add_part(p, self._new_state(p))
 
     def _add_part(self, key: Any, state: Any, speed: Any = None) -> None:
+        if self._idle and not self.ended:
+            # This worker told the job it was idle (no part): it says first that it no longer
+            # is. Merged epochs leave an idle worker out, so without it peers could pass
+            # epochs (or end the stream: a peer that has not listed this part yet) ahead of
+            # the records this part brings. ``Epoch(MIN)`` promises nothing; it only brings
+            # this worker back into the merges.
+            self._idle = False
+            self.emit_epoch(MIN)
         try:
             impl: Any = self.impl
             built = impl.build_part(key, state) if self.stateful else impl.build_part(key)
@@ -229,16 +237,10 @@ class SourceOp(Operator):
         self.parts.append(PartReader(key, built, speed))
 
     def _add_moved(self, move: PartMove) -> None:
-        """Start a part moved here by a rescale.
-
-        A worker that told the job it was idle (no part) says first that it no longer is:
-        merged epochs leave an idle worker out, and every worker learns that a part finished
-        straight from its reader (PartDone), so peers would otherwise end the stream while this
-        part's last records are still on their way (held in a queue behind a barrier, say).
-        ``Epoch(MIN)`` promises nothing; it only brings this worker back into the merges."""
-        if self._idle and not self.ended:
-            self._idle = False
-            self.emit_epoch(MIN)
+        """Start a part moved here by a rescale (an idle worker wakes first: see
+        :meth:`_add_part`; every worker learns that a part finished straight from its reader,
+        so peers would otherwise end the stream while this part's last records are still on
+        their way, held in a queue behind a barrier, say)."""
         self._add_part(move.part, move.state, move.speed)
 
     def poll(self, deadline: float) -> bool:
