@@ -391,13 +391,7 @@ def test_scale_down_with_chained_distributors_when_pipes_are_slow() -> None:
     cluster = LocalCluster(rj.make_build(out), 1, hub=LocalExchangeHub(window=1, bound=10**9))
     # Steps that hit the race with this job's part placement (parts are dealt out evenly;
     # under rendezvous per part 1 -> 4 -> 2 -> 3 hit it).
-    steps = {3: 4, 15: 3}
-    n = 0
-    while not cluster.ended and n < 50_000:
-        if n in steps:
-            cluster.coord.request_rescale(steps[n])
-        n += 1
-        cluster.step()
+    rj.run_rescaling(cluster, {3: 4, 15: 3})
     rj.check(out)
 
 
@@ -423,14 +417,7 @@ def test_a_router_fed_by_two_distributors_waits_for_both_on_a_scale_down(
         )
         evens.union("both", odds).sink("out", StatefulSink(rec))
 
-    cluster = LocalCluster(build, 1, hub=LocalExchangeHub(window=1, bound=10**9))
-    n = 0
-    while not cluster.ended and n < 50_000:
-        if n in steps:
-            cluster.coord.request_rescale(steps[n])
-        n += 1
-        cluster.step()
-    assert cluster.ended
+    rj.run_rescaling(LocalCluster(build, 1, hub=LocalExchangeHub(window=1, bound=10**9)), steps)
     assert Counter(r.value for r in rec.records) == Counter(rj.all_values())
 
 

@@ -308,30 +308,39 @@ def test_q4_on_two_workers(db: Any) -> None:
     assert last_updates(run_cluster(q4.build)) == q4_want(db)
 
 
-def build_q4_to_file(provider: StreamProvider, *, out: str, late: str) -> None:
-    """q4 with file sinks (worker processes cannot append to a ListSink of this process)."""
-    q4.build(
+def run_on_worker_processes(query: str, tmp_path: Path, **params: Any) -> list[Any]:
+    """``query`` on two worker processes (file sinks: worker processes cannot append to a
+    ListSink of this process); its result values, after checking nothing was late."""
+    out, late = tmp_path / f"{query}.txt", tmp_path / "late.txt"
+    MultiProcessRuntime(
+        functools.partial(build_to_file, query=query, out=str(out), late=str(late), params=params),
+        parallelism=2,
+        max_restarts=0,
+    ).execute()
+    assert not late.exists() or late.read_text() == ""
+    return [ast.literal_eval(line) for line in out.read_text().splitlines()]
+
+
+def build_to_file(
+    provider: StreamProvider, *, query: str, out: str, late: str, params: dict[str, Any]
+) -> None:
+    """The query named ``query`` with file sinks (module level: worker processes import it)."""
+    {"q4": q4, "q8": q8}[query].build(
         provider,
         config=CONFIG,
         parts=4,
         sink=FileSink(out, fmt=lambda r: repr(r.value)),
         late_sink=FileSink(late, fmt=lambda r: repr(r.value)),
+        **params,
     )
 
 
 def test_q4_on_two_worker_processes(db: Any, tmp_path: Path) -> None:
     """Auctions close by event-time timers: across processes, every one closes once."""
-    out, late = tmp_path / "q4.txt", tmp_path / "late.txt"
-    MultiProcessRuntime(
-        functools.partial(build_q4_to_file, out=str(out), late=str(late)),
-        parallelism=2,
-        max_restarts=0,
-    ).execute()
-    values = [ast.literal_eval(line) for line in out.read_text().splitlines()]
+    values = run_on_worker_processes("q4", tmp_path)
     want = q4_want(db)
     assert last_updates(values) == want
     assert len(values) == sum(n for _, _, n in want)  # one update per closed auction
-    assert not late.exists() or late.read_text() == ""
 
 
 Q6_SQL = """
@@ -422,25 +431,6 @@ def test_q8_new_users(db: Any) -> None:
     assert sum(want.values()) > 20
 
 
-def build_q8_to_file(provider: StreamProvider, *, out: str, late: str) -> None:
-    """q8 with file sinks (worker processes cannot append to a ListSink of this process)."""
-    q8.build(
-        provider,
-        config=CONFIG,
-        parts=4,
-        sink=FileSink(out, fmt=lambda r: repr(r.value)),
-        late_sink=FileSink(late, fmt=lambda r: repr(r.value)),
-        size=Q8_SIZE,
-    )
-
-
 def test_q8_on_two_worker_processes(db: Any, tmp_path: Path) -> None:
-    out, late = tmp_path / "q8.txt", tmp_path / "late.txt"
-    MultiProcessRuntime(
-        functools.partial(build_q8_to_file, out=str(out), late=str(late)),
-        parallelism=2,
-        max_restarts=0,
-    ).execute()
-    got = Counter(ast.literal_eval(line) for line in out.read_text().splitlines())
+    got = Counter(run_on_worker_processes("q8", tmp_path, size=Q8_SIZE))
     assert got == sql(db, Q8_SQL)
-    assert not late.exists() or late.read_text() == ""

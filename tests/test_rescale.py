@@ -507,18 +507,7 @@ def test_state_keyed_by_source_part_survives_a_crash_and_a_restore_at_another_si
             .sink("out", out)
         )
 
-    p = InMemoryPersistence()
-    cluster = LocalCluster(build, 2, persistence=p)
-    for turn in range(30):
-        if turn == 5:
-            cluster.coord.request_rescale(3)
-        if turn == 20:
-            cluster.coord.request_snapshot()
-        cluster.step()
-    assert p.committed_versions(), "no snapshot was committed"
-    cluster = LocalCluster(build, restart_at, persistence=p)  # a crash, restarted
-    while cluster.step():
-        pass
+    rj.crash_after_rescale_and_snapshot(build, restart_at)
     final: dict[Any, int] = {}
     for r in out.records:
         final[r.key] = max(final.get(r.key, 0), r.value)

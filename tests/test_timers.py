@@ -26,7 +26,6 @@ from malstrom import (
     StreamProvider,
 )
 from malstrom.sinks import ListSink
-from malstrom.snapshot import InMemoryPersistence
 from malstrom.testing import LocalCluster, TimedSource
 
 pytestmark = pytest.mark.timeout(120)
@@ -215,29 +214,12 @@ def test_every_deadline_fires_once_on_one_worker() -> None:
 @pytest.mark.parametrize("steps", [{4: 3, 20: 1}, {3: 4, 12: 2, 30: 3}])
 def test_timers_move_with_their_keys_on_live_rescales(steps: dict[int, int]) -> None:
     rec = rj.Recorder()
-    cluster = LocalCluster(_deadline_job(rec), 2)
-    n = 0
-    while not cluster.ended and n < 50_000:
-        if n in steps:
-            cluster.coord.request_rescale(steps[n])
-        n += 1
-        cluster.step()
+    rj.run_rescaling(LocalCluster(_deadline_job(rec), 2), steps)
     assert Counter(r.value for r in rec.records) == _expected_deadlines()
 
 
 @pytest.mark.parametrize("restart_at", [1, 3])
 def test_timers_survive_a_crash_and_a_restore_at_another_size(restart_at: int) -> None:
     rec = rj.Recorder()
-    p = InMemoryPersistence()
-    cluster = LocalCluster(_deadline_job(rec), 2, persistence=p)
-    for turn in range(40):
-        if turn == 6:
-            cluster.coord.request_rescale(3)
-        if turn == 25:
-            cluster.coord.request_snapshot()
-        cluster.step()
-    assert p.committed_versions(), "no snapshot was committed"
-    cluster = LocalCluster(_deadline_job(rec), restart_at, persistence=p)  # a crash, restarted
-    while cluster.step():
-        pass
+    rj.crash_after_rescale_and_snapshot(_deadline_job(rec), restart_at)
     assert Counter(r.value for r in rec.records) == _expected_deadlines()

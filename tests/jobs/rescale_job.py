@@ -176,3 +176,42 @@ def check(out: Outputs) -> None:
     assert all(n == 1 for n in fired.values()), [kv for kv in fired.items() if kv[1] != 1][:5]
     assert out.late.records == [], out.late.records[:5]
     assert Counter(r.key for r in out.parts.records) == per_key
+
+
+# ----- driving an in-process cluster through rescales and crashes ------------------------------
+
+
+def run_rescaling(cluster: Any, steps: dict[int, int], max_turns: int = 50_000) -> None:
+    """Step ``cluster`` (a ``LocalCluster``) to the end of its job, requesting a rescale to
+    ``steps[turn]`` workers at those turns; fails if the job has not ended after
+    ``max_turns`` (a rescale that never completes)."""
+    n = 0
+    while not cluster.ended and n < max_turns:
+        if n in steps:
+            cluster.coord.request_rescale(steps[n])
+        n += 1
+        cluster.step()
+    assert cluster.ended, f"the job did not end in {max_turns} turns"
+
+
+def crash_after_rescale_and_snapshot(
+    build: Callable[[StreamProvider], None], restart_at: int
+) -> None:
+    """Run ``build`` on 2 workers, rescale to 3 at turn 5, snapshot at turn 20; at turn 30
+    every worker is lost; restart from the snapshot on ``restart_at`` workers and run to the
+    end."""
+    from malstrom.snapshot import InMemoryPersistence
+    from malstrom.testing import LocalCluster
+
+    p = InMemoryPersistence()
+    cluster = LocalCluster(build, 2, persistence=p)
+    for turn in range(30):
+        if turn == 5:
+            cluster.coord.request_rescale(3)
+        if turn == 20:
+            cluster.coord.request_snapshot()
+        cluster.step()
+    assert p.committed_versions(), "no snapshot was committed"
+    cluster = LocalCluster(build, restart_at, persistence=p)  # a crash, restarted
+    while cluster.step():
+        pass
