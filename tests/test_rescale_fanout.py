@@ -322,3 +322,26 @@ def test_a_worker_that_gets_a_part_is_no_longer_idle_to_its_peers(stamped: bool)
     while cluster.step():
         pass
     assert len(out.records) == 3_000
+
+
+def test_an_aligning_union_names_both_distributors_in_the_released_it_passes_on() -> None:
+    """Two distributors' Released meet in an aligning union: the one it passes on names both
+    origins (a router downstream waits for both), and the original message, whose copies
+    may travel other paths, keeps naming its own."""
+    from malstrom.engine.messages import Released
+    from malstrom.engine.operator import Operator
+
+    union = Operator("both")
+    union.aligns_region = True
+    a_in, b_in = union.add_input(), union.add_input()
+    out: list[Any] = []
+    union.outs = [[out]]
+    from_a, from_b = Released(Token(1), 3, "a"), Released(Token(1), 3, "b")
+    a_in.append(from_a)
+    b_in.append(from_b)
+    union.drain()
+    (passed,) = out
+    assert type(passed) is Released and passed.origins == {"a", "b"} and passed.version == 3
+    assert passed.token is from_a.token and from_a.token.pending == 1
+    assert from_b.token.pending == 0  # consumed here
+    assert from_a.origins == {"a"}

@@ -212,3 +212,14 @@ class Released(RegionMessage):
         #: The distributors whose rescale ended in this message: its sender, and those of
         #: the other inputs an aligning operator merged into it.
         self.origins = frozenset((origin,))
+
+    def merged(self, other: Released) -> Released:
+        """This message naming ``other``'s origins too (an aligning operator consumed
+        ``other``): a new object with the same token and copies' bookkeeping, so the copies
+        of this one on other paths keep naming only their own origins."""
+        out = Released.__new__(Released)
+        out.token = self.token
+        out.handled = self.handled
+        out.version = self.version
+        out.origins = self.origins | other.origins
+        return out

@@ -326,8 +326,8 @@ class Operator:
                         first = msg
                     else:
                         msg.token.pending -= 1  # this copy is consumed here
-                        if type(msg) is Released and msg is not first:
-                            first.origins |= msg.origins
+                        if type(msg) is Released and not msg.origins <= first.origins:
+                            first = first.merged(msg)
                 assert first is not None
                 for i in range(len(blocked)):
                     blocked[i] = False
