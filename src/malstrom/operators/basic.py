@@ -211,9 +211,7 @@ class StatelessOpOp(Operator):
                 on_data(rec, out)
         except Exception as e:
             raise user_error(self.name, e, rec) from e
-        b = out._take()
-        if b is not None:
-            self.emit(b)
+        out._flush(self.emit)
 
     def on_epoch(self, ts: Any) -> None:
         out = self.output
@@ -222,7 +220,5 @@ class StatelessOpOp(Operator):
             self.logic.on_epoch(ts, out)
         except Exception as e:
             raise user_error(self.name, e) from e
-        b = out._take()
-        if b is not None:
-            self.emit(b)
+        out._flush(self.emit)
         self.emit_epoch(ts)

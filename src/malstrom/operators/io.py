@@ -281,7 +281,6 @@ class SourceOp(Operator):
                     ) from e
                 if values:
                     produced = True
-                    self._idle = False
                     reads.append((p.key, values, stamps))
                     pending += len(values)
                     if pending >= SOURCE_BATCH:

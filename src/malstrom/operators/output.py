@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from malstrom.engine.batch import Batch
@@ -81,10 +82,10 @@ class Output(Generic[VO]):
         self._key = key
         self._ts = timestamp
 
-    def _take(self) -> Batch | None:
-        """What was emitted since the last take, as one batch (None if nothing)."""
+    def _flush(self, emit: Callable[[Batch], None]) -> None:
+        """Pass what was emitted since the last flush to ``emit`` as one batch (if any)."""
         if not self._values:
-            return None
+            return
         b = Batch(self._keys, self._values, self._timestamps)
         self._keys, self._values, self._timestamps = [], [], []
-        return b
+        emit(b)

@@ -303,16 +303,12 @@ class StatefulOpOp(_KeyedStateOp):
                     states[k] = s
         except Exception as e:
             raise user_error(self.name, e, rec) from e
-        b = out._take()
-        if b is not None:
-            self.emit(b)
+        out._flush(self.emit)
 
     def on_epoch(self, ts: Any) -> None:
         if self.has_timers and self._heap:
             self._fire(ts)
-            b = self.output._take()
-            if b is not None:
-                self.emit(b)
+            self.output._flush(self.emit)
         if self.has_epoch:
             out = self.output
             out._bind(timestamp=ts)  # a stateful operator must name the key
@@ -320,9 +316,7 @@ class StatefulOpOp(_KeyedStateOp):
                 self.logic.on_epoch(ts, self.states, out)
             except Exception as e:
                 raise user_error(self.name, e) from e
-            b = out._take()
-            if b is not None:
-                self.emit(b)
+            out._flush(self.emit)
         self.emit_epoch(ts)
 
     def schedule(self) -> None:
@@ -334,9 +328,7 @@ class StatefulOpOp(_KeyedStateOp):
             self.logic.on_schedule(self.states, out)
         except Exception as e:
             raise user_error(self.name, e) from e
-        b = out._take()
-        if b is not None:
-            self.emit(b)
+        out._flush(self.emit)
 
 
 class ExpireMap(Generic[K, V]):
