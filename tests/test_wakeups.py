@@ -130,6 +130,68 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def test_a_worker_whose_parts_finished_turns_again_when_a_peer_says_the_last_one_did() -> None:
+    """Worker 0's parts finished first; it sleeps. A peer's PartDone for the last part wakes
+    it, but that turn polled its source before the message was read (schedule() runs after
+    poll()), so the source must ask for another turn at once: else the stream, and the job,
+    ends a heartbeat later (seen: every 2-worker job whose parts ended unevenly took 0.5 s
+    longer to finish)."""
+    from malstrom import StatefulSource
+    from malstrom.engine.context import BuildContext
+    from malstrom.engine.messages import IDLE, Epoch
+    from malstrom.keyed._parts import part_owners
+    from malstrom.operators.io import PartDone, SourceOp
+    from malstrom.types import MAX
+
+    class Part:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def poll_batch(self, k: int) -> list[Any]:
+            out = [(i, i) for i in range(min(k, self.n))]
+            self.n -= len(out)
+            return out
+
+        def is_finished(self) -> bool:
+            return self.n == 0
+
+        def snapshot(self) -> object:
+            return self.n
+
+    class Parts:
+        def list_parts(self) -> list[str]:
+            return ["a", "b", "c", "d"]
+
+        def build_part(self, part: str, state: object | None) -> Part:
+            return Part(3)
+
+    inbox: list[Any] = []
+
+    class Exchange:  # worker 1's messages, as worker 0's exchange hands them out
+        def send(self, worker: int, operator: str, msg: Any) -> None:
+            pass
+
+        def recv(self, worker: int, operator: str) -> Any:
+            return inbox.pop(0) if inbox else None
+
+    op = SourceOp("src", StatefulSource(Parts()), BuildContext(0, (0, 1), exchange=Exchange()))
+    out: list[Any] = []
+    op.outs = [[out]]
+    for _ in range(10):  # reads start small: a few polls read the parts' three records
+        op.poll(time.monotonic() + 1)
+    assert [m.ts for m in out if type(m) is Epoch] == [IDLE]  # its own two parts: done
+    now = time.monotonic()
+    assert op.wake_at(now) is None  # nothing to poll for: it may sleep
+    peers = sorted(p for p, w in part_owners(["a", "b", "c", "d"], [0, 1]).items() if w == 1)
+    inbox.extend(PartDone(p) for p in peers)
+    op.poll(time.monotonic() + 1)  # the turn the message woke: poll() first...
+    op.schedule()  # ...then the peer's news
+    assert op.wake_at(now) == now
+    op.poll(time.monotonic() + 1)
+    assert [m.ts for m in out if type(m) is Epoch][-1] is MAX and op.ended
+    assert op.wake_at(now) is None
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="needs /proc")
 def test_idle_worker_processes_hardly_use_the_cpu() -> None:
     handle = MultiProcessRuntime(_idle_job, parallelism=2).start()

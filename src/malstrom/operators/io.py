@@ -293,7 +293,7 @@ class SourceOp(Operator):
                     self._part_done(p.key)
         if reads:
             self.emit(_one_batch(reads))
-        if len(self.finished) >= len(self.all_parts) and self.finished >= self._known:
+        if self._all_done():
             self.emit_epoch(MAX)
             return True
         if not active and not self._idle:
@@ -301,6 +301,10 @@ class SourceOp(Operator):
             self.emit_epoch(IDLE)
             return True
         return produced
+
+    def _all_done(self) -> bool:
+        """Whether every part of the source, on every worker, finished."""
+        return len(self.finished) >= len(self.all_parts) and self.finished >= self._known
 
     def _part_done(self, key: Any) -> None:
         if key in self.finished:
@@ -315,7 +319,10 @@ class SourceOp(Operator):
     def wake_at(self, now: float) -> float | None:
         if self.ended:
             return None
-        if self._cycle is not None:
+        if self._cycle is not None or self._all_done():
+            # All done: the last part to finish was a peer's, learnt by schedule() after this
+            # turn's poll(); the next poll ends the stream (a sleeping worker would end it a
+            # heartbeat later, and with it the job).
             return now
         # Parts are polled: only they know when they may have records. A part may say
         # (``wake_in()``: seconds, None: unknown), else the worker keeps polling it.
