@@ -1,6 +1,7 @@
 """Record columns packed for the wire (malstrom.engine.packing): a pickled batch whose records
-are instances of user classes rebuilds exactly what plain pickle would have rebuilt, in C and
-in pure Python alike; classes whose pickling is their own are left to pickle."""
+are instances of user classes, dicts or plain values rebuilds exactly what plain pickle would
+have rebuilt, in C and in pure Python alike; classes whose pickling is their own are left to
+pickle."""
 
 from __future__ import annotations
 
@@ -247,10 +248,89 @@ def test_dicts_with_other_attributes_are_left_to_pickle() -> None:
     assert all(same(x, y) for x, y in zip(back, col, strict=True))
 
 
-def test_short_and_scalar_columns_are_not_wrapped() -> None:
+def test_short_columns_and_columns_of_tuples_are_not_wrapped() -> None:
     assert P.pack([Plain(1), Plain(2)]) == [Plain(1), Plain(2)]
-    words = ["a", "b", "c", "d", "e"]
-    assert P.pack(words) is words
+    assert P.pack(["a", "b"]) == ["a", "b"]
+    pairs = [(i, "x") for i in range(10)]
+    assert P.pack(pairs) is pairs
+
+
+# ----- plain values, dicts, and columns that are the keys ----------------------------------
+class Tag(str):
+    pass
+
+
+def test_plain_values_travel_flat_and_come_back_with_their_types() -> None:
+    col = [1, 2**80, -3, 1.5, True, False, None, b"\x00b", "s", "", "ü" * 3, 0.0]
+    assert isinstance(P.pack(col), P.Flat)
+    back = roundtrip(col)
+    assert back == col and [type(x) for x in back] == [type(x) for x in col]
+    assert back[4] is True and back[6] is None
+
+
+def test_a_str_subclass_keeps_its_class() -> None:
+    col = ["a", "b", Tag("c"), "d", "e"]
+    assert not isinstance(P.pack(col), P.Flat)
+    back = roundtrip(col)
+    assert type(back[2]) is Tag and back == col
+
+
+def test_dict_records_travel_as_field_columns() -> None:
+    col = [{"user": f"u{i}", "amount": i, "tags": [i], "n": None} for i in range(20)]
+    packed = P.pack(col)
+    assert isinstance(packed, P.Packed) and packed.groups[0][0] == P.MAPPING
+    assert packed.groups[0][1] == ("user", "amount", "tags", "n")
+    back = roundtrip(col)
+    assert back == col and [list(d) for d in back] == [list(d) for d in col]
+    back[0]["tags"].append(99)  # the records are new objects, not views of one another
+    assert back[1]["tags"] == [1]
+
+
+def test_dicts_that_differ_in_keys_or_order_or_class_pickle_as_they_are() -> None:
+    from collections import OrderedDict, defaultdict
+
+    reordered = [{"a": i, "b": i} for i in range(8)]
+    reordered[3] = {"b": 3, "a": 3}
+    fewer = [{"a": i, "b": i} for i in range(8)]
+    del fewer[5]["b"]
+    int_keys = [{1: i, 2: i} for i in range(8)]
+    for col in (reordered, fewer, int_keys):
+        back = roundtrip(col)
+        assert back == col and [list(d) for d in back] == [list(d) for d in col]
+    for col in ([OrderedDict(a=i) for i in range(8)], [defaultdict(int, a=i) for i in range(8)]):
+        back = roundtrip(col)
+        assert back == col and all(type(x) is type(y) for x, y in zip(back, col, strict=True))
+    empties: list[dict[str, int]] = [{} for _ in range(8)]
+    assert roundtrip(empties) == empties
+
+
+def test_a_column_of_the_keys_refers_to_them() -> None:
+    words = [f"w{i % 3}" for i in range(12)]
+    events = [{"user": w, "n": i} for i, w in enumerate(words)]
+    for values, where in ((list(words), lambda p: p), (events, lambda p: p.groups[0][2][0])):
+        batch = Batch(words, values, [None] * 12)
+        _, (keys, packed, _) = batch.__reduce__()
+        assert isinstance(keys, P.Flat) and isinstance(where(packed), P.Same)
+        back = pickle.loads(pickle.dumps(batch, 5))
+        assert back.keys == words and back.values == values
+        assert back.values is not back.keys
+
+
+def test_equal_but_not_identical_keys_are_not_taken_for_the_values() -> None:
+    keys = [1, 2, 3, 4, 5]
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]  # == the keys, not the same objects (nor types)
+    back = pickle.loads(pickle.dumps(Batch(keys, values, [None] * 5), 5))
+    assert [type(v) for v in back.values] == [float] * 5
+
+
+def test_mixed_columns_with_dicts_keep_their_order() -> None:
+    col: list[Any] = []
+    for i in range(30):
+        col.append([{"a": i, "b": str(i)}, Plain(i), i, "s", (i,)][i % 5])
+    packed = P.pack(col, [str(i) for i in range(30)])
+    assert isinstance(packed, P.Packed) and packed.codes is not None
+    back = roundtrip(col)
+    assert all(same(x, y) if not isinstance(x, dict) else x == y for x, y in zip(back, col))
 
 
 def test_a_class_that_differs_on_the_receiver_is_a_clear_error() -> None:
@@ -271,7 +351,9 @@ values = st.one_of(
 
 @st.composite
 def record_columns(draw: Any) -> list[Any]:
-    kinds = draw(st.lists(st.sampled_from([*PACKED, Reduced, int, tuple]), min_size=1, max_size=4))
+    kinds = draw(
+        st.lists(st.sampled_from([*PACKED, Reduced, int, tuple, dict]), min_size=1, max_size=4)
+    )
     n = draw(st.integers(0, 30))
     col = []
     for i in range(n):
@@ -281,6 +363,8 @@ def record_columns(draw: Any) -> list[Any]:
             col.append(v)
         elif cls is tuple:
             col.append((v, i))
+        elif cls is dict:
+            col.append({"a": v, "i": i} if draw(st.integers(0, 9)) else {"i": i, "a": v})
         elif cls is Reduced:
             col.append(Reduced(i))
         else:
@@ -295,6 +379,9 @@ def test_pack_then_pickle_rebuilds_what_pickle_would(col: list[Any]) -> None:
     back = roundtrip(col)
     assert len(back) == len(plain)
     assert all(same(x, y) for x, y in zip(back, plain, strict=True))
+    assert [list(x.items()) for x in back if type(x) is dict] == [
+        list(x.items()) for x in plain if type(x) is dict
+    ]
 
 
 @pytest.mark.skipif(PURE, reason="MALSTROM_PURE_PYTHON=1: the C twins are not in use")
@@ -313,6 +400,15 @@ def test_the_c_twins_answer_like_the_python_ones(col: list[Any]) -> None:
     assert got_c[0] == got_py[0] and got_c[1] == got_py[1]
     assert [list(g) for g in got_c[2]] == got_py[2]
     for t, objs in zip(got_py[0], got_py[2], strict=True):
+        if t is dict:
+            names = tuple(objs[0])
+            cols_c = _cpack.extract_map(objs, names)
+            assert cols_c == P.extract_map_py(objs, names)
+            if cols_c is not None:
+                a = _cpack.build_map(names, cols_c, len(objs))
+                b = P.build_map_py(names, cols_c, len(objs))
+                assert [list(x.items()) for x in a] == [list(x.items()) for x in b]
+            continue
         plan = P.plan_of(t)
         if plan is None:
             continue
@@ -333,6 +429,9 @@ def test_the_c_twins_answer_like_the_python_ones(col: list[Any]) -> None:
                 assert all(same(x, y) for x, y in zip(a, b, strict=True))
     if got_py[1] is not None:
         assert _cpack.interleave(got_py[1], got_py[2]) == P.interleave_py(got_py[1], got_py[2])
+    assert _cpack.atoms(col) == P.atoms_py(col)
+    for other in (col, list(col), col[:-1], list(reversed(col))):
+        assert _cpack.same(col, other) == P.same_py(col, other)
 
 
 @pytest.mark.skipif(PURE, reason="MALSTROM_PURE_PYTHON=1: the C twins are not in use")
@@ -347,6 +446,13 @@ def test_the_c_twins_refuse_bad_input() -> None:
         _cpack.build_slots(Plain, plan.descriptors, [[1], [2]], 1)  # descriptor of another class
     with pytest.raises(ValueError, match="no record left"):
         _cpack.interleave(b"\x00\x00", [[1]])
+    with pytest.raises(TypeError, match="names must be str"):
+        _cpack.extract_map([{1: 2}], (1,))
+    with pytest.raises(ValueError, match="column"):
+        _cpack.build_map(("a", "b"), [[1]], 1)
+    with pytest.raises(TypeError):
+        _cpack.same([1], (1,))
+    assert _cpack.atoms((1, 2)) is False and P.atoms_py((1, 2)) is False  # lists only
     assert _cpack.group(list(range(3))) == ([int], None, [[0, 1, 2]])
     many = [type(f"T{i}", (), {})() for i in range(256)]
     assert _cpack.group(many) is None and P.group_py(many) is None

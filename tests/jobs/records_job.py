@@ -1,5 +1,5 @@
 """A two-stage keyed job whose records are instances of user classes (dataclasses plain,
-frozen and slotted, a NamedTuple, a plain class) mixed with tuples: what crosses between
+frozen and slotted, a NamedTuple, a plain class) and dicts mixed with tuples: what crosses between
 worker processes is packed (malstrom.engine.packing), and every record is checked on
 arrival to be exactly the object that was sent."""
 
@@ -41,7 +41,7 @@ class Hand:
         self.tag = tag
 
 
-KINDS = (Plain, Frozen, Named, Hand, tuple)
+KINDS = (Plain, Frozen, Named, Hand, tuple, dict)
 
 
 def make(i: int) -> Any:
@@ -50,6 +50,8 @@ def make(i: int) -> Any:
         return (i, f"t{i}")
     if kind is Frozen:
         return Frozen(i, f"t{i}", (i, i + 1))
+    if kind is dict:
+        return {"id": i, "tag": f"t{i}", "seen": [i]} if i % 600 != 5 else {"tag": f"t{i}", "id": i}
     return kind(i, f"t{i}")
 
 
@@ -57,6 +59,8 @@ def state_of(r: Any) -> Any:
     """What the record holds, whatever its class."""
     if isinstance(r, tuple):
         return tuple(r)
+    if isinstance(r, dict):
+        return list(r.items())
     if hasattr(r, "__dict__"):
         return list(vars(r).items())
     return (r.id, r.tag, r.extra)
@@ -64,7 +68,7 @@ def state_of(r: Any) -> Any:
 
 def check(r: Any) -> int:
     """The record's id, after checking it is what ``make`` made for that id."""
-    i = r[0] if isinstance(r, tuple) else r.id
+    i = _id(r)
     want = make(i)
     if type(r) is not type(want) or state_of(r) != state_of(want):
         raise ValueError(f"record {i} arrived as {r!r}, sent as {want!r}")
@@ -111,12 +115,18 @@ class Totals(StatefulLogic[Any, Any, int, str]):
                 output.emit(f"{k} {states[k]}", key=k)
 
 
+def _id(r: Any) -> int:
+    if isinstance(r, tuple):
+        return int(r[0])
+    return int(r["id"] if isinstance(r, dict) else r.id)
+
+
 def key_of(r: Any) -> int:
-    return (r[0] if isinstance(r, tuple) else r.id) % KEYS
+    return _id(r) % KEYS
 
 
 def regroup(r: Any) -> int:
-    return (r[0] if isinstance(r, tuple) else r.id) % 3
+    return _id(r) % 3
 
 
 def build(provider: Any, workdir: str, delay: float = 0.0) -> None:

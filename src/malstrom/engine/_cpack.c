@@ -162,19 +162,17 @@ fail:
     return NULL;
 }
 
-PyDoc_STRVAR(extract_dict_doc,
-"extract_dict(objs, names)\n--\n\n"
-"Per name, its value in every object's __dict__; None unless every __dict__ has exactly\n"
-"``names``, in that order.");
-
+/* Per name, its value in every object's items: the object's own items when `own` (exact
+ * dicts: records that are dicts), else its instance __dict__'s. None unless every one holds
+ * exactly `names`, in that order. */
 static PyObject *
-extract_dict(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+extract_items(PyObject *const *args, Py_ssize_t nargs, int own, const char *fn)
 {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "extract_dict(objs, names)");
+        PyErr_Format(PyExc_TypeError, "%s(objs, names)", fn);
         return NULL;
     }
-    PyObject *objs = list_of(args[0], "extract_dict: objs");
+    PyObject *objs = list_of(args[0], fn);
     if (objs == NULL)
         return NULL;
     PyObject *names = PySequence_Tuple(args[1]);
@@ -183,7 +181,7 @@ extract_dict(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t n = PyList_GET_SIZE(objs), f = PyTuple_GET_SIZE(names);
     for (Py_ssize_t j = 0; j < f; j++) {
         if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(names, j))) {
-            PyErr_SetString(PyExc_TypeError, "extract_dict: names must be str");
+            PyErr_Format(PyExc_TypeError, "%s: names must be str", fn);
             Py_DECREF(names);
             return NULL;
         }
@@ -195,13 +193,20 @@ extract_dict(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     for (Py_ssize_t i = 0; i < n; i++) {
         if (i >= PyList_GET_SIZE(objs)) {
-            PyErr_SetString(PyExc_RuntimeError, "extract_dict: objs changed size");
+            PyErr_Format(PyExc_RuntimeError, "%s: objs changed size", fn);
             goto fail;
         }
         PyObject *o = PyList_GET_ITEM(objs, i);
-        PyObject *d = PyObject_GenericGetDict(o, NULL);
-        if (d == NULL)
-            goto fail;
+        PyObject *d;
+        if (own) {
+            d = o;
+            Py_INCREF(d);
+        }
+        else {
+            d = PyObject_GenericGetDict(o, NULL);
+            if (d == NULL)
+                goto fail;
+        }
         int same = PyDict_CheckExact(d) && PyDict_GET_SIZE(d) == f;
         Py_ssize_t pos = 0, j = 0;
         PyObject *key, *value;
@@ -231,6 +236,67 @@ fail:
     Py_DECREF(columns);
     Py_DECREF(names);
     return NULL;
+}
+
+PyDoc_STRVAR(extract_dict_doc,
+"extract_dict(objs, names)\n--\n\n"
+"Per name, its value in every object's __dict__; None unless every __dict__ has exactly\n"
+"``names``, in that order.");
+
+static PyObject *
+extract_dict(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return extract_items(args, nargs, 0, "extract_dict");
+}
+
+PyDoc_STRVAR(extract_map_doc,
+"extract_map(dicts, names)\n--\n\n"
+"Per name, its value in every dict (exact dicts); None unless every one has exactly\n"
+"``names``, in that order.");
+
+static PyObject *
+extract_map(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return extract_items(args, nargs, 1, "extract_map");
+}
+
+PyDoc_STRVAR(atoms_doc,
+"atoms(col)\n--\n\n"
+"Whether col is a list of plain values only: exact str, int, float, bool, bytes or None.");
+
+static PyObject *
+atoms(PyObject *self, PyObject *col)
+{
+    if (!PyList_CheckExact(col))
+        Py_RETURN_FALSE;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(col); i++) {
+        PyTypeObject *t = Py_TYPE(PyList_GET_ITEM(col, i));
+        if (t != &PyUnicode_Type && t != &PyLong_Type && t != &PyFloat_Type
+            && t != &PyBool_Type && t != &PyBytes_Type && t != Py_TYPE(Py_None))
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(same_doc,
+"same(a, b)\n--\n\n"
+"Whether lists a and b hold the very same objects, in the same order.");
+
+static PyObject *
+same(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "same(a: list, b: list)");
+        return NULL;
+    }
+    PyObject *a = args[0], *b = args[1];
+    if (PyList_GET_SIZE(a) != PyList_GET_SIZE(b))
+        Py_RETURN_FALSE;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(a); i++) {
+        if (i >= PyList_GET_SIZE(b) || PyList_GET_ITEM(a, i) != PyList_GET_ITEM(b, i))
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
 }
 
 /* The columns as a tuple of lists of at least n items each (checked once, up front). */
@@ -378,6 +444,59 @@ done:
     return out;
 }
 
+PyDoc_STRVAR(build_map_doc,
+"build_map(names, columns, n)\n--\n\n"
+"n new dicts holding names from the columns.");
+
+static PyObject *
+build_map(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "build_map(names, columns, n)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    if (n < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "build_map: n < 0");
+        return NULL;
+    }
+    PyObject *names = PySequence_Tuple(args[0]);
+    if (names == NULL)
+        return NULL;
+    Py_ssize_t f = PyTuple_GET_SIZE(names);
+    PyObject *out = NULL, *cols = columns_of(args[1], f, n);
+    if (cols == NULL)
+        goto done;
+    for (Py_ssize_t j = 0; j < f; j++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(names, j))) {
+            PyErr_SetString(PyExc_TypeError, "build_map: names must be str");
+            goto done;
+        }
+    }
+    out = PyList_New(n);
+    if (out == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *d = PyDict_New();
+        if (d == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, d);
+        for (Py_ssize_t j = 0; j < f; j++) {
+            PyObject *v = PyList_GET_ITEM(PyTuple_GET_ITEM(cols, j), i);
+            if (PyDict_SetItem(d, PyTuple_GET_ITEM(names, j), v) < 0)
+                goto fail;
+        }
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    Py_DECREF(names);
+    Py_XDECREF(cols);
+    return out;
+}
+
 PyDoc_STRVAR(interleave_doc,
 "interleave(codes, groups)\n--\n\n"
 "The records in column order: record i is the next one of groups[codes[i]].");
@@ -436,6 +555,10 @@ static PyMethodDef methods[] = {
      extract_dict_doc},
     {"build_slots", (PyCFunction)(void (*)(void))build_slots, METH_FASTCALL, build_slots_doc},
     {"build_dict", (PyCFunction)(void (*)(void))build_dict, METH_FASTCALL, build_dict_doc},
+    {"extract_map", (PyCFunction)(void (*)(void))extract_map, METH_FASTCALL, extract_map_doc},
+    {"build_map", (PyCFunction)(void (*)(void))build_map, METH_FASTCALL, build_map_doc},
+    {"atoms", (PyCFunction)atoms, METH_O, atoms_doc},
+    {"same", (PyCFunction)(void (*)(void))same, METH_FASTCALL, same_doc},
     {"interleave", (PyCFunction)(void (*)(void))interleave, METH_FASTCALL, interleave_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -11,7 +11,7 @@ from functools import partial
 from itertools import compress, repeat
 from typing import Any
 
-from malstrom.engine.packing import Packed, pack, unpack
+from malstrom.engine.packing import pack, unpack_column
 from malstrom.types import Record
 
 __all__ = ["Batch", "make_record"]
@@ -34,9 +34,11 @@ class Batch:
         return len(self.values)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # A batch is pickled when it crosses to another worker: records that are instances
-        # of user classes travel as field columns (see malstrom.engine.packing).
-        return (_from_wire, (pack(self.keys), pack(self.values), self.timestamps))
+        # A batch is pickled when it crosses to another worker: plain values skip pickle's
+        # memo, records that are dicts or instances of user classes travel as field columns,
+        # and a column holding the keys refers to them (see malstrom.engine.packing).
+        keys = self.keys
+        return (_from_wire, (pack(keys), pack(self.values, keys), self.timestamps))
 
     def records(self) -> list[Record]:
         return list(map(make_record, zip(self.keys, self.values, self.timestamps)))
@@ -72,8 +74,5 @@ class Batch:
 
 def _from_wire(keys: Any, values: Any, timestamps: Sequence[Any]) -> Batch:
     """A pickled :class:`Batch`, rebuilt (its columns unpacked)."""
-    if type(keys) is Packed:
-        keys = unpack(keys)
-    if type(values) is Packed:
-        values = unpack(values)
-    return Batch(keys, values, timestamps)
+    keys = unpack_column(keys)
+    return Batch(keys, unpack_column(values, keys), timestamps)
