@@ -248,11 +248,22 @@ def test_dicts_with_other_attributes_are_left_to_pickle() -> None:
     assert all(same(x, y) for x, y in zip(back, col, strict=True))
 
 
-def test_short_columns_and_columns_of_tuples_are_not_wrapped() -> None:
+def test_short_columns_and_tuples_holding_more_than_plain_values_are_not_wrapped() -> None:
     assert P.pack([Plain(1), Plain(2)]) == [Plain(1), Plain(2)]
     assert P.pack(["a", "b"]) == ["a", "b"]
-    pairs = [(i, "x") for i in range(10)]
-    assert P.pack(pairs) is pairs
+    shared: list[int] = []
+    nested = [(i, shared) for i in range(10)]  # one list in every record
+    assert P.pack(nested) is nested
+    back = roundtrip(nested)
+    assert back == nested and all(t[1] is back[0][1] for t in back)  # still one list
+
+
+def test_tuples_of_plain_values_travel_flat() -> None:
+    col = [(i, f"w{i}", 1.5, None, (i,)) for i in range(10)]
+    assert P.pack(col) is col  # a tuple inside a tuple: pickled as it is
+    col2 = [(i, f"w{i}", 1.5, None, b"x", True) for i in range(10)]
+    assert isinstance(P.pack(col2), P.Flat)
+    assert roundtrip(col2) == col2
 
 
 # ----- plain values, dicts, and columns that are the keys ----------------------------------

@@ -260,9 +260,18 @@ extract_map(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return extract_items(args, nargs, 1, "extract_map");
 }
 
+static int
+is_atom(PyObject *x)
+{
+    PyTypeObject *t = Py_TYPE(x);
+    return t == &PyUnicode_Type || t == &PyLong_Type || t == &PyFloat_Type
+           || t == &PyBool_Type || t == &PyBytes_Type || t == Py_TYPE(Py_None);
+}
+
 PyDoc_STRVAR(atoms_doc,
 "atoms(col)\n--\n\n"
-"Whether col is a list of plain values only: exact str, int, float, bool, bytes or None.");
+"Whether col is a list of plain values only: exact str, int, float, bool, bytes or None,\n"
+"or exact tuples of those.");
 
 static PyObject *
 atoms(PyObject *self, PyObject *col)
@@ -270,10 +279,15 @@ atoms(PyObject *self, PyObject *col)
     if (!PyList_CheckExact(col))
         Py_RETURN_FALSE;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(col); i++) {
-        PyTypeObject *t = Py_TYPE(PyList_GET_ITEM(col, i));
-        if (t != &PyUnicode_Type && t != &PyLong_Type && t != &PyFloat_Type
-            && t != &PyBool_Type && t != &PyBytes_Type && t != Py_TYPE(Py_None))
+        PyObject *x = PyList_GET_ITEM(col, i);
+        if (is_atom(x))
+            continue;
+        if (!PyTuple_CheckExact(x))
             Py_RETURN_FALSE;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(x); j++) {
+            if (!is_atom(PyTuple_GET_ITEM(x, j)))
+                Py_RETURN_FALSE;
+        }
     }
     Py_RETURN_TRUE;
 }
