@@ -325,7 +325,7 @@ def build_to_file(
     provider: StreamProvider, *, query: str, out: str, late: str, params: dict[str, Any]
 ) -> None:
     """The query named ``query`` with file sinks (module level: worker processes import it)."""
-    {"q4": q4, "q8": q8}[query].build(
+    {"q4": q4, "q7": q7, "q8": q8}[query].build(
         provider,
         config=CONFIG,
         parts=4,
@@ -415,6 +415,12 @@ def test_q7_highest_bid(db: Any) -> None:
     want = sql(db, Q7_SQL)
     assert got == want
     assert len(want) >= N_EVENTS // 1000 // (Q7_SIZE // 1000)
+
+
+def test_q7_on_two_worker_processes(db: Any, tmp_path: Path) -> None:
+    """The per-part maxima are computed where each part is read, then merged per window."""
+    got = Counter(run_on_worker_processes("q7", tmp_path, size=Q7_SIZE))
+    assert got == sql(db, Q7_SQL)
 
 
 Q8_SQL = f"""

@@ -14,17 +14,23 @@ SQL (``TUMBLE`` = tumbling windows of 10 s)::
     FROM windowed AS W
     WHERE W.price = (SELECT MAX(price) FROM windowed AS M WHERE M.starttime = W.starttime);
 
-Dataflow, in two stages so the work spreads over the workers:
+Dataflow, in two phases (a local and a global aggregate, as Flink's two-phase aggregation
+does it), so that the bids never cross workers:
 
-1. bids, cut down to ``(price, auction, bidder, date_time)`` tuples (only what the query
-   needs crosses processes and waits in windows) -> ``key_distribute`` by auction ->
-   ``window(Tumbling(size), HighestBids())``: the highest bids per auction and window,
-   emitted when the window closes (timestamp = end);
+1. bids, cut down to ``(price, auction, bidder, date_time)`` tuples ->
+   ``window(Tumbling(size), HighestBids())`` on the stream as the source keys it, by source
+   part: the highest bids per part and window, computed where the part is read (a keyed
+   operator straight after a source keeps each part's records on their worker), emitted
+   when the window closes (timestamp = end);
 2. -> ``key_distribute`` by window end -> ``stateful_op`` (:class:`HighestPerWindow`): merges
-   the per-auction maxima of one window. A window's per-auction results are all emitted
-   before the epoch that closed it is forwarded, so when that epoch reaches this operator
-   the window is complete: :meth:`HighestPerWindow.on_epoch` emits it at once (no extra
-   latency, unlike a second cascaded window) and deletes its state.
+   the per-part maxima of one window (one small record per part and window crosses). A
+   window's per-part results are all emitted before the epoch that closed it is forwarded,
+   so when that epoch reaches this operator the window is complete:
+   :meth:`HighestPerWindow.on_epoch` emits it at once (no extra latency, unlike a second
+   cascaded window) and deletes its state.
+
+Keyed by auction instead (the shape of the query before this one: every bid crossed to its
+auction's worker), two workers ran it at 1.18x of one (1M events, paired runs).
 
 Output: ``(start, end, auction, bidder, price, date_time)`` for each highest bid of the
 window ``[start, end)``.
@@ -58,11 +64,6 @@ def bid_tuple(event: Event) -> BidTuple | None:
     return None
 
 
-def bid_auction(bid: BidTuple) -> int:
-    """The auction a bid is for."""
-    return bid[1]
-
-
 class HighestBids:
     """Aggregator: the bids with the highest price (``[price, bids]``)."""
 
@@ -92,7 +93,7 @@ class HighestBids:
 
 
 def window_end(result: WindowResult) -> int:
-    """The end of the window a per-auction maximum belongs to."""
+    """The end of the window a per-part maximum belongs to."""
     return result.end
 
 
@@ -121,13 +122,11 @@ class HighestPerWindow(StatefulLogic[int, WindowResult, list[Any], Highest]):
 
 
 def query(events: Stream, size: int = SIZE) -> Stream:
-    """Highest bids per auction and window, then per window."""
-    per_auction, _ = (
-        events.filter_map("bids", bid_tuple)
-        .key_distribute("by-auction", bid_auction)
-        .window("highest-per-auction", Tumbling(size), HighestBids())
+    """Highest bids per source part and window, then per window."""
+    per_part, _ = events.filter_map("bids", bid_tuple).window(
+        "highest-per-part", Tumbling(size), HighestBids()
     )
-    return per_auction.key_distribute("by-window", window_end).stateful_op(
+    return per_part.key_distribute("by-window", window_end).stateful_op(
         "highest-per-window", HighestPerWindow()
     )
 
