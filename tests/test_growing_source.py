@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from jobs import growing
+from jobs.countdown import CountdownPart
 
 from malstrom import MultiProcessRuntime, SingleThreadRuntime
 from malstrom.snapshot import LocalDiskPersistence
@@ -108,25 +109,6 @@ def test_an_idle_worker_that_lists_a_new_part_wakes_before_its_records() -> None
     from malstrom.operators.io import SourceOp
     from malstrom.types import MIN
 
-    class Part:
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def poll(self) -> Any:
-            b = self.poll_batch(1)
-            return b[0] if b else None
-
-        def poll_batch(self, k: int) -> list[Any]:
-            out = [(i, i) for i in range(min(k, self.n))]
-            self.n -= len(out)
-            return out
-
-        def is_finished(self) -> bool:
-            return self.n == 0
-
-        def snapshot(self) -> object:
-            return self.n
-
     class Grows:
         relist_interval = 0.0  # every loop turn
 
@@ -136,8 +118,8 @@ def test_an_idle_worker_that_lists_a_new_part_wakes_before_its_records() -> None
         def list_parts(self) -> list[str]:
             return list(self.parts)
 
-        def build_part(self, part: str, state: object | None) -> Part:
-            return Part(0 if part == "a" else 5)
+        def build_part(self, part: str, state: object | None) -> CountdownPart:
+            return CountdownPart(0 if part == "a" else 5)
 
     class Sent:  # the exchange: nothing comes from worker 1
         def send(self, worker: int, operator: str, msg: Any) -> None:

@@ -136,6 +136,8 @@ def test_a_worker_whose_parts_finished_turns_again_when_a_peer_says_the_last_one
     poll()), so the source must ask for another turn at once: else the stream, and the job,
     ends a heartbeat later (seen: every 2-worker job whose parts ended unevenly took 0.5 s
     longer to finish)."""
+    from jobs.countdown import CountdownPart
+
     from malstrom import StatefulSource
     from malstrom.engine.context import BuildContext
     from malstrom.engine.messages import IDLE, Epoch
@@ -143,27 +145,12 @@ def test_a_worker_whose_parts_finished_turns_again_when_a_peer_says_the_last_one
     from malstrom.operators.io import PartDone, SourceOp
     from malstrom.types import MAX
 
-    class Part:
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def poll_batch(self, k: int) -> list[Any]:
-            out = [(i, i) for i in range(min(k, self.n))]
-            self.n -= len(out)
-            return out
-
-        def is_finished(self) -> bool:
-            return self.n == 0
-
-        def snapshot(self) -> object:
-            return self.n
-
     class Parts:
         def list_parts(self) -> list[str]:
             return ["a", "b", "c", "d"]
 
-        def build_part(self, part: str, state: object | None) -> Part:
-            return Part(3)
+        def build_part(self, part: str, state: object | None) -> CountdownPart:
+            return CountdownPart(3)
 
     inbox: list[Any] = []
 

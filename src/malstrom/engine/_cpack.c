@@ -397,33 +397,28 @@ done:
     return out;
 }
 
-PyDoc_STRVAR(build_dict_doc,
-"build_dict(cls, names, columns, n)\n--\n\n"
-"n new instances of cls (object.__new__) whose __dict__ holds names from the columns.");
-
+/* n new objects holding `names` from the columns: instances of `cls` (object.__new__) with
+ * the items in their __dict__, or plain dicts when `cls` is NULL. */
 static PyObject *
-build_dict(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+build_items(PyObject *cls, PyObject *names_arg, PyObject *cols_arg, PyObject *n_arg,
+            const char *fn)
 {
-    if (nargs != 4 || !PyType_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "build_dict(cls, names, columns, n)");
-        return NULL;
-    }
-    Py_ssize_t n = PyLong_AsSsize_t(args[3]);
+    Py_ssize_t n = PyLong_AsSsize_t(n_arg);
     if (n < 0) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "build_dict: n < 0");
+            PyErr_Format(PyExc_ValueError, "%s: n < 0", fn);
         return NULL;
     }
-    PyObject *names = PySequence_Tuple(args[1]);
+    PyObject *names = PySequence_Tuple(names_arg);
     if (names == NULL)
         return NULL;
     Py_ssize_t f = PyTuple_GET_SIZE(names);
-    PyObject *out = NULL, *cols = columns_of(args[2], f, n);
+    PyObject *out = NULL, *cols = columns_of(cols_arg, f, n);
     if (cols == NULL)
         goto done;
     for (Py_ssize_t j = 0; j < f; j++) {
         if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(names, j))) {
-            PyErr_SetString(PyExc_TypeError, "build_dict: names must be str");
+            PyErr_Format(PyExc_TypeError, "%s: names must be str", fn);
             goto done;
         }
     }
@@ -431,13 +426,13 @@ build_dict(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (out == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *o = new_instance(args[0]);
+        PyObject *o = cls == NULL ? PyDict_New() : new_instance(cls);
         if (o == NULL)
             goto fail;
         PyList_SET_ITEM(out, i, o);
         if (f == 0)
             continue;
-        PyObject *d = PyObject_GenericGetDict(o, NULL);
+        PyObject *d = cls == NULL ? Py_NewRef(o) : PyObject_GenericGetDict(o, NULL);
         if (d == NULL)
             goto fail;
         for (Py_ssize_t j = 0; j < f; j++) {
@@ -458,6 +453,20 @@ done:
     return out;
 }
 
+PyDoc_STRVAR(build_dict_doc,
+"build_dict(cls, names, columns, n)\n--\n\n"
+"n new instances of cls (object.__new__) whose __dict__ holds names from the columns.");
+
+static PyObject *
+build_dict(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyType_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "build_dict(cls, names, columns, n)");
+        return NULL;
+    }
+    return build_items(args[0], args[1], args[2], args[3], "build_dict");
+}
+
 PyDoc_STRVAR(build_map_doc,
 "build_map(names, columns, n)\n--\n\n"
 "n new dicts holding names from the columns.");
@@ -469,46 +478,7 @@ build_map(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "build_map(names, columns, n)");
         return NULL;
     }
-    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
-    if (n < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "build_map: n < 0");
-        return NULL;
-    }
-    PyObject *names = PySequence_Tuple(args[0]);
-    if (names == NULL)
-        return NULL;
-    Py_ssize_t f = PyTuple_GET_SIZE(names);
-    PyObject *out = NULL, *cols = columns_of(args[1], f, n);
-    if (cols == NULL)
-        goto done;
-    for (Py_ssize_t j = 0; j < f; j++) {
-        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(names, j))) {
-            PyErr_SetString(PyExc_TypeError, "build_map: names must be str");
-            goto done;
-        }
-    }
-    out = PyList_New(n);
-    if (out == NULL)
-        goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *d = PyDict_New();
-        if (d == NULL)
-            goto fail;
-        PyList_SET_ITEM(out, i, d);
-        for (Py_ssize_t j = 0; j < f; j++) {
-            PyObject *v = PyList_GET_ITEM(PyTuple_GET_ITEM(cols, j), i);
-            if (PyDict_SetItem(d, PyTuple_GET_ITEM(names, j), v) < 0)
-                goto fail;
-        }
-    }
-    goto done;
-fail:
-    Py_CLEAR(out);
-done:
-    Py_DECREF(names);
-    Py_XDECREF(cols);
-    return out;
+    return build_items(NULL, args[0], args[1], args[2], "build_map");
 }
 
 PyDoc_STRVAR(interleave_doc,
