@@ -47,7 +47,7 @@ import io
 import os
 import pickle
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import repeat
 from operator import is_
 from typing import Any, NamedTuple
@@ -260,22 +260,9 @@ def extract_slots_py(objs: Sequence[Any], descriptors: Sequence[Any]) -> list[li
         return None
 
 
-def extract_dict_py(objs: Sequence[Any], names: Sequence[str]) -> list[list[Any]] | None:
-    """Per name, its value in every object's ``__dict__``; None unless every ``__dict__``
-    has exactly ``names``, in that order."""
-    want = tuple(names)
-    rows = []
-    for o in objs:
-        d = o.__dict__
-        if tuple(d) != want:
-            return None
-        rows.append(tuple(d.values()))
-    return [list(c) for c in zip(*rows)] if want else []
-
-
-def extract_map_py(dicts: Sequence[Any], names: Sequence[str]) -> list[list[Any]] | None:
-    """Per name, its value in every dict; None unless every one has exactly ``names``, in
-    that order."""
+def _item_columns(dicts: Iterable[Any], names: Sequence[str]) -> list[list[Any]] | None:
+    """Per name, its value in every dict; None unless every one is a dict with exactly
+    ``names``, in that order."""
     want = tuple(names)
     rows = []
     for d in dicts:
@@ -283,6 +270,18 @@ def extract_map_py(dicts: Sequence[Any], names: Sequence[str]) -> list[list[Any]
             return None
         rows.append(tuple(d.values()))
     return [list(c) for c in zip(*rows)] if want else []
+
+
+def extract_dict_py(objs: Sequence[Any], names: Sequence[str]) -> list[list[Any]] | None:
+    """Per name, its value in every object's ``__dict__``; None unless every ``__dict__``
+    has exactly ``names``, in that order."""
+    return _item_columns((o.__dict__ for o in objs), names)
+
+
+def extract_map_py(dicts: Sequence[Any], names: Sequence[str]) -> list[list[Any]] | None:
+    """Per name, its value in every dict; None unless every one has exactly ``names``, in
+    that order."""
+    return _item_columns(dicts, names)
 
 
 def atoms_py(col: Any) -> bool:
