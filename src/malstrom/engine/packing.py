@@ -379,10 +379,16 @@ _same = _FNS["same"]
 
 
 # ----- packing a column ----------------------------------------------------------------------
+# Pickler.fast (no memo) is documented as deprecated, though nothing warns or removes it: a
+# Python without it still gets the same bytes' meaning, with the memo.
+_FAST_PICKLER = hasattr(pickle.Pickler(io.BytesIO()), "fast")
+
+
 def _flat(col: list[Any]) -> Flat:
     buf = io.BytesIO()
     pickler = pickle.Pickler(buf, pickle.HIGHEST_PROTOCOL)
-    pickler.fast = True  # no memo: plain values are immutable, and cannot form cycles
+    if _FAST_PICKLER:
+        pickler.fast = True  # no memo: plain values are immutable, and cannot form cycles
     pickler.dump(col)
     return Flat(buf.getvalue())
 
@@ -408,7 +414,7 @@ def pack(col: Sequence[Any], alias: Sequence[Any] | None = None) -> Any:
     if first in _ATOMS or first is tuple:
         return _field(col, alias) if type(col) is list else col
     if first is not dict and plan_of(first) is None:
-        return col  # tuples, or a class that pickles its own way: pickle as is
+        return col  # a class that pickles its own way: pickle as is
     got = _group(col)
     if got is None:
         return col
