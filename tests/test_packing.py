@@ -281,9 +281,61 @@ def test_plain_values_travel_flat_and_come_back_with_their_types() -> None:
 
 def test_a_str_subclass_keeps_its_class() -> None:
     col = ["a", "b", Tag("c"), "d", "e"]
-    assert not isinstance(P.pack(col), P.Flat)
+    assert not isinstance(P.pack(col), P.Flat | P.Strs)
     back = roundtrip(col)
     assert type(back[2]) is Tag and back == col
+
+
+STRS = ["w1", "", "ü" * 3, "日本", "x" * 64, "y" * 65, "z" * 300, "a\x00b", "\U0001f600", "w1"]
+
+
+def test_columns_of_str_travel_as_utf8_and_come_back_equal() -> None:
+    packed = P.pack(STRS)
+    assert isinstance(packed, P.Strs)
+    assert packed.data == "".join(STRS).encode()
+    back = roundtrip(STRS)
+    assert back == STRS and all(type(s) is str for s in back)
+    # A lone surrogate has no UTF-8: that column is pickled (which keeps it) instead.
+    odd = [*STRS, "a\ud800"]
+    assert isinstance(P.pack(odd), P.Flat) and roundtrip(odd) == odd
+    # str and other plain values together: pickled.
+    assert isinstance(P.pack([*STRS, 1]), P.Flat)
+
+
+def test_decoding_str_columns_rejects_sizes_that_do_not_fit_the_data() -> None:
+    sizes, data = P.encode_strs_py(STRS) or (b"", b"")
+    for bad in ((sizes, data + b"x"), (sizes, data[:-1]), (sizes + b"\xff\x01", data)):
+        with pytest.raises(ValueError, match="sizes do not match"):
+            P.unpack_column(P.Strs(*bad))
+
+
+@pytest.mark.skipif(PURE, reason="MALSTROM_PURE_PYTHON=1: the C twins are not in use")
+def test_a_short_ascii_string_that_arrives_again_is_the_same_object() -> None:
+    # Keys cross batch after batch: the receiver reuses the string it made the first time
+    # (no allocation, and its hash is already known where the key is looked up).
+    first = roundtrip([f"key{i}" for i in range(8)])
+    again = roundtrip([f"key{i}" for i in reversed(range(8))])
+    assert again == first[::-1] and all(map(lambda a, b: a is b, again, reversed(first)))
+    long_or_not_ascii = ["k" * 65, "üx", "k" * 65, "üx"]
+    back = roundtrip(long_or_not_ascii)
+    assert back == long_or_not_ascii and back[0] is not back[2] and back[1] is not back[3]
+
+
+@pytest.mark.skipif(PURE, reason="MALSTROM_PURE_PYTHON=1: the C twins are not in use")
+@given(st.lists(st.text(max_size=80) | st.text(alphabet="ab", max_size=300), max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_the_c_str_codec_answers_like_the_python_one(col: list[str]) -> None:
+    from malstrom.engine import _cpack
+
+    enc = _cpack.encode_strs(col)
+    assert enc == P.encode_strs_py(col)
+    if enc is not None:
+        assert _cpack.decode_strs(*enc) == P.decode_strs_py(*enc) == col
+        for bad in ((enc[0], enc[1] + b"x"), (enc[0] + b"\x05", enc[1])):
+            with pytest.raises(ValueError):
+                _cpack.decode_strs(*bad)
+            with pytest.raises(ValueError):
+                P.decode_strs_py(*bad)
 
 
 def test_dict_records_travel_as_field_columns() -> None:
@@ -321,7 +373,7 @@ def test_a_column_of_the_keys_refers_to_them() -> None:
     for values, where in ((list(words), lambda p: p), (events, lambda p: p.groups[0][2][0])):
         batch = Batch(words, values, [None] * 12)
         _, (keys, packed, _) = batch.__reduce__()
-        assert isinstance(keys, P.Flat) and isinstance(where(packed), P.Same)
+        assert isinstance(keys, P.Strs) and isinstance(where(packed), P.Same)
         back = pickle.loads(pickle.dumps(batch, 5))
         assert back.keys == words and back.values == values
         assert back.values is not back.keys

@@ -1,14 +1,16 @@
 /* malstrom.engine._cpack: the per-record work of packing record columns, in C.
  *
  * The rules (which classes pack, and how) and a pure-Python twin of every function here are
- * in malstrom/engine/packing.py, which documents the contract. These functions only move
+ * in malstrom/engine/packing.py, which documents the contract. These functions move
  * references: they read and write slots through the classes' member descriptors and
- * instance dicts, and create instances with object.__new__, as unpickling does. No user code
- * runs here except a record's __eq__ never (names are compared as str) and __del__ of
- * nothing (new instances' slots start empty).
+ * instance dicts, and create instances with object.__new__, as unpickling does; and they
+ * turn columns of str into UTF-8 bytes and back. No user code runs here: names are compared
+ * as str, and new instances' slots start empty (no __del__ of an old value runs).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
+#include <string.h>
 
 #define MAX_TYPES 255
 
@@ -531,6 +533,188 @@ done:
     return out;
 }
 
+/* ----- columns of str: UTF-8 bytes one after another, and their lengths ------------------
+ *
+ * sizes: per string its UTF-8 length, one byte when below 255, else 255 and four bytes
+ * little-endian. Decoding keeps a small cache of short ASCII strings it made (STR_SLOTS
+ * slots, STR_WAYS per bucket, at most STR_MAX_INTERN bytes each): a string that arrives
+ * again (keys do, batch after batch) is the cached object, not a new one. So a key that
+ * crosses costs no allocation, no free, and no hashing where it is looked up (the object
+ * keeps its hash), and every copy of a key in the process is one object in the cache. The
+ * cache holds at most STR_SLOTS strings (~5 MB); it is process-wide and guarded by the GIL. */
+#define STR_LONG 255
+#define STR_MAX_INTERN 64
+#define STR_WAYS 4
+#define STR_SLOTS (1 << 15)
+
+static PyObject **str_cache;
+
+static inline uint64_t
+str_hash(const unsigned char *p, Py_ssize_t n, uint64_t *high_bits)
+{
+    /* Not cryptographic: only spreads keys over buckets (a collision costs a memcmp). */
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, hi = 0, w;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        hi |= w;
+        h = (h ^ w) * 0x100000001B3ULL;
+        h ^= h >> 29;
+    }
+    if (i < n) {
+        w = 0;
+        memcpy(&w, p + i, (size_t)(n - i));
+        hi |= w;
+        h = (h ^ w) * 0x100000001B3ULL;
+        h ^= h >> 29;
+    }
+    *high_bits = hi & 0x8080808080808080ULL;
+    return h * 0x9E3779B97F4A7C15ULL;
+}
+
+/* A str of the n UTF-8 bytes at p (new reference). */
+static PyObject *
+str_from(const unsigned char *p, Py_ssize_t n)
+{
+    if (n > STR_MAX_INTERN || n == 0)
+        return PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+    uint64_t high;
+    uint64_t h = str_hash(p, n, &high);
+    if (high)  /* not ASCII: decoded, not cached */
+        return PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+    if (str_cache == NULL) {
+        str_cache = PyMem_Calloc(STR_SLOTS, sizeof(PyObject *));
+        if (str_cache == NULL)
+            return PyErr_NoMemory();
+    }
+    PyObject **bucket = str_cache + ((h >> 32) & (STR_SLOTS - 1) & ~(uint64_t)(STR_WAYS - 1));
+    for (int j = 0; j < STR_WAYS; j++) {
+        PyObject *s = bucket[j];
+        if (s != NULL && PyUnicode_GET_LENGTH(s) == n &&
+            memcmp(PyUnicode_1BYTE_DATA(s), p, (size_t)n) == 0)
+            return Py_NewRef(s);
+    }
+    PyObject *s = PyUnicode_New(n, 127);
+    if (s == NULL)
+        return NULL;
+    memcpy(PyUnicode_1BYTE_DATA(s), p, (size_t)n);
+    /* Which way to evict: spread by other bits of the hash (no per-bucket bookkeeping). */
+    PyObject **slot = bucket + (h & (STR_WAYS - 1));
+    Py_XSETREF(*slot, Py_NewRef(s));
+    return s;
+}
+
+PyDoc_STRVAR(encode_strs_doc,
+"encode_strs(col)\n--\n\n"
+"(sizes, data) of a list of exact str, or None if col is not one (or a str has a lone\n"
+"surrogate, which UTF-8 cannot hold).");
+
+static PyObject *
+encode_strs(PyObject *self, PyObject *col)
+{
+    if (!PyList_CheckExact(col))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(col), nsizes = 0, ndata = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *s = PyList_GET_ITEM(col, i);
+        if (!PyUnicode_CheckExact(s))
+            Py_RETURN_NONE;
+        Py_ssize_t len;
+        if (PyUnicode_IS_COMPACT_ASCII(s))
+            len = PyUnicode_GET_LENGTH(s);
+        else if (PyUnicode_AsUTF8AndSize(s, &len) == NULL) {
+            PyErr_Clear();  /* a lone surrogate: the column travels another way */
+            Py_RETURN_NONE;
+        }
+        if (len > 0xFFFFFFFFLL)
+            Py_RETURN_NONE;
+        nsizes += len < STR_LONG ? 1 : 5;
+        ndata += len;
+    }
+    PyObject *sizes = PyBytes_FromStringAndSize(NULL, nsizes);
+    if (sizes == NULL)
+        return NULL;
+    PyObject *data = PyBytes_FromStringAndSize(NULL, ndata);
+    if (data == NULL) {
+        Py_DECREF(sizes);
+        return NULL;
+    }
+    unsigned char *sz = (unsigned char *)PyBytes_AS_STRING(sizes);
+    char *out = PyBytes_AS_STRING(data);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *s = PyList_GET_ITEM(col, i);
+        Py_ssize_t len;
+        const char *p;
+        if (PyUnicode_IS_COMPACT_ASCII(s)) {
+            len = PyUnicode_GET_LENGTH(s);
+            p = (const char *)PyUnicode_1BYTE_DATA(s);
+        }
+        else
+            p = PyUnicode_AsUTF8AndSize(s, &len);  /* cached by the first pass */
+        if (len < STR_LONG)
+            *sz++ = (unsigned char)len;
+        else {
+            uint32_t v = (uint32_t)len;
+            *sz++ = STR_LONG;
+            for (int b = 0; b < 4; b++)
+                *sz++ = (unsigned char)(v >> (8 * b));
+        }
+        memcpy(out, p, (size_t)len);
+        out += len;
+    }
+    PyObject *res = PyTuple_Pack(2, sizes, data);
+    Py_DECREF(sizes);
+    Py_DECREF(data);
+    return res;
+}
+
+PyDoc_STRVAR(decode_strs_doc,
+"decode_strs(sizes, data)\n--\n\n"
+"The list of str encode_strs made (ValueError if sizes and data do not fit together).");
+
+static PyObject *
+decode_strs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "decode_strs(sizes: bytes, data: bytes)");
+        return NULL;
+    }
+    const unsigned char *sz = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    const unsigned char *end = sz + PyBytes_GET_SIZE(args[0]);
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[1]);
+    Py_ssize_t left = PyBytes_GET_SIZE(args[1]), n = 0;
+    for (const unsigned char *q = sz; q < end; n++)
+        q += *q == STR_LONG ? 5 : 1;
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len = *sz++;
+        if (len == STR_LONG) {
+            if (end - sz < 4)
+                goto malformed;
+            len = (Py_ssize_t)((uint32_t)sz[0] | (uint32_t)sz[1] << 8 | (uint32_t)sz[2] << 16 |
+                               (uint32_t)sz[3] << 24);
+            sz += 4;
+        }
+        if (len > left)
+            goto malformed;
+        PyObject *s = str_from(p, len);
+        if (s == NULL)
+            goto fail;
+        PyList_SET_ITEM(out, i, s);
+        p += len;
+        left -= len;
+    }
+    if (left == 0)
+        return out;
+malformed:
+    PyErr_SetString(PyExc_ValueError, "decode_strs: the sizes do not match the data");
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"group", (PyCFunction)group, METH_O, group_doc},
     {"extract_slots", (PyCFunction)(void (*)(void))extract_slots, METH_FASTCALL,
@@ -544,6 +728,8 @@ static PyMethodDef methods[] = {
     {"atoms", (PyCFunction)atoms, METH_O, atoms_doc},
     {"same", (PyCFunction)(void (*)(void))same, METH_FASTCALL, same_doc},
     {"interleave", (PyCFunction)(void (*)(void))interleave, METH_FASTCALL, interleave_doc},
+    {"encode_strs", (PyCFunction)encode_strs, METH_O, encode_strs_doc},
+    {"decode_strs", (PyCFunction)(void (*)(void))decode_strs, METH_FASTCALL, decode_strs_doc},
     {NULL, NULL, 0, NULL},
 };
 

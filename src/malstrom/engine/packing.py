@@ -30,9 +30,15 @@ pickled on their own without pickle's memo. Pickle remembers every string and tu
 writes so that a second reference to it costs a back-reference; that bookkeeping is most
 of what pickling a column of short strings costs (~65 ns of ~85 per string each way,
 measured; a tuple of four ints: 192 ns to pickle with it, 117 without), and values that
-cannot be mutated gain nothing from it. A column holding the very same objects as the
-batch's keys column (a key that is the record, or one of its fields) travels as
-:class:`Same`: a reference to the keys.
+cannot be mutated gain nothing from it. A column of exact ``str`` only (keys, most often)
+travels as :class:`Strs`: the strings' UTF-8 bytes one after another and their lengths. The
+C decoder keeps a bounded cache of the short ASCII strings it made (32,768 of at most 64
+bytes), so a key that crosses again comes back as the string made the first time: no
+allocation, no free, and a hash already known where keyed state looks it up (the count of
+pipeline (b) spent ~60 ns more per record on freshly unpickled keys than on its own).
+Strings are immutable, so which equal object comes back is not observable but by ``is``.
+A column holding the very same objects as the batch's keys column (a key that is the
+record, or one of its fields) travels as :class:`Same`: a reference to the keys.
 
 Everything per record runs in C (``malstrom.engine._cpack``, built by ``setup.py`` when a
 compiler is at hand); this module holds the rules and a pure-Python twin of every C function
@@ -61,6 +67,7 @@ __all__ = [
     "Flat",
     "Packed",
     "Same",
+    "Strs",
     "pack",
     "plan_of",
     "unpack",
@@ -111,7 +118,16 @@ class Same(NamedTuple):
     """A column that holds the very objects of the batch's keys column, in order."""
 
 
+class Strs(NamedTuple):
+    """A column of exact ``str``: their UTF-8 bytes one after another (``data``) and their
+    lengths (``sizes``: one byte each below 255, else 255 and four bytes little-endian)."""
+
+    sizes: bytes
+    data: bytes
+
+
 _ATOMS = frozenset({str, int, float, bool, bytes, type(None)})
+_STR_LONG = 255  # in Strs.sizes: a length that takes the next four bytes
 _PLANS: dict[type, Plan | None] = {}
 
 
@@ -297,6 +313,55 @@ def atoms_py(col: Any) -> bool:
     return True
 
 
+def encode_strs_py(col: Any) -> tuple[bytes, bytes] | None:
+    """``(sizes, data)`` of a list of exact ``str`` (see :class:`Strs`), or None if ``col`` is
+    not one, or a string holds a lone surrogate (which UTF-8 cannot hold)."""
+    if type(col) is not list:
+        return None
+    sizes = bytearray()
+    parts = []
+    for s in col:
+        if type(s) is not str:
+            return None
+        try:
+            b = s.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        n = len(b)
+        if n >= 1 << 32:
+            return None
+        if n < _STR_LONG:
+            sizes.append(n)
+        else:
+            sizes.append(_STR_LONG)
+            sizes += n.to_bytes(4, "little")
+        parts.append(b)
+    return bytes(sizes), b"".join(parts)
+
+
+def decode_strs_py(sizes: bytes, data: bytes) -> list[str]:
+    """The strings :func:`encode_strs_py` encoded (ValueError if sizes and data do not fit)."""
+    out = []
+    at = i = 0
+    end = len(sizes)
+    while i < end:
+        n = sizes[i]
+        i += 1
+        if n == _STR_LONG:
+            if end - i < 4:
+                break
+            n = int.from_bytes(sizes[i : i + 4], "little")
+            i += 4
+        if at + n > len(data):
+            break
+        out.append(data[at : at + n].decode("utf-8"))
+        at += n
+    else:
+        if at == len(data):
+            return out
+    raise ValueError("decode_strs: the sizes do not match the data")
+
+
 def same_py(a: list[Any], b: list[Any]) -> bool:
     """Whether lists ``a`` and ``b`` hold the very same objects, in the same order."""
     return len(a) == len(b) and all(map(is_, a, b))
@@ -355,6 +420,8 @@ def _native() -> tuple[dict[str, Callable[..., Any]], bool]:
         "atoms": atoms_py,
         "same": same_py,
         "interleave": interleave_py,
+        "encode_strs": encode_strs_py,
+        "decode_strs": decode_strs_py,
     }
     if os.environ.get("MALSTROM_PURE_PYTHON") == "1":
         return py, False
@@ -376,6 +443,8 @@ _extract_map = _FNS["extract_map"]
 _build_map = _FNS["build_map"]
 _atoms = _FNS["atoms"]
 _same = _FNS["same"]
+_encode_strs = _FNS["encode_strs"]
+_decode_strs = _FNS["decode_strs"]
 
 
 # ----- packing a column ----------------------------------------------------------------------
@@ -393,12 +462,16 @@ def _flat(col: list[Any]) -> Flat:
     return Flat(buf.getvalue())
 
 
-def _field(col: list[Any], alias: list[Any] | None) -> list[Any] | Flat | Same:
-    """A field column as it travels: :class:`Same`, :class:`Flat`, or the list itself."""
+def _field(col: list[Any], alias: list[Any] | None) -> list[Any] | Flat | Same | Strs:
+    """A field column as it travels: :class:`Same`, :class:`Strs`, :class:`Flat`, or the
+    list itself."""
     if alias is not None and _same(col, alias):
         return Same()
-    if len(col) >= MIN_RECORDS and _atoms(col):
-        return _flat(col)
+    if len(col) >= MIN_RECORDS:
+        if type(col[0]) is str and (got := _encode_strs(col)) is not None:
+            return Strs(*got)
+        if _atoms(col):
+            return _flat(col)
     return col
 
 
@@ -458,6 +531,8 @@ def pack(col: Sequence[Any], alias: Sequence[Any] | None = None) -> Any:
 def unpack_column(col: Any, alias: Sequence[Any] | None = None) -> Any:
     """What :func:`pack` made of a column, rebuilt (``alias``: the batch's keys, rebuilt)."""
     t = type(col)
+    if t is Strs:
+        return _decode_strs(col.sizes, col.data)
     if t is Flat:
         return pickle.loads(col.blob)
     if t is Same:
