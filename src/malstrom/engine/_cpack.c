@@ -550,26 +550,37 @@ done:
 static PyObject **str_cache;
 
 static inline uint64_t
+str_mix(uint64_t h, uint64_t w)
+{
+    w *= 0x87C37B91114253D5ULL;
+    h ^= (w << 31) | (w >> 33);
+    return ((h << 27) | (h >> 37)) * 5 + 0x52DCE729;
+}
+
+static inline uint64_t
 str_hash(const unsigned char *p, Py_ssize_t n, uint64_t *high_bits)
 {
-    /* Not cryptographic: only spreads keys over buckets (a collision costs a memcmp). */
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n, hi = 0, w;
+    /* Not cryptographic: only spreads keys over buckets (a collision costs a memcmp).
+     * Murmur3-style mixing per 8 bytes, and its 64-bit finalizer. */
+    uint64_t h = (uint64_t)n, hi = 0, w;
     Py_ssize_t i = 0;
     for (; i + 8 <= n; i += 8) {
         memcpy(&w, p + i, 8);
         hi |= w;
-        h = (h ^ w) * 0x100000001B3ULL;
-        h ^= h >> 29;
+        h = str_mix(h, w);
     }
     if (i < n) {
         w = 0;
         memcpy(&w, p + i, (size_t)(n - i));
         hi |= w;
-        h = (h ^ w) * 0x100000001B3ULL;
-        h ^= h >> 29;
+        h = str_mix(h, w);
     }
     *high_bits = hi & 0x8080808080808080ULL;
-    return h * 0x9E3779B97F4A7C15ULL;
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDULL;
+    h ^= h >> 33;
+    h *= 0xC4CEB9FE1A85EC53ULL;
+    return h ^ (h >> 33);
 }
 
 /* A str of the n UTF-8 bytes at p (new reference). */
@@ -587,19 +598,23 @@ str_from(const unsigned char *p, Py_ssize_t n)
         if (str_cache == NULL)
             return PyErr_NoMemory();
     }
-    PyObject **bucket = str_cache + ((h >> 32) & (STR_SLOTS - 1) & ~(uint64_t)(STR_WAYS - 1));
+    PyObject **bucket = str_cache + (h & (STR_SLOTS - 1) & ~(uint64_t)(STR_WAYS - 1));
+    /* A free way if the bucket has one, else the one other bits of the hash name (no
+     * per-bucket bookkeeping: a full bucket evicts a string picked by the newcomer). */
+    PyObject **slot = bucket + ((h >> 60) & (STR_WAYS - 1));
     for (int j = 0; j < STR_WAYS; j++) {
         PyObject *s = bucket[j];
-        if (s != NULL && PyUnicode_GET_LENGTH(s) == n &&
-            memcmp(PyUnicode_1BYTE_DATA(s), p, (size_t)n) == 0)
+        if (s == NULL) {
+            slot = bucket + j;
+            break;
+        }
+        if (PyUnicode_GET_LENGTH(s) == n && memcmp(PyUnicode_1BYTE_DATA(s), p, (size_t)n) == 0)
             return Py_NewRef(s);
     }
     PyObject *s = PyUnicode_New(n, 127);
     if (s == NULL)
         return NULL;
     memcpy(PyUnicode_1BYTE_DATA(s), p, (size_t)n);
-    /* Which way to evict: spread by other bits of the hash (no per-bucket bookkeeping). */
-    PyObject **slot = bucket + (h & (STR_WAYS - 1));
     Py_XSETREF(*slot, Py_NewRef(s));
     return s;
 }
