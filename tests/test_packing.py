@@ -379,6 +379,26 @@ def test_a_column_of_the_keys_refers_to_them() -> None:
         assert back.values is not back.keys
 
 
+def test_a_column_of_one_object_travels_once_and_stays_one_object() -> None:
+    shared = {"tags": [1]}
+    batch = Batch(["k"] * 6, [shared] * 6, [None] * 6)
+    _, (keys, values, stamps) = batch.__reduce__()
+    assert (
+        keys == P.Repeat("k", 6) and values == P.Repeat(shared, 6) and stamps == P.Repeat(None, 6)
+    )
+    back = pickle.loads(pickle.dumps(batch, 5))
+    assert back.keys == ["k"] * 6 and back.timestamps == [None] * 6
+    assert back.values == [shared] * 6 and all(v is back.values[0] for v in back.values)
+    # Equal is not enough: these are six objects (and two types), as pickle would keep them.
+    big = [2**80 + 0 * i for i in range(6)]
+    mixed = [1, 1, 1.0, 1, True, 1]
+    for col in (big, mixed):
+        assert not isinstance(P.pack(col), P.Repeat)
+        back_col = roundtrip(col)
+        assert back_col == col and [type(x) for x in back_col] == [type(x) for x in col]
+    assert len({id(x) for x in roundtrip(big)}) == 6
+
+
 def test_equal_but_not_identical_keys_are_not_taken_for_the_values() -> None:
     keys = [1, 2, 3, 4, 5]
     values = [1.0, 2.0, 3.0, 4.0, 5.0]  # == the keys, not the same objects (nor types)
@@ -493,6 +513,8 @@ def test_the_c_twins_answer_like_the_python_ones(col: list[Any]) -> None:
     if got_py[1] is not None:
         assert _cpack.interleave(got_py[1], got_py[2]) == P.interleave_py(got_py[1], got_py[2])
     assert _cpack.atoms(col) == P.atoms_py(col)
+    for c in (col, col[:1] * len(col), []):
+        assert _cpack.uniform(c) == P.uniform_py(c)
     for other in (col, list(col), col[:-1], list(reversed(col))):
         assert _cpack.same(col, other) == P.same_py(col, other)
 

@@ -315,6 +315,23 @@ same(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_TRUE;
 }
 
+PyDoc_STRVAR(uniform_doc,
+"uniform(col)\n--\n\n"
+"Whether col is a non-empty list whose items are all the very same object.");
+
+static PyObject *
+uniform(PyObject *self, PyObject *col)
+{
+    if (!PyList_Check(col) || PyList_GET_SIZE(col) == 0)
+        Py_RETURN_FALSE;
+    PyObject *first = PyList_GET_ITEM(col, 0);
+    for (Py_ssize_t i = 1; i < PyList_GET_SIZE(col); i++) {
+        if (PyList_GET_ITEM(col, i) != first)
+            Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 /* The columns as a tuple of lists of at least n items each (checked once, up front). */
 static PyObject *
 columns_of(PyObject *obj, Py_ssize_t fields, Py_ssize_t n)
@@ -742,6 +759,7 @@ static PyMethodDef methods[] = {
     {"build_map", (PyCFunction)(void (*)(void))build_map, METH_FASTCALL, build_map_doc},
     {"atoms", (PyCFunction)atoms, METH_O, atoms_doc},
     {"same", (PyCFunction)(void (*)(void))same, METH_FASTCALL, same_doc},
+    {"uniform", (PyCFunction)uniform, METH_O, uniform_doc},
     {"interleave", (PyCFunction)(void (*)(void))interleave, METH_FASTCALL, interleave_doc},
     {"encode_strs", (PyCFunction)encode_strs, METH_O, encode_strs_doc},
     {"decode_strs", (PyCFunction)(void (*)(void))decode_strs, METH_FASTCALL, decode_strs_doc},

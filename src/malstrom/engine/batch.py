@@ -36,9 +36,10 @@ class Batch:
     def __reduce__(self) -> tuple[Any, ...]:
         # A batch is pickled when it crosses to another worker: plain values skip pickle's
         # memo, records that are dicts or instances of user classes travel as field columns,
-        # and a column holding the keys refers to them (see malstrom.engine.packing).
+        # a column holding the keys refers to them, and one holding a single object (the
+        # timestamps, often) travels once (see malstrom.engine.packing).
         keys = self.keys
-        return (_from_wire, (pack(keys), pack(self.values, keys), self.timestamps))
+        return (_from_wire, (pack(keys), pack(self.values, keys), pack(self.timestamps)))
 
     def records(self) -> list[Record]:
         return list(map(make_record, zip(self.keys, self.values, self.timestamps)))
@@ -72,7 +73,7 @@ class Batch:
         return Batch(list(repeat(key, len(values))), values, timestamps)
 
 
-def _from_wire(keys: Any, values: Any, timestamps: Sequence[Any]) -> Batch:
+def _from_wire(keys: Any, values: Any, timestamps: Any) -> Batch:
     """A pickled :class:`Batch`, rebuilt (its columns unpacked)."""
     keys = unpack_column(keys)
-    return Batch(keys, unpack_column(values, keys), timestamps)
+    return Batch(keys, unpack_column(values, keys), unpack_column(timestamps))

@@ -38,7 +38,9 @@ allocation, no free, and a hash already known where keyed state looks it up (the
 pipeline (b) spent ~60 ns more per record on freshly unpickled keys than on its own).
 Strings are immutable, so which equal object comes back is not observable but by ``is``.
 A column holding the very same objects as the batch's keys column (a key that is the
-record, or one of its fields) travels as :class:`Same`: a reference to the keys.
+record, or one of its fields) travels as :class:`Same`: a reference to the keys; one that
+holds a single object (the timestamps of a job without event time, a field every record
+shares) as :class:`Repeat`: the object once and a count (pickle would share it too).
 
 Everything per record runs in C (``malstrom.engine._cpack``, built by ``setup.py`` when a
 compiler is at hand); this module holds the rules and a pure-Python twin of every C function
@@ -66,6 +68,7 @@ __all__ = [
     "TUPLE",
     "Flat",
     "Packed",
+    "Repeat",
     "Same",
     "Strs",
     "pack",
@@ -116,6 +119,14 @@ class Flat(NamedTuple):
 
 class Same(NamedTuple):
     """A column that holds the very objects of the batch's keys column, in order."""
+
+
+class Repeat(NamedTuple):
+    """A column that holds one object ``n`` times (timestamps of a job without event time,
+    the keys of a batch of one key)."""
+
+    value: Any
+    n: int
 
 
 class Strs(NamedTuple):
@@ -362,6 +373,14 @@ def decode_strs_py(sizes: bytes, data: bytes) -> list[str]:
     raise ValueError("decode_strs: the sizes do not match the data")
 
 
+def uniform_py(col: Any) -> bool:
+    """Whether ``col`` is a non-empty list whose items are all the very same object."""
+    if type(col) is not list or not col:
+        return False
+    first = col[0]
+    return all(x is first for x in col)
+
+
 def same_py(a: list[Any], b: list[Any]) -> bool:
     """Whether lists ``a`` and ``b`` hold the very same objects, in the same order."""
     return len(a) == len(b) and all(map(is_, a, b))
@@ -419,6 +438,7 @@ def _native() -> tuple[dict[str, Callable[..., Any]], bool]:
         "build_map": build_map_py,
         "atoms": atoms_py,
         "same": same_py,
+        "uniform": uniform_py,
         "interleave": interleave_py,
         "encode_strs": encode_strs_py,
         "decode_strs": decode_strs_py,
@@ -443,6 +463,7 @@ _extract_map = _FNS["extract_map"]
 _build_map = _FNS["build_map"]
 _atoms = _FNS["atoms"]
 _same = _FNS["same"]
+_uniform = _FNS["uniform"]
 _encode_strs = _FNS["encode_strs"]
 _decode_strs = _FNS["decode_strs"]
 
@@ -462,12 +483,14 @@ def _flat(col: list[Any]) -> Flat:
     return Flat(buf.getvalue())
 
 
-def _field(col: list[Any], alias: list[Any] | None) -> list[Any] | Flat | Same | Strs:
-    """A field column as it travels: :class:`Same`, :class:`Strs`, :class:`Flat`, or the
-    list itself."""
+def _field(col: list[Any], alias: list[Any] | None) -> list[Any] | Flat | Same | Strs | Repeat:
+    """A field column as it travels: :class:`Same`, :class:`Repeat`, :class:`Strs`,
+    :class:`Flat`, or the list itself."""
     if alias is not None and _same(col, alias):
         return Same()
     if len(col) >= MIN_RECORDS:
+        if _uniform(col):
+            return Repeat(col[0], len(col))
         if type(col[0]) is str and (got := _encode_strs(col)) is not None:
             return Strs(*got)
         if _atoms(col):
@@ -476,13 +499,16 @@ def _field(col: list[Any], alias: list[Any] | None) -> list[Any] | Flat | Same |
 
 
 def pack(col: Sequence[Any], alias: Sequence[Any] | None = None) -> Any:
-    """``col`` as it travels: :class:`Same` when it holds the very objects of ``alias`` (the
-    batch's keys), :class:`Flat` when it holds plain values only, a :class:`Packed` column
-    when records of it pack, else ``col`` itself."""
+    """``col`` as it travels: :class:`Repeat` when it holds one object only, :class:`Same`
+    when it holds the very objects of ``alias`` (the batch's keys), :class:`Strs` or
+    :class:`Flat` when it holds plain values only, a :class:`Packed` column when records of
+    it pack, else ``col`` itself."""
     if type(alias) is not list or len(alias) < MIN_RECORDS:
         alias = None
     if len(col) < MIN_RECORDS:
         return col
+    if _uniform(col):  # one object n times: pickled once, shared n times, as pickle would
+        return Repeat(col[0], len(col))
     first = type(col[0])
     if first in _ATOMS or first is tuple:
         return _field(col, alias) if type(col) is list else col
@@ -531,6 +557,8 @@ def pack(col: Sequence[Any], alias: Sequence[Any] | None = None) -> Any:
 def unpack_column(col: Any, alias: Sequence[Any] | None = None) -> Any:
     """What :func:`pack` made of a column, rebuilt (``alias``: the batch's keys, rebuilt)."""
     t = type(col)
+    if t is Repeat:
+        return [col.value] * col.n
     if t is Strs:
         return _decode_strs(col.sizes, col.data)
     if t is Flat:
