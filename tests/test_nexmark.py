@@ -308,6 +308,34 @@ def test_q4_on_two_workers(db: Any) -> None:
     assert last_updates(run_cluster(q4.build)) == q4_want(db)
 
 
+def test_q4_keeps_early_bids_until_the_epoch_passes_the_newest() -> None:
+    """One timer serves an auction's early bids: when it fires with a newer early bid
+    waiting, it moves there instead of dropping them (the auction may still come)."""
+    from malstrom.testing import TimedSource
+
+    auction = Auction(7, "item", "", 1, 1, date_time=20, expires=40, seller=3, category=11)
+    items = [
+        ((7, 10, 5), 10),  # early: the auction is not here yet; its timer is at 10
+        ((7, 30, 9), 30),  # early and newer; the epoch (30 - 15) fires the timer at 10
+        (auction, 20),  # not late (epoch 15): counts the bid at 30, not the one at 10
+        ((8, 31, 4), 31),  # an auction that never comes: its bid is dropped, no output
+    ]
+    sink = ListSink()
+
+    def build(p: StreamProvider) -> None:
+        (
+            p.new_stream()
+            .source("src", TimedSource(items))
+            .limit_out_of_orderness("time", 15)[0]
+            .key_distribute("by-auction", q4.auction_id)
+            .stateful_op("winning", q4.WinningBid())
+            .sink("out", sink)
+        )
+
+    SingleThreadRuntime(build).execute()
+    assert [r.value for r in sink.records] == [(11, 9, 3, 7, 40)]
+
+
 def run_on_worker_processes(query: str, tmp_path: Path, **params: Any) -> list[Any]:
     """``query`` on two worker processes (file sinks: worker processes cannot append to a
     ListSink of this process); its result values, after checking nothing was late."""
