@@ -266,6 +266,24 @@ def test_tuples_of_plain_values_travel_flat() -> None:
     assert roundtrip(col2) == col2
 
 
+def test_tuples_among_records_of_a_class_travel_by_group() -> None:
+    # Nexmark q4 sends auctions (frozen slotted dataclasses) and bids cut down to tuples in
+    # one column: the auctions travel as field columns, the tuples as plain values.
+    col: list[Any] = [(i, 2 * i, "b") if i % 5 else FrozenSlotted(i, f"x{i}") for i in range(40)]
+    packed = P.pack(col)
+    assert isinstance(packed, P.Packed) and packed.types == (FrozenSlotted, tuple)
+    assert packed.groups[0][0] == P.SLOTS
+    assert packed.groups[1][0] == 0 and isinstance(packed.groups[1][2][0], P.Flat)
+    back = roundtrip(col)
+    assert all(same(x, y) for x, y in zip(back, col, strict=True))
+    tuple_first = col[1:]
+    assert isinstance(P.pack(tuple_first), P.Packed)
+    assert all(same(x, y) for x, y in zip(roundtrip(tuple_first), tuple_first, strict=True))
+    nested: list[Any] = [(i, [i]) if i % 5 else FrozenSlotted(i) for i in range(40)]
+    assert isinstance(P.pack(nested), P.Packed)  # the tuples hold lists: pickled as they are
+    assert roundtrip(nested) == nested
+
+
 # ----- plain values, dicts, and columns that are the keys ----------------------------------
 class Tag(str):
     pass

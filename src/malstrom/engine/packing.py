@@ -103,7 +103,8 @@ class Packed(NamedTuple):
 
     ``types`` in order of first appearance; ``codes`` the index in ``types`` of every record
     (``None`` when there is one type); ``groups`` per type: ``(layout, names, columns)``, with
-    ``layout`` 0 for records pickled as they are (``columns`` is then ``[records]``).
+    ``layout`` 0 for records pickled as they are (``columns`` is then ``[records]``, the
+    records as a field travels when they are plain values: tuples among dataclasses, say).
     """
 
     types: tuple[type, ...]
@@ -511,8 +512,14 @@ def pack(col: Sequence[Any], alias: Sequence[Any] | None = None) -> Any:
         return Repeat(col[0], len(col))
     first = type(col[0])
     if first in _ATOMS or first is tuple:
-        return _field(col, alias) if type(col) is list else col
-    if first is not dict and plan_of(first) is None:
+        if type(col) is not list:
+            return col
+        packed = _field(col, alias)
+        if packed is not col:
+            return packed
+        # A record that is no plain value: the column is grouped by type below (tuples and
+        # instances of a user class together, say, each group travelling its own way).
+    elif first is not dict and plan_of(first) is None:
         return col  # a class that pickles its own way: pickle as is
     got = _group(col)
     if got is None:
@@ -545,7 +552,10 @@ def pack(col: Sequence[Any], alias: Sequence[Any] | None = None) -> Any:
                 else:  # TUPLE: the items as plain tuples
                     columns = [list(map(tuple, objs))]
         if columns is None:
-            groups.append((0, (), [objs]))
+            # Records pickled as they are, but a group of plain values travels as a field.
+            raw = _field(objs, None) if t in _ATOMS or t is tuple else objs
+            packed_any = packed_any or raw is not objs
+            groups.append((0, (), [raw]))
         else:
             packed_any = True
             groups.append((layout, names, [_field(c, alias) for c in columns]))
@@ -579,7 +589,7 @@ def unpack(packed: Packed, alias: Sequence[Any] | None = None) -> list[Any]:
     out: list[list[Any]] = []
     for t, (layout, names, wire) in zip(kinds, groups, strict=True):
         if layout == 0:
-            out.append(wire[0])
+            out.append(unpack_column(wire[0]))
             continue
         columns = [unpack_column(c, alias) for c in wire]
         n = len(columns[0]) if columns else 0
