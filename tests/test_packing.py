@@ -328,15 +328,22 @@ def test_decoding_str_columns_rejects_sizes_that_do_not_fit_the_data() -> None:
 
 
 @pytest.mark.skipif(PURE, reason="MALSTROM_PURE_PYTHON=1: the C twins are not in use")
-def test_a_short_ascii_string_that_arrives_again_is_the_same_object() -> None:
+def test_a_short_ascii_key_that_arrives_again_is_the_same_object() -> None:
     # Keys cross batch after batch: the receiver reuses the string it made the first time
     # (no allocation, and its hash is already known where the key is looked up).
-    first = roundtrip([f"key{i}" for i in range(8)])
-    again = roundtrip([f"key{i}" for i in reversed(range(8))])
+    def keys_back(keys: list[str]) -> list[str]:
+        back = pickle.loads(pickle.dumps(Batch(keys, list(range(len(keys))), [0] * len(keys))))
+        return list(back.keys)
+
+    first = keys_back([f"key{i}" for i in range(8)])
+    again = keys_back([f"key{i}" for i in reversed(range(8))])
     assert again == first[::-1] and all(map(lambda a, b: a is b, again, reversed(first)))
     long_or_not_ascii = ["k" * 65, "üx", "k" * 65, "üx"]
-    back = roundtrip(long_or_not_ascii)
+    back = keys_back(long_or_not_ascii)
     assert back == long_or_not_ascii and back[0] is not back[2] and back[1] is not back[3]
+    # Values are not cached: strings of fields often never repeat (digests, ids).
+    values = roundtrip([f"key{i}" for i in range(8)])
+    assert values == first and not any(map(lambda a, b: a is b, values, first))
 
 
 @pytest.mark.skipif(PURE, reason="MALSTROM_PURE_PYTHON=1: the C twins are not in use")
@@ -349,6 +356,7 @@ def test_the_c_str_codec_answers_like_the_python_one(col: list[str]) -> None:
     assert enc == P.encode_strs_py(col)
     if enc is not None:
         assert _cpack.decode_strs(*enc) == P.decode_strs_py(*enc) == col
+        assert _cpack.decode_strs(*enc, True) == col  # through the cache of keys
         for bad in ((enc[0], enc[1] + b"x"), (enc[0] + b"\x05", enc[1])):
             with pytest.raises(ValueError):
                 _cpack.decode_strs(*bad)

@@ -553,18 +553,36 @@ done:
 /* ----- columns of str: UTF-8 bytes one after another, and their lengths ------------------
  *
  * sizes: per string its UTF-8 length, one byte when below 255, else 255 and four bytes
- * little-endian. Decoding keeps a small cache of short ASCII strings it made (STR_SLOTS
- * slots, STR_WAYS per bucket, at most STR_MAX_INTERN bytes each): a string that arrives
- * again (keys do, batch after batch) is the cached object, not a new one. So a key that
- * crosses costs no allocation, no free, and no hashing where it is looked up (the object
- * keeps its hash), and every copy of a key in the process is one object in the cache. The
+ * little-endian. Decoding a column of keys (cache=True) goes through a small cache of short
+ * ASCII strings it made (STR_SLOTS slots, STR_WAYS per bucket, at most STR_MAX_INTERN bytes
+ * each): a key that arrives again (keys do, batch after batch) is the cached object, not a
+ * new one. So a key that crosses costs no allocation, no free, and no hashing where keyed
+ * state looks it up (the object keeps its hash). A slot keeps the string's hash beside it,
+ * so a miss reads one bucket (one cache line) and no string. Other columns (fields, values)
+ * are not cached: strings that never repeat (digests, ids) would only evict the keys. The
  * cache holds at most STR_SLOTS strings (~5 MB); it is process-wide and guarded by the GIL. */
 #define STR_LONG 255
 #define STR_MAX_INTERN 64
 #define STR_WAYS 4
 #define STR_SLOTS (1 << 15)
 
-static PyObject **str_cache;
+typedef struct {
+    uint64_t hash;
+    PyObject *str;
+} str_slot;
+
+static str_slot *str_cache;  /* STR_SLOTS slots, buckets aligned to 64 bytes */
+static void *str_cache_block;
+
+/* Keys that never repeat (an id per event) would only pay for the cache: a miss allocates
+ * as before and also evicts (and frees) a cold string. So the cache watches its own hit
+ * rate (over the last few thousand lookups) and, below STR_MIN_HITS, looks up only one key
+ * in STR_SAMPLE: enough to see the keys start repeating, and to let them in when they do. */
+#define STR_WINDOW 4096
+#define STR_MIN_HITS 4  /* per 16 lookups: 25% */
+#define STR_SAMPLE 16
+static uint32_t str_lookups, str_hits, str_skip;
+static int str_bypass;
 
 static inline uint64_t
 str_mix(uint64_t h, uint64_t w)
@@ -600,39 +618,53 @@ str_hash(const unsigned char *p, Py_ssize_t n, uint64_t *high_bits)
     return h ^ (h >> 33);
 }
 
-/* A str of the n UTF-8 bytes at p (new reference). */
+/* A str of the n UTF-8 bytes at p (new reference); through the cache when `cache`. */
 static PyObject *
-str_from(const unsigned char *p, Py_ssize_t n)
+str_from(const unsigned char *p, Py_ssize_t n, int cache)
 {
-    if (n > STR_MAX_INTERN || n == 0)
+    if (!cache || n > STR_MAX_INTERN || n == 0 || (str_bypass && ++str_skip % STR_SAMPLE))
         return PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+    if (++str_lookups == STR_WINDOW) {
+        str_bypass = str_hits * 16 < (uint32_t)STR_WINDOW * STR_MIN_HITS;
+        str_lookups = str_hits = 0;
+    }
     uint64_t high;
     uint64_t h = str_hash(p, n, &high);
     if (high)  /* not ASCII: decoded, not cached */
         return PyUnicode_DecodeUTF8((const char *)p, n, "strict");
     if (str_cache == NULL) {
-        str_cache = PyMem_Calloc(STR_SLOTS, sizeof(PyObject *));
-        if (str_cache == NULL)
+        str_cache_block = PyMem_Calloc(STR_SLOTS + STR_WAYS, sizeof(str_slot));
+        if (str_cache_block == NULL)
             return PyErr_NoMemory();
+        uintptr_t at = ((uintptr_t)str_cache_block + 63) & ~(uintptr_t)63;
+        str_cache = (str_slot *)at;
     }
-    PyObject **bucket = str_cache + (h & (STR_SLOTS - 1) & ~(uint64_t)(STR_WAYS - 1));
+    str_slot *bucket = str_cache + (h & (STR_SLOTS - 1) & ~(uint64_t)(STR_WAYS - 1));
     /* A free way if the bucket has one, else the one other bits of the hash name (no
      * per-bucket bookkeeping: a full bucket evicts a string picked by the newcomer). */
-    PyObject **slot = bucket + ((h >> 60) & (STR_WAYS - 1));
+    str_slot *slot = bucket + ((h >> 60) & (STR_WAYS - 1));
+    int free_found = 0;
     for (int j = 0; j < STR_WAYS; j++) {
-        PyObject *s = bucket[j];
+        PyObject *s = bucket[j].str;
         if (s == NULL) {
-            slot = bucket + j;
-            break;
+            if (!free_found) {
+                slot = bucket + j;
+                free_found = 1;
+            }
+            continue;
         }
-        if (PyUnicode_GET_LENGTH(s) == n && memcmp(PyUnicode_1BYTE_DATA(s), p, (size_t)n) == 0)
+        if (bucket[j].hash == h && PyUnicode_GET_LENGTH(s) == n &&
+            memcmp(PyUnicode_1BYTE_DATA(s), p, (size_t)n) == 0) {
+            str_hits++;
             return Py_NewRef(s);
+        }
     }
     PyObject *s = PyUnicode_New(n, 127);
     if (s == NULL)
         return NULL;
     memcpy(PyUnicode_1BYTE_DATA(s), p, (size_t)n);
-    Py_XSETREF(*slot, Py_NewRef(s));
+    slot->hash = h;
+    Py_XSETREF(slot->str, Py_NewRef(s));
     return s;
 }
 
@@ -701,16 +733,20 @@ encode_strs(PyObject *self, PyObject *col)
 }
 
 PyDoc_STRVAR(decode_strs_doc,
-"decode_strs(sizes, data)\n--\n\n"
-"The list of str encode_strs made (ValueError if sizes and data do not fit together).");
+"decode_strs(sizes, data, cache=False)\n--\n\n"
+"The list of str encode_strs made (ValueError if sizes and data do not fit together);\n"
+"with cache, short ASCII strings made before are returned again (a column of keys).");
 
 static PyObject *
 decode_strs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "decode_strs(sizes: bytes, data: bytes)");
+    if (nargs < 2 || nargs > 3 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "decode_strs(sizes: bytes, data: bytes, cache=False)");
         return NULL;
     }
+    int cache = nargs == 3 ? PyObject_IsTrue(args[2]) : 0;
+    if (cache < 0)
+        return NULL;
     const unsigned char *sz = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     const unsigned char *end = sz + PyBytes_GET_SIZE(args[0]);
     const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[1]);
@@ -731,7 +767,7 @@ decode_strs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         if (len > left)
             goto malformed;
-        PyObject *s = str_from(p, len);
+        PyObject *s = str_from(p, len, cache);
         if (s == NULL)
             goto fail;
         PyList_SET_ITEM(out, i, s);

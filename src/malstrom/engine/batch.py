@@ -75,5 +75,5 @@ class Batch:
 
 def _from_wire(keys: Any, values: Any, timestamps: Any) -> Batch:
     """A pickled :class:`Batch`, rebuilt (its columns unpacked)."""
-    keys = unpack_column(keys)
+    keys = unpack_column(keys, keys=True)
     return Batch(keys, unpack_column(values, keys), unpack_column(timestamps))

@@ -32,10 +32,12 @@ of what pickling a column of short strings costs (~65 ns of ~85 per string each 
 measured; a tuple of four ints: 192 ns to pickle with it, 117 without), and values that
 cannot be mutated gain nothing from it. A column of exact ``str`` only (keys, most often)
 travels as :class:`Strs`: the strings' UTF-8 bytes one after another and their lengths. The
-C decoder keeps a bounded cache of the short ASCII strings it made (32,768 of at most 64
+C decoder keeps a bounded cache of the short ASCII keys it made (32,768 of at most 64
 bytes), so a key that crosses again comes back as the string made the first time: no
 allocation, no free, and a hash already known where keyed state looks it up (the count of
-pipeline (b) spent ~60 ns more per record on freshly unpickled keys than on its own).
+pipeline (b) spent ~60 ns more per record on freshly unpickled keys than on its own). Only
+the keys column goes through it: field columns often hold strings that never repeat
+(digests, ids), which would cost a miss each and evict the keys.
 Strings are immutable, so which equal object comes back is not observable but by ``is``.
 A column holding the very same objects as the batch's keys column (a key that is the
 record, or one of its fields) travels as :class:`Same`: a reference to the keys; one that
@@ -351,8 +353,9 @@ def encode_strs_py(col: Any) -> tuple[bytes, bytes] | None:
     return bytes(sizes), b"".join(parts)
 
 
-def decode_strs_py(sizes: bytes, data: bytes) -> list[str]:
-    """The strings :func:`encode_strs_py` encoded (ValueError if sizes and data do not fit)."""
+def decode_strs_py(sizes: bytes, data: bytes, cache: bool = False) -> list[str]:
+    """The strings :func:`encode_strs_py` encoded (ValueError if sizes and data do not fit).
+    ``cache`` (keys: return strings made before again) is the C decoder's alone."""
     out = []
     at = i = 0
     end = len(sizes)
@@ -564,13 +567,14 @@ def pack(col: Sequence[Any], alias: Sequence[Any] | None = None) -> Any:
     return Packed(tuple(kinds), codes, tuple(groups))
 
 
-def unpack_column(col: Any, alias: Sequence[Any] | None = None) -> Any:
-    """What :func:`pack` made of a column, rebuilt (``alias``: the batch's keys, rebuilt)."""
+def unpack_column(col: Any, alias: Sequence[Any] | None = None, keys: bool = False) -> Any:
+    """What :func:`pack` made of a column, rebuilt (``alias``: the batch's keys, rebuilt;
+    ``keys``: this is the keys column, whose strings come from the decoder's cache)."""
     t = type(col)
     if t is Repeat:
         return [col.value] * col.n
     if t is Strs:
-        return _decode_strs(col.sizes, col.data)
+        return _decode_strs(col.sizes, col.data, keys)
     if t is Flat:
         return pickle.loads(col.blob)
     if t is Same:
