@@ -571,8 +571,7 @@ typedef struct {
     PyObject *str;
 } str_slot;
 
-static str_slot *str_cache;  /* STR_SLOTS slots, buckets aligned to 64 bytes */
-static void *str_cache_block;
+static str_slot *str_cache;  /* STR_SLOTS slots, buckets aligned to 64 bytes; never freed */
 
 /* Keys that never repeat (an id per event) would only pay for the cache: a miss allocates
  * as before and also evicts (and frees) a cold string. So the cache watches its own hit
@@ -633,10 +632,10 @@ str_from(const unsigned char *p, Py_ssize_t n, int cache)
     if (high)  /* not ASCII: decoded, not cached */
         return PyUnicode_DecodeUTF8((const char *)p, n, "strict");
     if (str_cache == NULL) {
-        str_cache_block = PyMem_Calloc(STR_SLOTS + STR_WAYS, sizeof(str_slot));
-        if (str_cache_block == NULL)
+        void *block = PyMem_Calloc(STR_SLOTS + STR_WAYS, sizeof(str_slot));
+        if (block == NULL)
             return PyErr_NoMemory();
-        uintptr_t at = ((uintptr_t)str_cache_block + 63) & ~(uintptr_t)63;
+        uintptr_t at = ((uintptr_t)block + 63) & ~(uintptr_t)63;
         str_cache = (str_slot *)at;
     }
     str_slot *bucket = str_cache + (h & (STR_SLOTS - 1) & ~(uint64_t)(STR_WAYS - 1));

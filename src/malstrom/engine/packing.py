@@ -511,17 +511,17 @@ def pack(col: Sequence[Any], alias: Sequence[Any] | None = None) -> Any:
         alias = None
     if len(col) < MIN_RECORDS:
         return col
-    if _uniform(col):  # one object n times: pickled once, shared n times, as pickle would
-        return Repeat(col[0], len(col))
     first = type(col[0])
     if first in _ATOMS or first is tuple:
         if type(col) is not list:
             return col
-        packed = _field(col, alias)
+        packed = _field(col, alias)  # Same, Repeat, Strs or Flat when one applies
         if packed is not col:
             return packed
         # A record that is no plain value: the column is grouped by type below (tuples and
         # instances of a user class together, say, each group travelling its own way).
+    elif _uniform(col):  # one object n times: pickled once, shared n times, as pickle would
+        return Repeat(col[0], len(col))
     elif first is not dict and plan_of(first) is None:
         return col  # a class that pickles its own way: pickle as is
     got = _group(col)
