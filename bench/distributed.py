@@ -20,8 +20,9 @@ boundary; only what key_distribute routes to the other worker does.
    start-up) for SingleThreadRuntime (reference), MultiProcessRuntime(parallelism=1) and
    (parallelism=2); the start-up cost is measured by running the same job over 0 records in
    the same round, and subtracted for the "net" figures. Ratio 2-process / 1-process: target >= 1.3.
-   Also: the same with the workers' gc threshold raised (diagnostic), and the speedup two
-   independent SingleThreadRuntime processes get on this machine (the ceiling).
+   Also: the same two jobs run a second time in every round (a noise check: how far two
+   identical measurements differ), and the speedup two independent SingleThreadRuntime
+   processes get on this machine (the ceiling).
 2. wire: pickled payload bytes per record of the batches the distributor sends (the remote
    share of 2048-record source batches; 1, 2 and 8 per flush, 8 being one 2-worker turn),
    encode/decode cost, the per-frame overhead of the Frame message, gRPC and HTTP/2, and the
@@ -74,6 +75,7 @@ from core import N_KEYS, SEED, key_pool, running_count, word_key  # noqa: E402
 from malstrom import SingleThreadRuntime, StatefulSource, StatelessSink, StreamProvider  # noqa: E402
 from malstrom.engine.batch import Batch  # noqa: E402
 from malstrom.engine.messages import Epoch  # noqa: E402
+from malstrom.keyed._parts import part_owners  # noqa: E402
 from malstrom.keyed.partitioners import rendezvous_select  # noqa: E402
 from malstrom.operators.io import BATCH_SIZE  # noqa: E402
 from malstrom.runtime._multi import MultiProcessRuntime  # noqa: E402
@@ -85,12 +87,11 @@ from malstrom.transport._grpc_data import (  # noqa: E402
     encode_frames,
 )
 
-PARTS = 16  # --parts; rendezvous_select spreads parts 0-15 8:8 over workers {0, 1} (0-3: 3:1)
+PARTS = 16  # --parts; fixed parts are dealt out evenly: 8:8 over workers {0, 1}
 PART_SEED = SEED + 100  # part p draws from random.Random(PART_SEED + p)
 SCALE_TARGET = 1.3
 SNAP_TARGET = 0.9
 SNAP_INTERVAL = 1.0
-DIAG_GC = 50_000  # gc threshold of the diagnostic rows (SingleThreadRuntime's own)
 DISTRIBUTOR = "by_word"  # operator name the distributor sends under
 
 _POOL: list[str] | None = None
@@ -364,11 +365,10 @@ def bench_scale(n: int, rounds: int, gc_threshold: int) -> None:
     e1 = Job("empty p=1", 0, 1, gc_threshold=gc_threshold)
     e2 = Job("empty p=2", 0, 2, gc_threshold=gc_threshold)
     jobs: list[Any] = [st, p1, e1, p2, e2]
-    diag = not gc_threshold
-    if diag:
-        g1 = Job(f"p=1, worker gc {DIAG_GC // 1000}k", n, 1, gc_threshold=DIAG_GC)
-        g2 = Job(f"p=2, worker gc {DIAG_GC // 1000}k", n, 2, gc_threshold=DIAG_GC)
-        jobs += [g1, g2]
+    # The same two jobs again: how far two identical measurements differ on this machine now.
+    g1 = Job("MultiProcess p=1 again", n, 1, gc_threshold=gc_threshold)
+    g2 = Job("MultiProcess p=2 again", n, 2, gc_threshold=gc_threshold)
+    jobs += [g1, g2]
     i1 = Independent("indep. ST, 1 process", n, 1)
     i2 = Independent("indep. ST, 2 x n/2", n, 2)
     jobs += [i1, i2]
@@ -382,7 +382,7 @@ def bench_scale(n: int, rounds: int, gc_threshold: int) -> None:
         return [x / y for x, y in zip(a, b, strict=True)]
 
     gc_note = f", worker gc threshold {gc_threshold}" if gc_threshold else ""
-    placed = Counter(rendezvous_select(p, (0, 1)) for p in range(PARTS))
+    placed = Counter(part_owners(list(range(PARTS)), (0, 1)).values())
     print(
         f"\n1. Scaling: pipeline (b), {n:,} words ({N_KEYS:,} keys) from a {PARTS}-part "
         f"generated source (p=2: worker 0 reads {placed[0]} parts, worker 1 {placed[1]}), "
@@ -406,7 +406,7 @@ def bench_scale(n: int, rounds: int, gc_threshold: int) -> None:
 
     w = med(t[st.label])
     row(st.label, w, "-", "-", "-", cpu(st, 0), "-", rate(w))
-    pairs = [(p1, e1), (p2, e2)] + ([(g1, e1), (g2, e2)] if diag else [])
+    pairs = [(p1, e1), (p2, e2), (g1, e1), (g2, e2)]
     for job, empty in pairs:
         w, su, m = med(t[job.label]), med(t[empty.label]), med(net(job, empty))
         row(job.label, w, f"{su:.3f}", f"{m:.3f}", rate(m), cpu(job, 0), cpu(job, 1), rate(w))
@@ -435,14 +435,12 @@ def bench_scale(n: int, rounds: int, gc_threshold: int) -> None:
         f"{rn:.3f}x (target >= {SCALE_TARGET}x): wall {verdict(rw >= SCALE_TARGET)}, "
         f"net {verdict(rn >= SCALE_TARGET)}"
     )
-    if diag:
-        gn = med(ratios(net(g1, e1), net(g2, e2)))
-        g1st = med(ratios(t[st.label], net(g1, e1)))
-        print(
-            f"diagnostic, build() raises the workers' gc gen-0 threshold to {DIAG_GC:,} (as "
-            f"SingleThreadRuntime does for itself): p=2 / p=1 net {gn:.3f}x; "
-            f"p=1 net / SingleThreadRuntime {g1st:.3f}x"
-        )
+    again = ratios(net(g1, e1), net(g2, e2))
+    print(
+        f"noise check, the same jobs again in every round: p=2 / p=1 net {med(again):.3f}x; "
+        f"p=1 / p=1 again (net) {med(ratios(net(p1, e1), net(g1, e1))):.3f}, "
+        f"p=2 / p=2 again {med(ratios(net(p2, e2), net(g2, e2))):.3f}"
+    )
     print(
         f"ceiling on this machine now: 2 independent processes vs 1 (execute() only) "
         f"{rc:.3f}x; p=1 net / SingleThreadRuntime "
@@ -499,7 +497,7 @@ def timeit_us(fn: Any, records: int, repeat: int = 7, number: int = 50) -> float
 
 
 def bench_wire(n_total: int) -> None:
-    per_turn = sum(1 for p in range(PARTS) if rendezvous_select(p, (0, 1)) == 0)
+    per_turn = sum(1 for w in part_owners(list(range(PARTS)), (0, 1)).values() if w == 0)
     batches = remote_batches(max(4, per_turn), n_total)
     print(
         f"\n2. Bytes on the wire, pipeline (b) at parallelism 2: the remote share of "
