@@ -104,6 +104,11 @@ def pool() -> list[str]:
     return _POOL
 
 
+def dealt() -> Counter[int]:
+    """Parts each of workers 0 and 1 reads at p=2 (fixed parts are dealt out evenly)."""
+    return Counter(part_owners(list(range(PARTS)), (0, 1)).values())
+
+
 def share(n: int, parts: int, part: int) -> int:
     """Records part ``part`` generates: n split as evenly as possible."""
     return n // parts + (1 if part < n % parts else 0)
@@ -382,7 +387,7 @@ def bench_scale(n: int, rounds: int, gc_threshold: int) -> None:
         return [x / y for x, y in zip(a, b, strict=True)]
 
     gc_note = f", worker gc threshold {gc_threshold}" if gc_threshold else ""
-    placed = Counter(part_owners(list(range(PARTS)), (0, 1)).values())
+    placed = dealt()
     print(
         f"\n1. Scaling: pipeline (b), {n:,} words ({N_KEYS:,} keys) from a {PARTS}-part "
         f"generated source (p=2: worker 0 reads {placed[0]} parts, worker 1 {placed[1]}), "
@@ -497,7 +502,7 @@ def timeit_us(fn: Any, records: int, repeat: int = 7, number: int = 50) -> float
 
 
 def bench_wire(n_total: int) -> None:
-    per_turn = sum(1 for w in part_owners(list(range(PARTS)), (0, 1)).values() if w == 0)
+    per_turn = dealt()[0]
     batches = remote_batches(max(4, per_turn), n_total)
     print(
         f"\n2. Bytes on the wire, pipeline (b) at parallelism 2: the remote share of "
