@@ -19,6 +19,12 @@ ratio is the **ceiling**: what two processes sharing nothing gain on this machin
 Rates are net of start-up (wall minus the 0-event run of the same round and parallelism);
 ratios are medians of per-round ratios. Worker CPU seconds per 1,000 records come from
 ``RUSAGE_CHILDREN`` (all worker processes, all threads).
+
+The **coupling** row compares the p=2 job with two independent p=1 jobs over half the events
+each, started together in two fresh processes (each checked against its own plain
+computation): the same work on the same two CPUs at the same moment, the only difference
+being that the p=2 job's workers route records to each other. Its wall and worker-CPU ratios
+are what that routing costs, and they move far less with the machine than p=2 / p=1 does.
 """
 
 from __future__ import annotations
@@ -183,6 +189,21 @@ def run_job(
     return wall, cpu
 
 
+def independent_jobs(n: int, want: tuple[int, int, int], parts: int) -> tuple[float, float]:
+    """Two fresh processes each running the p=1 job over ``n`` events at once: the slower
+    one's wall seconds (``execute()`` only) and their worker CPU seconds together."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--job-child", str(n)]
+    cmd += ["--parts", str(parts), "--want", ",".join(map(str, want))]
+    ps = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    runs = []
+    for p in ps:
+        out = p.communicate()[0]
+        if p.returncode:
+            raise SystemExit(f"an independent p=1 job failed (exit {p.returncode})")
+        runs.append(tuple(map(float, out.split())))
+    return max(w for w, _ in runs), sum(c for _, c in runs)
+
+
 def plain_procs(n: int, procs: int) -> float:
     """Slowest of ``procs`` fresh processes each running the plain loop over n / procs."""
     cmd = [sys.executable, os.path.abspath(__file__), "--plain-child", str(n // procs)]
@@ -203,11 +224,17 @@ def main() -> None:
         help="also run p=2 with rendezvous per part (r2) beside the even deal (p2)",
     )
     ap.add_argument("--plain-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--job-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--want", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.plain_child is not None:
         t0 = time.perf_counter()
         plain(args.plain_child)
         print(f"{time.perf_counter() - t0:.6f}")
+        return
+    if args.job_child is not None:
+        a, b, c = map(int, args.want.split(","))
+        print("{:.6f} {:.6f}".format(*run_job(args.job_child, 1, (a, b, c), args.parts)))
         return
     n, rounds = (200_000, 3) if args.quick else (args.events, args.rounds)
     parts = args.parts
@@ -218,9 +245,10 @@ def main() -> None:
     t0 = time.perf_counter()
     want = plain(n, parts)
     plain_s = time.perf_counter() - t0
-    steps = ["p1", "p2", *(["r2"] if args.ab_placement else []), "e1", "e2", "c1", "c2"]
+    want_half = plain(n // 2, parts)
+    steps = ["p1", "p2", *(["r2"] if args.ab_placement else []), "e1", "e2", "i2", "c1", "c2"]
     rows: dict[str, list[float]] = {k: [] for k in steps}
-    cpu: dict[str, list[float]] = {"p1": [], "p2": [], "r2": []}
+    cpu: dict[str, list[float]] = {"p1": [], "p2": [], "r2": [], "i2": []}
     for r in range(rounds):
         for step in steps if r % 2 == 0 else steps[::-1]:
             if step in ("p1", "p2", "r2"):
@@ -228,6 +256,9 @@ def main() -> None:
                 cpu[step].append(c)
             elif step in ("e1", "e2"):
                 wall, _ = run_job(0, int(step[1]), None, parts)
+            elif step == "i2":
+                wall, c = independent_jobs(n // 2, want_half, parts)
+                cpu[step].append(c)
             else:
                 wall = plain_procs(n, int(step[1]))
             rows[step].append(wall)
@@ -247,6 +278,12 @@ def main() -> None:
         print(f"| p={k} | {n / med(net):,.0f} | {med(rows['e' + k]):.2f} | {per_k:.3f} |")
     print()
     print(f"p=2 / p=1 (net, median of rounds): {ratio:.2f}x; ceiling: {ceiling:.2f}x")
+    coupled_wall = med([a / b for a, b in zip(rows["p2"], rows["i2"])])
+    coupled_cpu = med([a / b for a, b in zip(cpu["p2"], cpu["i2"])])
+    print(
+        f"coupling: p=2 / two independent p=1 jobs over half the events each, at once "
+        f"(median of rounds): wall {coupled_wall:.2f}x, worker CPU {coupled_cpu:.2f}x"
+    )
     if args.ab_placement:
         net_r = [a - b for a, b in zip(rows["r2"], rows["e2"])]
         ratio_r = med([a / b for a, b in zip(net1, net_r)])
