@@ -20,7 +20,7 @@ Rates are net of start-up (wall minus the 0-event run of the same round and para
 ratios are medians of per-round ratios. Worker CPU seconds per 1,000 records come from
 ``RUSAGE_CHILDREN`` (all worker processes, all threads).
 
-The **coupling** row compares the p=2 job with two independent p=1 jobs over half the events
+The **coupling** line compares the p=2 job with two independent p=1 jobs over half the events
 each, started together in two fresh processes (each checked against its own plain
 computation): the same work on the same two CPUs at the same moment, the only difference
 being that the p=2 job's workers route records to each other. Its wall and worker-CPU ratios
