@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -350,8 +351,8 @@ def test_link_refuses_a_listener_that_does_not_know_the_token() -> None:
         impostor.close()
 
 
-def _drain(attempt: int | None, frames: Iterator[Any], context: Any) -> None:
-    for _ in frames:
+def _drain(attempt: int | None, sock: socket.socket, context: Any) -> None:
+    while sock.recv(65536):
         pass
 
 
@@ -373,6 +374,51 @@ def test_link_listener_refuses_garbage_and_keeps_serving() -> None:
         x0.flush()
         assert pump(x1, [x0], [(0, "op")], 1)[(0, "op")] == ["after garbage"]
         assert x0.peer_links() == {1: True}
+
+
+def test_a_link_wakes_the_worker_only_when_it_sleeps() -> None:
+    # The receiving worker reads its same-host links itself, at each flush; the link's thread
+    # wakes the worker loop only after ``arm_wake`` (called just before the loop sleeps), once.
+    with GrpcExchange(0, AUTH) as x0, GrpcExchange(1, AUTH) as x1:
+        x0.connect({1: x1.data_address})
+        assert x0.wait_connected(3.0) and x0.peer_links() == {1: True}
+        by_threads: list[str] = []
+        me = threading.current_thread()
+
+        def wake() -> None:
+            if threading.current_thread() is not me:
+                by_threads.append(threading.current_thread().name)
+
+        x1.wake = wake
+        x0.send(1, "op", -1)
+        x0.flush()
+        assert pump(x1, [x0], [(0, "op")], 1)[(0, "op")] == [-1]  # the link is taken in
+        by_threads.clear()
+        # Busy: frames arrive between flushes; no thread wakes the loop for them.
+        for i in range(20):
+            x0.send(1, "op", i)
+            x0.flush()
+        assert pump(x1, [x0], [(0, "op")], 20)[(0, "op")] == list(range(20))
+        time.sleep(0.1)
+        assert by_threads == []
+        # Frames that came while the loop did not flush are taken in when it arms, without a
+        # wake-up from the link (they would otherwise wake it again and again).
+        x0.send(1, "op", 20)
+        x0.flush()
+        wait_until(lambda: x0.wire_bytes(1) == 0, what="the frame to leave")
+        time.sleep(0.05)
+        x1.arm_wake()
+        assert x1.recv(0, "op") == 20
+        time.sleep(0.1)
+        assert by_threads == []
+        # Asleep (armed): the next frame wakes the loop, once, however many follow.
+        for i in range(21, 24):
+            x0.send(1, "op", i)
+            x0.flush()
+        wait_until(lambda: len(by_threads) > 0, what="a wake-up")
+        time.sleep(0.1)
+        assert len(by_threads) == 1
+        assert pump(x1, [x0], [(0, "op")], 3)[(0, "op")] == [21, 22, 23]
 
 
 def test_peer_in_another_namespace_is_reached_over_grpc() -> None:

@@ -75,6 +75,9 @@ def run_worker_loop(worker: Worker) -> None:
             side.wake = woken.set
     # Only links that wake the loop let it sleep past the ramp.
     ramp = _RAMP if all(hasattr(side, "wake") for side in sides) else None
+    # Same-host data links wake the loop only once asked to, just before it sleeps: a busy
+    # loop reads them itself (see malstrom.transport._local_link).
+    arm: Callable[[], None] = getattr(exchange, "arm_wake", _nothing)
     try:
         idle = 0
         while worker.phase is not WorkerPhase.FINISHED:
@@ -86,6 +89,7 @@ def run_worker_loop(worker: Worker) -> None:
             if worker.turn():
                 idle = 0
                 continue
+            arm()
             if ramp is None or idle < ramp:
                 idle = min(idle + 1, _RAMP)
                 woken.wait(0.0002 * idle)

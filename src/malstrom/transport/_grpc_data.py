@@ -8,7 +8,9 @@ leaves as one frame). Frames carry a per-pair sequence number: the receiver chec
 FIFO per (peer, operator) holds across frames and reconnections, and a lost frame is an
 error, never silent. The gRPC thread that receives a frame only queues its bytes; the worker
 thread unpickles it when ``recv`` reaches it, so the receive threads hardly ever hold the GIL
-the worker loop needs.
+the worker loop needs. Frames of same-host links are read by the worker thread itself, at
+each ``flush`` (once per loop turn); their threads only wake a sleeping loop
+(:mod:`malstrom.transport._local_link`).
 
 Fencing: every stream names the job attempt of its sender in its call metadata; a worker
 refuses (``FAILED_PRECONDITION``) streams of any attempt but its own, and data frames that
@@ -20,9 +22,10 @@ message bytes (see :mod:`malstrom.transport._exchange`): a pipe has ``window_byt
 flight at most, what has no credit waits pickled in the sender's queue, and the pipe is
 saturated above ``send_buffer_bytes`` queued. Credit reports ride on the frames of the
 opposite direction (``Frame.credits``, one frame per peer and flush at most, on a data frame
-when there is one), and are applied by the receiving gRPC thread at once. Because every
-pipe's window is bounded, the receive threads never stop reading a stream: nothing a peer
-sends can wait behind a message the worker loop is not taking.
+when there is one), and are applied when their frame is taken in (by the gRPC thread at
+once, or at the worker's next flush). Because every pipe's window is bounded, frames are
+always taken in, whatever the worker loop consumes: nothing a peer sends can wait behind a
+message the worker loop is not taking.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import contextlib
 import logging
 import os
 import pickle
+import select
 import socket
 import threading
 import time
@@ -55,6 +59,7 @@ from malstrom.transport._grpc_auth import (
     rpc_error,
 )
 from malstrom.transport._local_link import (
+    InboundLink,
     LinkError,
     LocalListener,
     connect_link,
@@ -457,6 +462,12 @@ class GrpcExchange:
         # worker loop wait for the GIL).
         self._undecoded: dict[int, deque[tuple[int, bytes, _Inbound]]] = {}
         self._broken: dict[int, str] = {}  # peer -> why a frame of it could not be decoded
+        # Same-host links the worker thread reads (by fd), and links admitted by their threads
+        # since the last flush (the worker adds them to its poll set).
+        self._links: dict[int, InboundLink] = {}
+        self._new_links: list[InboundLink] = []
+        self._links_lock = threading.Lock()
+        self._poller = select.poll()
         self._errors: list[str] = []
         self._closed = False
         #: The job attempt this worker runs (None until told): streams must carry it.
@@ -472,7 +483,7 @@ class GrpcExchange:
         #: Whether this exchange uses (and offers) same-host links.
         self.local_links = local
         self._listener = (
-            LocalListener(auth, self._admit_link, self._serve_stream, str(worker_id))
+            LocalListener(auth, self._admit_link, self._serve_link, str(worker_id))
             if local
             else None
         )
@@ -568,8 +579,12 @@ class GrpcExchange:
         """Frame what has credit and hand it, with due credit reports, to the peers' streams.
         Never blocks.
 
+        Also takes in what the same-host links brought since the last flush.
+
         Raises TransportError if a peer is lost, refused us, or frames were lost in transit.
         """
+        if self._links or self._new_links:
+            self._read_links()
         if self._errors:
             raise TransportError(self._errors[0])
         senders = self._senders
@@ -629,6 +644,16 @@ class GrpcExchange:
         """Until the next call, ``recv`` returns None on these operators' pipes."""
         self._held = operators
 
+    def arm_wake(self) -> None:
+        """The worker loop is about to sleep: take in what the same-host links brought, and
+        have them call :attr:`wake` when more arrives (while the loop is busy they do not: it
+        reads them at each flush). Reading here too keeps a loop that does not flush (not
+        running yet) from being woken again and again by frames it leaves unread."""
+        if self._links or self._new_links:
+            self._read_links()
+        for link in self._links.values():
+            link.arm()
+
     def _credit_report(self, peer: int) -> list[pb.Credit] | None:
         """Every pipe from ``peer`` with unreported consumption, marked reported."""
         state = self._inbound.get(peer)
@@ -650,6 +675,12 @@ class GrpcExchange:
         self._closed = True
         for sender in self._senders.values():
             sender.stop()
+        with self._links_lock:
+            links = [*self._links.values(), *self._new_links]
+            self._links.clear()
+            self._new_links.clear()
+        for link in links:
+            link.end()
         if self._listener is not None:
             self._listener.close()
         event = self._server.stop(0)
@@ -742,12 +773,61 @@ class GrpcExchange:
         """Take one stream's frames (of a sender of attempt ``theirs``); how many it sent."""
         n = 0
         for frame in frames:
-            mine = self.attempt
-            if theirs != mine and (mine is not None or frame.payload):
-                self._refuse_attempt(theirs, context)
-            self._on_frame(frame, context)
+            self._take(theirs, frame, context)
             n += 1
         return n
+
+    def _take(self, theirs: int | None, frame: pb.Frame, context: Any) -> None:
+        mine = self.attempt
+        if theirs != mine and (mine is not None or frame.payload):
+            self._refuse_attempt(theirs, context)
+        self._on_frame(frame, context)
+
+    def _serve_link(self, theirs: int | None, sock: socket.socket, context: Any) -> None:
+        """An admitted same-host link (its thread): hand it to the worker thread, and wake
+        the worker loop whenever it sleeps and the link has something for it."""
+        link = InboundLink(sock, context, theirs)
+        with self._links_lock:
+            if self._closed:
+                return
+            self._new_links.append(link)
+        self.wake()  # the loop takes the link in at its next flush
+        link.watch(lambda: self.wake())  # the loop sets ``wake`` after we start
+
+    # ----- worker thread: same-host links ----------------------------------------------------
+    def _read_links(self) -> None:
+        """Take in every frame the same-host links brought (never blocks)."""
+        if self._new_links:
+            with self._links_lock:
+                new, self._new_links = self._new_links, []
+            for link in new:
+                self._links[link.fileno()] = link
+                self._poller.register(link.fileno(), select.POLLIN)
+        links = self._links
+        for fd, _ in self._poller.poll(0):
+            if fd not in links:
+                continue
+            link = links[fd]
+            frames: list[pb.Frame] = []
+            try:
+                try:
+                    open_ = link.read(frames)
+                finally:
+                    for frame in frames:  # every whole frame before a fault counts
+                        self._take(link.attempt, frame, link.context)
+            except LinkError as e:
+                # The sender was told why (``abort``), or the link broke mid-frame: it
+                # reconnects or reports on its side, as with a broken gRPC stream.
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    log.debug("link closed: %s", e.details())
+                open_ = False
+            except OSError as e:
+                log.debug("link closed: %s", e)
+                open_ = False
+            if not open_:
+                del links[fd]
+                self._poller.unregister(fd)
+                link.end()
 
     def _admit_link(self, md: dict[str, str], theirs: int | None, context: Any) -> None:
         """Refuse a same-host link (``context.abort``) for what gRPC's interceptor and the

@@ -9,6 +9,12 @@ the kernel copies. Everything above the carrier (credits, sequence numbers, fenc
 in the worker thread) is the gRPC data plane's, unchanged: the frames are the same
 ``Frame`` messages, each preceded by its length.
 
+The receiving worker reads its links itself (:class:`InboundLink`), once per loop turn,
+without blocking. A thread per link that read each frame as it came would take the GIL from
+the busy worker loop for every frame, and wake up on a CPU the workers need; here the link's
+thread only waits for the socket to become readable while the worker loop sleeps
+(:meth:`InboundLink.arm`), to wake it. A busy worker so never hands the GIL to a link thread.
+
 The sockets live in Linux's *abstract* namespace: no file to clean up after a crash, and the
 name is only visible inside the listener's network namespace. A worker in another namespace
 (another host, another pod, a simulated host of the tests) gets "connection refused" and
@@ -26,11 +32,12 @@ import errno
 import json
 import logging
 import secrets
+import select
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
-from typing import IO, Any, cast
+from collections.abc import Callable
+from typing import IO, Any
 
 import grpc
 
@@ -38,12 +45,12 @@ from malstrom.transport import malstrom_pb2 as pb
 from malstrom.transport._grpc_auth import MD_NONCE, JobAuth
 
 __all__ = [
+    "InboundLink",
     "LinkError",
     "LocalListener",
     "connect_link",
     "frame_bytes",
     "local_name",
-    "read_frames",
     "send_frame",
     "split_address",
 ]
@@ -113,6 +120,32 @@ def _read_blob(stream: IO[bytes]) -> bytes | None:
     blob = stream.read(n)
     if len(blob) < n:
         raise LinkError(grpc.StatusCode.UNAVAILABLE, "the link broke inside a frame")
+    return blob
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    """``n`` bytes from a blocking socket, or None if it ends first (nothing is read ahead:
+    what follows belongs to whoever reads the link next)."""
+    out = bytearray()
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            return None
+        out += chunk
+    return bytes(out)
+
+
+def _recv_blob(sock: socket.socket) -> bytes | None:
+    """The next length-prefixed blob of a blocking socket, or None at a clean end."""
+    head = _recv_exact(sock, 4)
+    if head is None:
+        return None
+    (n,) = _LEN.unpack(head)
+    if n > _MAX_BYTES:
+        raise LinkError(grpc.StatusCode.DATA_LOSS, f"a handshake of {n} bytes is too large")
+    blob = _recv_exact(sock, n)
+    if blob is None:
+        raise LinkError(grpc.StatusCode.UNAVAILABLE, "the link broke inside the handshake")
     return blob
 
 
@@ -220,25 +253,130 @@ class _Context:
         raise LinkError(code, details)
 
 
-def read_frames(stream: IO[bytes]) -> Iterator[pb.Frame]:
-    """The frames of a link, in order, until the sender ends it."""
-    while True:
-        blob = _read_blob(stream)
-        if blob is None:
-            return
-        yield pb.Frame.FromString(blob)
+class InboundLink:
+    """The receiving end of one admitted link: read by the worker thread, watched by the
+    link's own thread.
+
+    The worker calls :meth:`read` once per loop turn (never blocks) and :meth:`arm` before
+    its loop sleeps; the link's thread runs :meth:`watch`, which waits until armed, then
+    until the socket is readable (or ends), and then calls ``wake`` once. While the worker is
+    busy nothing arms the watch, so its thread sleeps and never takes the GIL.
+    """
+
+    def __init__(self, sock: socket.socket, context: Any, attempt: int | None) -> None:
+        self.sock = sock
+        #: What the frame handler aborts through (the listener's reason goes to the sender).
+        self.context = context
+        #: The sender's job attempt, from the handshake.
+        self.attempt = attempt
+        self._buf = bytearray(_READ_BUFFER)
+        self._start = 0  # first unparsed byte
+        self._end = 0  # end of the bytes read
+        self._armed = threading.Event()
+        self._done = False
+        sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    # ----- worker thread -------------------------------------------------------------------
+    def read(self, out: list[pb.Frame]) -> bool:
+        """Append the complete frames that arrived to ``out``, in order; False once the sender
+        ended the link. Never blocks. Raises :class:`LinkError` if the bytes are not frames
+        or the link ended inside one, OSError if it broke (``out`` then holds every complete
+        frame before the fault)."""
+        while True:
+            if self._end == len(self._buf):
+                self._make_room()
+            with memoryview(self._buf) as view:
+                try:
+                    n = self.sock.recv_into(view[self._end :])
+                except (BlockingIOError, InterruptedError):
+                    return True
+            if n == 0:
+                if self._end > self._start:
+                    raise LinkError(grpc.StatusCode.UNAVAILABLE, "the link broke inside a frame")
+                return False
+            self._end += n
+            self._parse(out)
+            if self._end < len(self._buf):
+                return True  # a short read: the socket held no more (saves a syscall a turn)
+
+    def _parse(self, out: list[pb.Frame]) -> None:
+        buf = self._buf
+        start, end = self._start, self._end
+        with memoryview(buf) as view:
+            while end - start >= 4:
+                (n,) = _LEN.unpack_from(buf, start)
+                if n > _MAX_BYTES:
+                    raise LinkError(grpc.StatusCode.DATA_LOSS, f"a frame of {n} bytes is too large")
+                if end - start - 4 < n:
+                    break
+                out.append(pb.Frame.FromString(view[start + 4 : start + 4 + n]))
+                start += 4 + n
+        if start == end:
+            start = end = 0
+        self._start, self._end = start, end
+
+    def _make_room(self) -> None:
+        """Move the unparsed tail to the front, and grow for a frame larger than the buffer."""
+        buf = self._buf
+        live = self._end - self._start
+        need = live + 1
+        if live >= 4:
+            need = max(need, 4 + _LEN.unpack_from(buf, self._start)[0])
+        if self._start:
+            buf[:live] = buf[self._start : self._end]
+            self._start, self._end = 0, live
+        if need > len(buf):
+            buf.extend(bytes(need - len(buf)))
+
+    def arm(self) -> None:
+        """The worker loop is about to sleep: wake it when the link has something to read."""
+        if not self._armed.is_set():
+            self._armed.set()
+
+    def end(self) -> None:
+        """The worker is done with the link: hang up (the sender sees it break) and let the
+        watch return."""
+        self._done = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self._armed.set()
+
+    # ----- the link's thread ---------------------------------------------------------------
+    def watch(self, wake: Callable[[], None]) -> None:
+        """Until :meth:`end`: each time the worker arms the watch, wait for the socket to be
+        readable (a frame, the sender's end, or a break) and call ``wake`` once."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while True:
+            self._armed.wait()
+            if self._done:
+                return
+            try:
+                poller.poll()
+            except OSError:
+                return  # closed under us: the exchange is closing
+            if self._done:
+                return
+            # Cleared before waking: the worker arms again before its next sleep, after this
+            # wake-up, so no readiness goes unnoticed.
+            self._armed.clear()
+            wake()
 
 
-#: ``serve(hello_attempt, frames, context)``: runs one link's frames (see GrpcExchange).
-Serve = Callable[[int | None, Iterator[pb.Frame], Any], object]
+#: ``serve(hello_attempt, sock, context)``: takes one admitted link, and returns when the
+#: link is over (it runs in the link's thread; see GrpcExchange).
+Serve = Callable[[int | None, socket.socket, Any], object]
 #: ``admit(metadata, attempt, context)``: returns if the link may pass, else refuses it with
 #: ``context.abort`` (see GrpcExchange).
 Admit = Callable[[dict[str, str], int | None, Any], None]
 
 
 class LocalListener:
-    """Accepts same-host links on an abstract Unix socket; one thread per link reads its frames
-    and hands them to ``serve``."""
+    """Accepts same-host links on an abstract Unix socket; one thread per link passes its
+    handshake and hands the socket to ``serve``."""
 
     def __init__(self, auth: JobAuth, admit: Admit, serve: Serve, owner: str) -> None:
         self.name = local_name()
@@ -292,22 +430,21 @@ class LocalListener:
         try:
             with contextlib.suppress(OSError):
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _READ_BUFFER)
-            with cast("IO[bytes]", conn.makefile("rb", buffering=_READ_BUFFER)) as stream:
-                hello_blob = _read_blob(stream)
-                if hello_blob is None:
-                    return
-                try:
-                    hello = json.loads(hello_blob)
-                    md = {str(k): str(v) for k, v in dict(hello["md"]).items()}
-                    attempt = hello.get("attempt")
-                    attempt = None if attempt is None else int(attempt)
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    ctx.abort(grpc.StatusCode.UNAUTHENTICATED, "not a malstrom link handshake")
-                    return
-                self._admit(md, attempt, ctx)
-                nonce = md.get(MD_NONCE, "")
-                _send_blob(conn, json.dumps({"proof": self._auth.proof(nonce)}).encode())
-                self._serve(attempt, read_frames(stream), ctx)
+            hello_blob = _recv_blob(conn)
+            if hello_blob is None:
+                return
+            try:
+                hello = json.loads(hello_blob)
+                md = {str(k): str(v) for k, v in dict(hello["md"]).items()}
+                attempt = hello.get("attempt")
+                attempt = None if attempt is None else int(attempt)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                ctx.abort(grpc.StatusCode.UNAUTHENTICATED, "not a malstrom link handshake")
+                return
+            self._admit(md, attempt, ctx)
+            nonce = md.get(MD_NONCE, "")
+            _send_blob(conn, json.dumps({"proof": self._auth.proof(nonce)}).encode())
+            self._serve(attempt, conn, ctx)
         except LinkError as e:
             if e.code() not in (grpc.StatusCode.UNAVAILABLE,):
                 log.debug("link closed: %s", e.details())
