@@ -37,7 +37,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import grpc
 
@@ -107,45 +107,32 @@ def _send_blob(sock: socket.socket, blob: bytes) -> None:
     sock.sendall(blob)
 
 
-def _read_blob(stream: IO[bytes]) -> bytes | None:
-    """The next length-prefixed blob, or None at a clean end of stream."""
-    head = stream.read(4)
-    if not head:
-        return None
-    if len(head) < 4:
-        raise LinkError(grpc.StatusCode.UNAVAILABLE, "the link broke inside a frame header")
-    (n,) = _LEN.unpack(head)
-    if n > _MAX_BYTES:
-        raise LinkError(grpc.StatusCode.DATA_LOSS, f"a frame of {n} bytes is too large")
-    blob = stream.read(n)
-    if len(blob) < n:
-        raise LinkError(grpc.StatusCode.UNAVAILABLE, "the link broke inside a frame")
-    return blob
-
-
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    """``n`` bytes from a blocking socket, or None if it ends first (nothing is read ahead:
+    """``n`` bytes of a socket, or None if it ended before the first (nothing is read ahead:
     what follows belongs to whoever reads the link next)."""
     out = bytearray()
     while len(out) < n:
         chunk = sock.recv(n - len(out))
         if not chunk:
+            if out:
+                raise LinkError(grpc.StatusCode.UNAVAILABLE, "the link broke inside a message")
             return None
         out += chunk
     return bytes(out)
 
 
 def _recv_blob(sock: socket.socket) -> bytes | None:
-    """The next length-prefixed blob of a blocking socket, or None at a clean end."""
+    """The next length-prefixed blob of a socket (a handshake, an answer, a refusal), or None
+    at a clean end."""
     head = _recv_exact(sock, 4)
     if head is None:
         return None
     (n,) = _LEN.unpack(head)
     if n > _MAX_BYTES:
-        raise LinkError(grpc.StatusCode.DATA_LOSS, f"a handshake of {n} bytes is too large")
+        raise LinkError(grpc.StatusCode.DATA_LOSS, f"a message of {n} bytes is too large")
     blob = _recv_exact(sock, n)
     if blob is None:
-        raise LinkError(grpc.StatusCode.UNAVAILABLE, "the link broke inside the handshake")
+        raise LinkError(grpc.StatusCode.UNAVAILABLE, "the link broke inside a message")
     return blob
 
 
@@ -181,8 +168,7 @@ def connect_link(
         nonce = secrets.token_hex(16)
         hello = {"md": dict(auth.metadata(nonce)), "attempt": attempt}
         _send_blob(sock, json.dumps(hello).encode())
-        with sock.makefile("rb") as stream:
-            answer = _read_blob(stream)
+        answer = _recv_blob(sock)
         if answer is None:
             raise LinkError(grpc.StatusCode.UNAVAILABLE, "the peer closed the link at once")
         msg = json.loads(answer)
@@ -225,8 +211,7 @@ def _why_closed(sock: socket.socket, err: OSError) -> LinkError:
     """The listener's reason for closing the link, if it sent one before it did."""
     try:
         sock.setblocking(False)
-        with sock.makefile("rb") as stream:
-            blob = _read_blob(stream)
+        blob = _recv_blob(sock)
         if blob:
             return _refusal(blob)
     except (OSError, LinkError, ValueError):
