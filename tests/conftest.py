@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import signal
 from typing import Any
 
 import pytest
@@ -61,6 +62,19 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsConfig:
         key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return TlsConfig(d / "node.pem", d / "node.key", d / "ca.pem")
+
+
+@pytest.fixture
+def ctrl_c_reaches_children() -> None:
+    """Fails at once, saying why, where Ctrl-C cannot reach the processes a test starts: a
+    process that ignores SIGINT (a background job of a non-interactive shell does) passes
+    that on to its children, and a job it starts would then run on instead of stopping."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        pytest.fail(
+            "this test process ignores SIGINT (started as `cmd &` by a non-interactive shell?), "
+            "so the jobs it starts ignore Ctrl-C too; run the tests in the foreground or under "
+            "job control (`set -m`)"
+        )
 
 
 @pytest.fixture(params=["link", "grpc"])

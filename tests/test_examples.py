@@ -343,6 +343,7 @@ def test_kafka_wordcount_is_exactly_once_on_two_workers() -> None:
     assert lines("kafka_wordcount") == expected
 
 
+@pytest.mark.usefixtures("ctrl_c_reaches_children")
 def test_events_runs_on_the_command_line_until_ctrl_c(tmp_path: Path) -> None:
     """The README's command line example: `malstrom run examples/events.py:build ...` runs
     until Ctrl-C, which stops it with a snapshot; a second run starts from there."""

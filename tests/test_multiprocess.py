@@ -163,6 +163,7 @@ def test_hung_worker_is_detected_by_heartbeat_and_job_recovers(tmp_path: Path) -
     check_results(tmp_path)
 
 
+@pytest.mark.usefixtures("ctrl_c_reaches_children")
 def test_sigint_stops_local_run_with_a_final_snapshot_then_resumes(tmp_path: Path) -> None:
     import subprocess
     import sys
