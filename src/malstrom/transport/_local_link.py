@@ -273,6 +273,7 @@ class InboundLink:
         while True:
             if self._end == len(self._buf):
                 self._make_room()
+            space = len(self._buf) - self._end
             with memoryview(self._buf) as view:
                 try:
                     n = self.sock.recv_into(view[self._end :])
@@ -284,7 +285,7 @@ class InboundLink:
                 return False
             self._end += n
             self._parse(out)
-            if self._end < len(self._buf):
+            if n < space:
                 return True  # a short read: the socket held no more (saves a syscall a turn)
 
     def _parse(self, out: list[pb.Frame]) -> None:
